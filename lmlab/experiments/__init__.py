@@ -1,0 +1,7 @@
+"""One module per paper claim; each registers `Experiment`s in `lmlab.registry.EXPERIMENTS`.
+
+Nothing imports experiments (they import everything). `lmlab reproduce` discovers them through the registry.
+"""
+from lmlab.experiments.base import ArmResult, Experiment, Verdict, compare, trend_verdict
+
+__all__ = ["ArmResult", "Experiment", "Verdict", "compare", "trend_verdict"]
