@@ -1,0 +1,71 @@
+"""`lmlab` command line. Each subcommand lives beside the code it drives and registers its own parser.
+
+COMMANDS maps a subcommand to "module:function"; the function receives argparse's subparsers object and
+adds its parser with `set_defaults(func=...)`. `lmlab data <verb>` is a group: DATA_COMMANDS likewise.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, str] = {
+    "train": "lmlab.train.cli:register",
+    "reproduce": "lmlab.experiments.cli:register_reproduce",
+    "list": "lmlab.experiments.cli:register_list",
+    "data": "lmlab.cli:register_data",
+    "tokenizer": "lmlab.data.cli:register_tokenizer",
+}
+
+DATA_COMMANDS: dict[str, str] = {
+    "embedded": "lmlab.data.cli:register_embedded",
+}
+
+
+def _load(spec: str):
+    mod, _, fn = spec.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def register_data(sub) -> None:
+    p = sub.add_parser("data", help="build and inspect corpora (embedded corpus, rephrasing, ...)")
+    dsub = p.add_subparsers(dest="data_cmd", metavar="VERB")
+    dsub.required = True
+    for name, spec in DATA_COMMANDS.items():
+        _load(spec)(dsub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmlab",
+        description="lmlab: 2024 language-model techniques as tested components and small-scale reproductions.",
+    )
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+    for name, spec in COMMANDS.items():
+        try:
+            _load(spec)(sub)
+        except ImportError as e:  # an optional extra is missing: keep the rest of the CLI usable
+            p = sub.add_parser(name, help=f"(unavailable: {e})")
+            p.set_defaults(func=lambda a, _e=e: sys.exit(f"lmlab {name}: unavailable: {_e}"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from lmlab.config import ConfigError
+    from lmlab.registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (ConfigError, RegistryError, FileNotFoundError) as e:
+        print(f"lmlab {args.cmd}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rc or 0)
+
+
+if __name__ == "__main__":
+    main()
