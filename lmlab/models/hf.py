@@ -66,6 +66,9 @@ class HFTokenizer:
         self.eos_id = tok.eos_token_id
         self.bos_id = tok.bos_token_id
         self.vocab_size = len(tok)
+        # the BOS id only when the tokenizer itself puts one in front of text (Llama-2 yes, SmolLM2 no)
+        with_special = tok.encode("a", add_special_tokens=True)
+        self.add_bos = self.bos_id is not None and bool(with_special) and with_special[0] == self.bos_id
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
