@@ -19,8 +19,8 @@ dense per-sequence cache (N, k, L0+R+T, d) and attended with one masked SDPA cal
 """
 from __future__ import annotations
 
-import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -193,6 +193,7 @@ class Engine:
         eos = getattr(tokenizer, "eos_id", None)
         self.stop_ids = set(stop_token_ids or []) | ({eos} if eos is not None else set())
         self.tree_ok = all(type(b.mixer) is Attention and b.mixer.window is None for b in model.blocks)
+        self.last_stats: dict = {}  # timings of the latest call: prefill_s, decode_s, decode_steps, prefix
 
     @property
     def device(self):
@@ -249,6 +250,7 @@ class Engine:
         rem = [u[L0:] for u in uniq]
         R = max(len(r) for r in rem)
         l1_len = torch.tensor([len(r) for r in rem], device=dev)
+        t0 = time.perf_counter()
         plan = _Plan(hydragen=hydragen, L0=L0, R=R, group=group, l1_len=l1_len)
         kv, hd = cfg.kv_heads, cfg.head_dim
         caches = [TreeKVCache(plan, N, kv, hd, T, dev, self.model.embed.weight.dtype) for _ in self.model.blocks]
@@ -264,6 +266,8 @@ class Engine:
         if not hydragen:
             j = torch.arange(L0 + R + T, device=dev)[None]
             plan.dense_valid = (j < L0) | ((j >= L0) & (j < L0 + l1_len[group][:, None])) | (j >= L0 + R)
+        self.last_stats = {"prefill_s": time.perf_counter() - t0, "level0": L0, "level1": l1_len.tolist(),
+                           "sequences": N}
         plan.phase = "decode"
         pos = (L0 + l1_len[group])[:, None]                                        # (N, 1)
 
@@ -287,6 +291,7 @@ class Engine:
         done = [False] * N
         reason = ["length"] * N
         trackers = [_TextTracker(self.tok, gen.stop) if self.tok is not None else None for _ in range(N)]
+        t0, steps = time.perf_counter(), 0
         for step in range(gen.max_new_tokens):
             nxt = sample(logits, gen, seen, generator)                              # (N,)
             if seen is not None:
@@ -311,6 +316,8 @@ class Engine:
             if all(done) or step == gen.max_new_tokens - 1:
                 break
             logits = step_fn(nxt, step)
+            steps += 1
+        self.last_stats.update(decode_s=time.perf_counter() - t0, decode_steps=steps)
         results: list[list[Optional[Completion]]] = [[None] * gen.n for _ in prompts]
         for r, (i, j) in enumerate(seqs):
             tr = trackers[r]

@@ -43,12 +43,18 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """q (B, k, M, d), k/v (B, k, S, d), mask broadcastable to (B, k, M, S), True = visible.
     Returns out (B, k, M, d) fp32 and lse (B, k, M) fp32; rows with no visible key get out 0, lse −inf."""
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation (fp64 stays fp64)
-    scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, k, M, S)
+    scores = (q.to(acc) * (1.0 / math.sqrt(q.shape[-1]))) @ k.to(acc).transpose(-1, -2)  # (B, k, M, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)                                                # (B, k, M)
-    probs = torch.exp(scores - lse.nan_to_num(neginf=0.0)[..., None])                   # exp(-inf)=0
-    return probs @ v.to(acc), lse
+    mx = scores.amax(dim=-1, keepdim=True)
+    mx = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)                          # fully masked rows
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        e = torch.exp(scores - mx)
+    else:
+        e = scores.sub_(mx).exp_()                                                       # in place: (B, k, M, S)
+    den = e.sum(dim=-1, keepdim=True)
+    out = (e @ v.to(acc)) / den.clamp_min(torch.finfo(acc).tiny)
+    return out, (mx + den.log()).squeeze(-1)
 
 
 def merge_lse(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:
@@ -115,9 +121,11 @@ def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
     n, h, t, d = q.shape
     kv, s = k.shape[1], k.shape[2]
     r = h // kv
-    mask = suffix_mask(s, t, lengths, q_pos, n, q.device)                  # (n, 1, t, s)
     qg = q.reshape(n, kv, r * t, d)
-    mask = mask[:, :, None].expand(n, 1, r, t, s).reshape(n, 1, r * t, s)
+    mask = None
+    if lengths is not None or t > 1:
+        mask = suffix_mask(s, t, lengths, q_pos, n, q.device)              # (n, 1, t, s)
+        mask = mask[:, :, None].expand(n, 1, r, t, s).reshape(n, 1, r * t, s)
     out, lse = attention_with_lse(qg, k, v, mask)
     return out.view(n, h, t, d), lse.view(n, h, t)
 
