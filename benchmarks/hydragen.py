@@ -32,23 +32,22 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def time_fn(fn, dev, reps: int, min_time: float = 0.05) -> float:
-    """Median seconds per call (after one warm-up), at least `reps` calls."""
-    fn()
+def time_pair(f1, f2, dev, reps: int, min_time: float = 0.2) -> tuple[float, float]:
+    """Median seconds per call of f1 and f2, calls interleaved so both see the same machine load."""
+    f1(), f2()
     _sync(dev)
-    ts = []
+    t1, t2 = [], []
     t_end = time.perf_counter() + min_time
-    while len(ts) < reps or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        ts.append(time.perf_counter() - t0)
-        if len(ts) >= 50 * reps:
-            break
-    return statistics.median(ts)
+    while len(t1) < reps or (time.perf_counter() < t_end and len(t1) < 50 * reps):
+        for f, ts in ((f1, t1), (f2, t2)):
+            t0 = time.perf_counter()
+            f()
+            _sync(dev)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(t1), statistics.median(t2)
 
 
-def op_case(b: int, p: int, dev, dtype, reps: int = 5, seed: int = 0) -> dict:
+def op_case(b: int, p: int, dev, dtype, reps: int = 7, seed: int = 0) -> dict:
     g = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(b, H, 1, D, generator=g).to(dev, dtype)
     k0, v0 = (torch.randn(1, KV, p, D, generator=g).to(dev, dtype) for _ in range(2))
@@ -60,12 +59,12 @@ def op_case(b: int, p: int, dev, dtype, reps: int = 5, seed: int = 0) -> dict:
     naive = lambda: F.scaled_dot_product_attention(q, kd, vd, enable_gqa=True)  # noqa: E731
     hyd = lambda: hydragen_attention(q, level, ks, vs)  # noqa: E731
     err = (naive().float() - hyd().float()).abs().max().item()
-    tn, th = time_fn(naive, dev, reps), time_fn(hyd, dev, reps)
+    tn, th = time_pair(naive, hyd, dev, reps)
     del kd, vd
     return {"b": b, "p": p, "naive_ms": tn * 1e3, "hydragen_ms": th * 1e3, "speedup": tn / th, "max_err": err}
 
 
-def run_op(batches, prefixes, dev, dtype, reps=5, seed=0, log=print) -> list[dict]:
+def run_op(batches, prefixes, dev, dtype, reps=7, seed=0, log=print) -> list[dict]:
     rows = []
     for b in batches:
         for p in prefixes:

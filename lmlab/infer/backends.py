@@ -131,6 +131,7 @@ class HFBackend:
     def from_spec(cls, spec: str, **kw) -> "HFBackend":
         from lmlab.models.hf import load_hf
 
+        kw.pop("hydragen", None)  # an engine option; transformers decodes its own way
         model, tok = load_hf(spec)
         return cls(model, tok, name=spec, **kw)
 
@@ -201,6 +202,7 @@ class OpenAIBackend:
 
     @classmethod
     def from_spec(cls, spec: str, **kw) -> "OpenAIBackend":
+        kw.pop("hydragen", None)
         url, _, model = spec.partition("#")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"openai backend {spec!r}: expected openai:http(s)://host:port/v1#model")
