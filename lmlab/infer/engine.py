@@ -250,7 +250,7 @@ class Engine:
         rem = [u[L0:] for u in uniq]
         R = max(len(r) for r in rem)
         l1_len = torch.tensor([len(r) for r in rem], device=dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         plan = _Plan(hydragen=hydragen, L0=L0, R=R, group=group, l1_len=l1_len)
         kv, hd = cfg.kv_heads, cfg.head_dim
         caches = [TreeKVCache(plan, N, kv, hd, T, dev, self.model.embed.weight.dtype) for _ in self.model.blocks]
@@ -266,7 +266,7 @@ class Engine:
         if not hydragen:
             j = torch.arange(L0 + R + T, device=dev)[None]
             plan.dense_valid = (j < L0) | ((j >= L0) & (j < L0 + l1_len[group][:, None])) | (j >= L0 + R)
-        self.last_stats = {"prefill_s": time.perf_counter() - t0, "level0": L0, "level1": l1_len.tolist(),
+        self.last_stats = {"prefill_s": time.perf_counter() - t0, "prefill_cpu_s": time.process_time() - c0, "level0": L0, "level1": l1_len.tolist(),
                            "sequences": N}
         plan.phase = "decode"
         pos = (L0 + l1_len[group])[:, None]                                        # (N, 1)
@@ -291,7 +291,7 @@ class Engine:
         done = [False] * N
         reason = ["length"] * N
         trackers = [_TextTracker(self.tok, gen.stop) if self.tok is not None else None for _ in range(N)]
-        t0, steps = time.perf_counter(), 0
+        t0, c0, steps = time.perf_counter(), time.process_time(), 0
         for step in range(gen.max_new_tokens):
             nxt = sample(logits, gen, seen, generator)                              # (N,)
             if seen is not None:
@@ -317,7 +317,8 @@ class Engine:
                 break
             logits = step_fn(nxt, step)
             steps += 1
-        self.last_stats.update(decode_s=time.perf_counter() - t0, decode_steps=steps)
+        self.last_stats.update(decode_s=time.perf_counter() - t0, decode_cpu_s=time.process_time() - c0,
+                               decode_steps=steps)
         results: list[list[Optional[Completion]]] = [[None] * gen.n for _ in prompts]
         for r, (i, j) in enumerate(seqs):
             tr = trackers[r]
