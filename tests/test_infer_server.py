@@ -152,3 +152,16 @@ def test_bad_requests_get_4xx_json(server):
         client(url).completions.create(model="tiny", prompt="x", max_tokens=100)
     # the server is still fine afterwards
     assert client(url).completions.create(model="tiny", prompt="ok", max_tokens=2, temperature=0).choices
+
+
+def test_concurrency_limit_answers_429():
+    from fastapi.testclient import TestClient
+
+    from lmlab.infer.engine import Engine
+    from lmlab.infer.server import ServerLimits, create_app
+
+    tok = CharTok()
+    app = create_app(Engine(tiny(torch.float32), tok), "tiny", tok, limits=ServerLimits(max_concurrency=0))
+    r = TestClient(app).post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+    assert r.status_code == 429 and "concurrent" in r.json()["error"]["message"]
+    app.state.batcher.stop()
