@@ -165,3 +165,15 @@ def test_load_backend_specs(tmp_path):
     g = GenerationConfig(max_new_tokens=5)
     assert be.chat([[{"role": "user", "content": "hi"}]], g) == be.generate(["user: hi\nassistant: "], g)
     assert be.score(["abc"])[0] == pytest.approx(be.logprobs(["a"], ["bc"])[0], abs=1e-5)
+
+
+def test_level1_prefill_in_chunks_equals_reference(monkeypatch):
+    import lmlab.infer.engine as E
+
+    m, tok = tiny(), CharTok()
+    eng = Engine(m, tok)
+    eng.stop_ids = set()
+    ps = [tok.encode("prefix shared " + str(i) * (i + 1)) for i in range(7)]
+    monkeypatch.setattr(E, "PREFILL_SCORE_BUDGET", 1)     # one prompt per chunk
+    out = eng.generate_ids(ps, GenerationConfig(max_new_tokens=5))
+    assert [r[0].token_ids for r in out] == [greedy_reference(m, p, 5) for p in ps]

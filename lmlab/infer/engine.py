@@ -32,6 +32,7 @@ from lmlab.nn.attention import Attention
 from lmlab.nn.hydragen import PrefixLevel, hydragen_attention
 
 StreamFn = Callable[[int, int, str], None]   # (prompt index, sample index, new text)
+PREFILL_SCORE_BUDGET = 1 << 26               # elements of one level-1 prefill score tensor
 
 
 @dataclass
@@ -73,10 +74,15 @@ class TreeKVCache:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         if P.phase == "level1":                                           # q (G, h, R, d)
             self.k1, self.v1 = k, v
-            G, R = q.shape[0], q.shape[2]
-            levels = [PrefixLevel(self.k0, self.v0, q.new_zeros(G, dtype=torch.long))] if P.L0 else []
-            q_pos = torch.arange(R, device=q.device)[None].expand(G, R)
-            return hydragen_attention(q, levels, k, v, P.l1_len, q_pos)
+            G, h, R = q.shape[0], q.shape[1], q.shape[2]
+            step = max(1, PREFILL_SCORE_BUDGET // (h * R * R))   # bound the (prompts, h, R, R) scores
+            outs = []
+            for i in range(0, G, step):
+                g = min(step, G - i)
+                levels = [PrefixLevel(self.k0, self.v0, q.new_zeros(g, dtype=torch.long))] if P.L0 else []
+                q_pos = torch.arange(R, device=q.device)[None].expand(g, R)
+                outs.append(hydragen_attention(q[i:i + g], levels, k[i:i + g], v[i:i + g], P.l1_len[i:i + g], q_pos))
+            return torch.cat(outs)
         s = P.step                                                        # decode: q (N, h, 1, d)
         self.ks[:, :, s] = k[:, :, 0]
         self.vs[:, :, s] = v[:, :, 0]
