@@ -92,7 +92,9 @@ def pad_examples(examples: Sequence[tuple[list[int], list[int]]], pad_id: int = 
 def sft_loss_sum(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Σ cross-entropy over labelled targets, and their count."""
     logits = model(input_ids).logits
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
 
