@@ -9,6 +9,7 @@ Each task: sample(rng) -> Problem(prompt, answer, meta); check(problem, response
 Preference world (Gao et al. 2022 style: a gold reward the RM never sees, so overoptimisation and reward
 hacking are measurable). Tokens 0 = BOS, 1 = EOS, 2.. = content. A prompt is one token x; a response y is a
 sequence of content tokens. Gold reward r*(x, y) = mean_t W[x, y_t] with W hidden (a length-free quality).
+`shared` ∈ [0, 1] mixes in a prompt-independent part of W (so held-out prompts are learnable).
 Annotators prefer a over a′ with probability σ(s·(r*(a) − r*(a′)) + α·(|a| − |a′|)): s sets label noise,
 α > 0 adds a spurious length preference.
 """
@@ -130,13 +131,15 @@ class PreferenceWorld:
     """Hidden gold reward over token sequences plus noisy, optionally length-biased annotators."""
 
     def __init__(self, n_prompts: int = 8, n_content: int = 14, min_len: int = 2, max_len: int = 12,
-                 label_scale: float = 4.0, length_bias: float = 0.0, seed: int = 0):
+                 label_scale: float = 4.0, length_bias: float = 0.0, shared: float = 0.0, seed: int = 0):
         g = np.random.default_rng(seed)
         self.n_prompts, self.n_content = n_prompts, n_content
         self.min_len, self.max_len = min_len, max_len
         self.label_scale, self.length_bias = label_scale, length_bias
         self.vocab_size = 2 + n_prompts + n_content
         self.W = g.normal(size=(n_prompts, n_content))           # hidden gold weights
+        if shared:   # a prompt-independent part, so what is learnt on some prompts transfers to others
+            self.W = shared * g.normal(size=(1, n_content)) + (1 - shared) * self.W
 
     # token layout: [BOS] [prompt token] [content tokens...] [EOS]
     def prompt_token(self, x: int) -> int:
@@ -175,13 +178,13 @@ class PreferenceWorld:
         z = self.label_scale * (self.gold(x, a) - self.gold(x, b)) + self.length_bias * (len(a) - len(b))
         return float(1 / (1 + np.exp(-z)))
 
-    def preference_pairs(self, n: int, seed: int, annotated: bool = True):
+    def preference_pairs(self, n: int, seed: int, annotated: bool = True, prompts: Optional[list[int]] = None):
         """n pairs -> (chosen_ids, rejected_ids, info). annotated=False labels by the gold reward itself
         (noise-free, no length bias): use it for held-out gold accuracy."""
         rng = np.random.default_rng(seed)
         chosen, rejected, info = [], [], []
         for _ in range(n):
-            x = int(rng.integers(self.n_prompts))
+            x = int(rng.integers(self.n_prompts)) if prompts is None else int(prompts[rng.integers(len(prompts))])
             a, b = self.sample_response(rng), self.sample_response(rng)
             if annotated:
                 first = rng.random() < self.label_prob(x, a, b)
