@@ -159,7 +159,7 @@ def test_one_token_bandit_converges_to_best_arm(algo):
     dec = tiny(vocab=8, d=16)
     policy = PolicyWithValue(dec) if algo == "ppo" else dec
     ref = copy.deepcopy(dec)
-    cfg = RLConfig(algo=algo, iterations=40, prompts_per_iter=16, samples_per_prompt=4, max_new_tokens=1,
+    cfg = RLConfig(algo=algo, iterations=30, prompts_per_iter=16, samples_per_prompt=4, max_new_tokens=1,
                    lr=2e-2, kl_coef=0.0, ppo_epochs=2, minibatches=2, seed=0)
     g_noise = torch.Generator().manual_seed(5)
 
@@ -255,3 +255,18 @@ def test_dpf_pairs_revision_preferred_over_original():
     pairs = build_dpf_pairs(_EchoBackend(), items)
     assert pairs == [{"prompt": "city?", "chosen": "Visit it now", "rejected": "Visit Paris now", "entity": "Paris",
                       "critique": "mentions the entity"}]
+
+
+def test_align_experiments_registered_with_computed_verdicts():
+    from lmlab.experiments.base import REPRODUCED, NOT_REPRODUCED, ArmResult
+    from lmlab.registry import EXPERIMENTS
+
+    for name in ("ids_vs_bt", "odin_vs_bt", "contrastive_rewards", "dpo_winrate", "dpf_forbidden"):
+        assert EXPERIMENTS.get(name).name == name
+    odin = EXPERIMENTS.get("odin_vs_bt")
+    mk = lambda c, a: ArmResult(metrics={"abs_len_corr": c, "gold_acc": a})
+    good = {"bt": [mk(0.9, 0.6), mk(0.95, 0.62), mk(0.92, 0.58)], "odin": [mk(0.05, 0.6), mk(0.1, 0.61), mk(0.0, 0.59)]}
+    assert odin.decide(good).verdict == REPRODUCED
+    # decorrelated but accuracy lost by more than 0.05 -> not reproduced
+    lost = {"bt": good["bt"], "odin": [mk(0.05, 0.5), mk(0.1, 0.51), mk(0.0, 0.49)]}
+    assert odin.decide(lost).verdict == NOT_REPRODUCED
