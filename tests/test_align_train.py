@@ -270,3 +270,39 @@ def test_align_experiments_registered_with_computed_verdicts():
     # decorrelated but accuracy lost by more than 0.05 -> not reproduced
     lost = {"bt": good["bt"], "odin": [mk(0.05, 0.5), mk(0.1, 0.51), mk(0.0, 0.49)]}
     assert odin.decide(lost).verdict == NOT_REPRODUCED
+
+
+def test_offline_baseline_scores_k_samples_per_prompt():
+    from lmlab.align.ppo import contrastive_rewards, offline_baseline
+
+    m = tiny(vocab=16).eval()
+    prompts = torch.tensor([[0, 2], [0, 3], [0, 4]])
+    score = lambda p, y: (y == 5).float().sum(1) + p[:, 1].float()          # depends on prompt and response
+    off = offline_baseline(m, prompts, score, k=6, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+    ro = cached_sample(m, prompts, 4, n=6, generator=torch.Generator().manual_seed(0))
+    assert off.shape == (3, 6)
+    assert torch.equal(off, score(ro.tokens[:, :2], ro.responses).view(3, 6))
+    r = torch.tensor([4.0, 4.0, 4.0])
+    assert torch.allclose(contrastive_rewards(r, off), r - off.mean(1))
+
+
+def test_sft_mask_with_hf_chat_template():
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from lmlab.align.sft import tokenize_chat_hf
+
+    words = ["<pad>", "<s>", "</s>", "user", "assistant", "system", "hi", "hello", "2+2?", "4", "be", "brief", ":"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>")
+    tok.chat_template = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                         "{% if add_generation_prompt %}<s> assistant : {% endif %}")
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}]
+    ids, labels = tokenize_chat_hf(msgs, tok)
+    assert tok.decode(ids) == tok.apply_chat_template(msgs, tokenize=False).strip()
+    # labelled = exactly each assistant message's content and its end token
+    assert [words[i] for i, l in zip(ids, labels) if l != IGNORE] == ["hello", "</s>", "4", "</s>"]
+    assert all(l == i for i, l in zip(ids, labels) if l != IGNORE)

@@ -109,6 +109,18 @@ def contrastive_rewards(rewards: torch.Tensor, offline_scores: torch.Tensor) -> 
     return rewards - offline_scores.mean(-1)
 
 
+@torch.no_grad()
+def offline_baseline(policy, prompts: torch.Tensor, score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     k: int, max_new_tokens: int, eos_id: Optional[int] = None, temperature: float = 1.0,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Contrastive rewards, step 1: k samples per prompt from the (SFT) policy, scored by the RM.
+    prompts (p, tp) -> offline scores (p, k); the RL reward is then contrastive_rewards(r, scores[prompt])."""
+    from lmlab.align.rollout import sample
+
+    ro = sample(policy, prompts, max_new_tokens, n=k, temperature=temperature, eos_id=eos_id, generator=generator)
+    return score_fn(ro.tokens[:, :ro.prompt_len], ro.responses).view(prompts.shape[0], k)
+
+
 class AdaptiveKLController:
     """Ziegler et al. 2019: proportional control of β toward a target KL."""
 

@@ -47,7 +47,10 @@ def tokenize_chat_hf(messages: Sequence[dict], tokenizer) -> tuple[list[int], li
     """Same contract with a Hugging Face tokenizer's chat template: the assistant span of message i is the
     difference between rendering messages[:i+1] and messages[:i] with the generation prompt."""
     def render(msgs, gen):
-        return tokenizer.apply_chat_template(list(msgs), tokenize=True, add_generation_prompt=gen)
+        if not msgs:
+            return []
+        out = tokenizer.apply_chat_template(list(msgs), tokenize=True, add_generation_prompt=gen)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)   # transformers ≥5 returns a dict
 
     ids = list(render(messages, False))
     labels = [IGNORE] * len(ids)

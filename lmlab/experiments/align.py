@@ -145,10 +145,8 @@ def _sft_policy(world, seed: int, steps: int, prompts=None):
 
 def _cr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.align.envs import BOS, EOS, PreferenceWorld
-    from lmlab.align.ppo import PolicyWithValue, RLConfig, rl_train
+    from lmlab.align.ppo import PolicyWithValue, RLConfig, offline_baseline, rl_train
     from lmlab.align.reward import RewardModel, train_reward_model
-    from lmlab.align.rollout import sample
-    from lmlab.align.sft import pad_examples, train_sft
 
     torch.set_num_threads(1)
     quick = scale == "quick"
@@ -182,10 +180,9 @@ def _cr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     # 3) offline baseline: k samples per prompt from the SFT policy, scored by the RM (contrastive arm only,
     #    but computed in both arms so the random streams stay aligned)
     k = 8
-    g_off = torch.Generator().manual_seed(seed + 5)
     all_prompts = torch.stack([torch.full((P,), BOS), torch.arange(P) + 2], 1)
-    ro = sample(policy_dec, all_prompts, 9, n=k, eos_id=EOS, generator=g_off)
-    offline = rm_score(ro.tokens[:, :2], ro.responses).view(P, k)
+    offline = offline_baseline(policy_dec, all_prompts, rm_score, k, 9, eos_id=EOS,
+                               generator=torch.Generator().manual_seed(seed + 5))      # (P, k)
     baseline = offline.mean(1)                                         # (P,)
     baseline_fn = (lambda pr: baseline[pr[:, 1] - 2]) if arm == "contrastive" else None
 
