@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 
 MAX_LINE_CHARS = 100_000
 MAX_RECORDED_LINES = 100  # line numbers kept per kind in stats (counts are always complete)
-TEXT_EXT = (".txt", ".md", ".rst", ".text")
+TEXT_EXT = (".txt", ".md", ".rst", ".text", ".py")
 JSONL_EXT = (".jsonl", ".ndjson")
 _BAD_BYTE = re.compile("[\udc80-\udcff]")
 
