@@ -62,7 +62,8 @@ def _load_documents(cfg) -> tuple[dict[str, dict[str, list[str]]], dict, dict]:
     from lmlab.data.sources import SourceStats, fingerprint_source, iter_documents
 
     if cfg.source == "embedded":
-        texts, sources = embedded.embedded_corpus(cfg.domains, cfg.data_dir, val_fraction=cfg.val_fraction)
+        texts, sources = embedded.embedded_corpus(cfg.domains, cfg.data_dir, max_chars=embedded.DEFAULT_MAX_CHARS,
+                                                   val_fraction=cfg.val_fraction)
         return ({d: {"train": v["train"], "val": v["val"]} for d, v in texts.items()},
                 sources, {})
     stats = SourceStats()
@@ -91,7 +92,7 @@ def get_tokenizer(cfg, texts: Optional[dict] = None):
     if cfg.tokenizer not in ("embedded", "corpus"):
         return load_tokenizer(cfg.tokenizer)
     if cfg.tokenizer == "embedded":
-        tag = f"{embedded.VERSION}-v{cfg.vocab_size}"
+        tag = f"{embedded.VERSION}-c{embedded.DEFAULT_MAX_CHARS}-v{cfg.vocab_size}"
     else:
         tag = f"corpus-{_key(cfg.source, fingerprint_source(cfg.source), cfg.text_field, cfg.val_fraction)}-v{cfg.vocab_size}"
     out = default_data_dir(cfg.data_dir) / "tokenizers" / tag
@@ -99,7 +100,7 @@ def get_tokenizer(cfg, texts: Optional[dict] = None):
         with cache_lock(out):
             if not (out / "tokenizer.json").exists():
                 if cfg.tokenizer == "embedded":
-                    texts = embedded.embedded_texts(None, cfg.data_dir)
+                    texts = embedded.embedded_texts(None, cfg.data_dir, max_chars=embedded.DEFAULT_MAX_CHARS)
                 elif texts is None:
                     texts, _, _ = _load_documents(cfg)
                 sample = []
@@ -124,7 +125,7 @@ def load_data(cfg) -> TokenData:
     if cfg.source == "embedded":
         from lmlab.data import embedded
 
-        ident = [embedded.VERSION]
+        ident = [embedded.VERSION, embedded.DEFAULT_MAX_CHARS]
     else:
         ident = [fingerprint_source(cfg.source)]
     tok = get_tokenizer(cfg)

@@ -67,6 +67,19 @@ def _cap(docs: list[tuple[str, str]], max_chars: int) -> list[tuple[str, str]]:
     return sorted(chosen)
 
 
+def _select(docs: list[tuple[str, str]], prefix: str, max_chars: int, val_fraction: float) -> dict:
+    """Split by id hash, then cap train at (1-f)·max_chars and val at f·max_chars (>= 1 doc each)."""
+    parts: dict[str, list] = {"train": [], "val": []}
+    for doc_id, text in docs:
+        parts[_split(f"{prefix}/{doc_id}", val_fraction)].append((doc_id, text))
+    out: dict[str, list] = {}
+    for split, budget in (("train", max_chars * (1 - val_fraction)), ("val", max_chars * val_fraction)):
+        chosen = _cap(parts[split], max(1, int(budget)))
+        out[split] = [t for _, t in chosen]
+        out[f"{split}_ids"] = [i for i, _ in chosen]
+    return out
+
+
 def _cut(text: str, limit: int) -> list[str]:
     """Cut at line boundaries into pieces of at most ~limit characters (no character lost)."""
     if len(text) <= limit:
@@ -116,7 +129,7 @@ def _docstrings(source: str) -> list[str]:
     return out
 
 
-def docs_documents(max_chars: int) -> tuple[list[tuple[str, str]], dict]:
+def docs_documents(max_chars: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[list[tuple[str, str]], dict]:
     """Docstrings per module, parsing files in id-hash order until ~max_chars are collected."""
     import importlib.util
 
@@ -134,10 +147,14 @@ def docs_documents(max_chars: int) -> tuple[list[tuple[str, str]], dict]:
                 continue
             files.append((f"{pkg}/{rel.as_posix()}", f))
     files.sort(key=lambda t: hash_unit(t[0]))
-    docs, total = [], 0
+    docs = []
+    need = {"train": max_chars * (1 - val_fraction), "val": max_chars * val_fraction}
     for doc_id, f in files:
-        if total >= max_chars * 1.05:
+        if need["train"] <= 0 and need["val"] <= 0:
             break
+        split = _split(f"docs/{doc_id}#0", val_fraction)
+        if need[split] <= 0:
+            continue
         try:
             strings = _docstrings(f.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
@@ -147,7 +164,7 @@ def docs_documents(max_chars: int) -> tuple[list[tuple[str, str]], dict]:
         text = "\n\n".join(strings)
         for i, piece in enumerate(_cut(text, MAX_DOC_CHARS)):
             docs.append((f"{doc_id}#{i}", piece))
-            total += len(piece)
+            need[_split(f"docs/{doc_id}#{i}", val_fraction)] -= len(piece)
     return docs, {"packages": versions}
 
 
@@ -202,18 +219,19 @@ def bible_documents(names: list[str], max_chars: int, val_fraction: float) -> tu
     chapters: dict[int, list[int]] = {}
     for vid in sorted(common):
         chapters.setdefault(vid // 1000, []).append(vid)
-    # one selection for all translations: chapter size = its longest translation
+    # one selection for all translations: a chapter's size is that of its longest translation
     sized = [(f"{ch:08d}", " " * max(sum(len(verses[n][v]) + 1 for v in vids) for n in verses))
              for ch, vids in chapters.items()]
-    keep = [int(i) for i, _ in _cap(sized, max_chars)]
+    sel = _select(sized, "bible", max_chars, val_fraction)
     result = {}
     for name in names:
-        d = {"train": [], "val": [], "train_ids": [], "val_ids": []}
-        for ch in keep:
-            split = _split(f"bible/{ch:08d}", val_fraction)
-            d[split].append("\n".join(verses[name][v] for v in chapters[ch]))
-            d[f"{split}_ids"].append([int(v) for v in chapters[ch]])
+        d: dict[str, list] = {}
+        for split in ("train", "val"):
+            chs = [int(i) for i in sel[f"{split}_ids"]]
+            d[split] = ["\n".join(verses[name][v] for v in chapters[ch]) for ch in chs]
+            d[f"{split}_ids"] = [[int(v) for v in chapters[ch]] for ch in chs]
         result[name] = d
+    keep = sel["train_ids"] + sel["val_ids"]
     info = {"verses_common": len(common), "chapters_kept": len(keep),
             "verses_parsed": {n: len(v) for n, v in verses.items()},
             "packages": {BIBLE_DISTS[n]: _pkg_version(BIBLE_DISTS[n]) for n in BIBLE_VERSIONS}
@@ -233,13 +251,8 @@ def build_embedded(domains: Optional[list[str]] = None, max_chars: int = DEFAULT
     for name in domains:
         t0 = time.perf_counter()
         if name in ("code", "docs"):
-            docs, info = code_documents() if name == "code" else docs_documents(max_chars)
-            d = {"train": [], "val": [], "train_ids": [], "val_ids": []}
-            for doc_id, text in _cap(docs, max_chars):
-                s = _split(f"{name}/{doc_id}", val_fraction)
-                d[s].append(text)
-                d[f"{s}_ids"].append(doc_id)
-            out[name], sources[name] = d, info
+            docs, info = code_documents() if name == "code" else docs_documents(max_chars, val_fraction)
+            out[name], sources[name] = _select(docs, name, max_chars, val_fraction), info
         elif name not in out:
             want = [n for n in domains if n in BIBLE_VERSIONS]
             res, info = bible_documents(want, max_chars, val_fraction)
