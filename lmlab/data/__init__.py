@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -51,12 +51,31 @@ def _key(*parts: Any) -> str:
 
 def load_texts(cfg) -> dict[str, dict[str, list[str]]]:
     """Raw documents: domain -> {"train": [...], "val": [...]} for the configured source."""
-    texts, _, _ = _load_documents(cfg)
-    return texts
+    texts: dict[str, dict[str, list[str]]] = {}
+    for domain, split, text, _ in iter_split_documents(cfg, {}, {}):
+        texts.setdefault(domain, {"train": [], "val": []})[split].append(text)
+    return _order_domains(cfg, texts)
 
 
-def _load_documents(cfg) -> tuple[dict[str, dict[str, list[str]]], dict, dict]:
-    """(texts, sources, source_stats) for cfg.source; domains sorted, documents in source order."""
+def _order_domains(cfg, per_domain: dict) -> dict:
+    """cfg.domains order when given (every one must exist), else sorted; empty -> one-line error."""
+    if cfg.domains:
+        missing = [d for d in cfg.domains if d not in per_domain]
+        if missing:
+            raise ValueError(f"data.domains: {missing[0]!r} not found in {cfg.source!r} "
+                             f"(found: {', '.join(sorted(per_domain)) or 'nothing'})")
+        return {d: per_domain[d] for d in cfg.domains}
+    if not per_domain:
+        raise ValueError(f"data source {cfg.source!r}: no documents found")
+    if cfg.source == "embedded":
+        return per_domain
+    return dict(sorted(per_domain.items()))
+
+
+def iter_split_documents(cfg, sources_out: dict, stats_out: dict) -> Iterator[tuple[str, str, str, str]]:
+    """Stream (domain, split, text, key) for cfg.source. Embedded: the corpus' own split; files and datasets:
+    split by a hash of the document's content (identical documents never straddle train and val).
+    Fills `sources_out` (provenance) and, once exhausted, `stats_out` (source edge-case counts)."""
     from lmlab.data import embedded
     from lmlab.data.packing import split_of
     from lmlab.data.sources import SourceStats, fingerprint_source, iter_documents
@@ -64,25 +83,33 @@ def _load_documents(cfg) -> tuple[dict[str, dict[str, list[str]]], dict, dict]:
     if cfg.source == "embedded":
         texts, sources = embedded.embedded_corpus(cfg.domains, cfg.data_dir, max_chars=embedded.DEFAULT_MAX_CHARS,
                                                    val_fraction=cfg.val_fraction)
-        return ({d: {"train": v["train"], "val": v["val"]} for d, v in texts.items()},
-                sources, {})
+        sources_out.update(sources)
+        for d, v in texts.items():
+            for split in ("train", "val"):
+                for text in v[split]:
+                    yield d, split, text, ""
+        return
+    sources_out.update({"source": cfg.source, "fingerprint": fingerprint_source(cfg.source),
+                        "text_field": cfg.text_field, "val_fraction": cfg.val_fraction})
     stats = SourceStats()
-    texts: dict[str, dict[str, list[str]]] = {}
+    wanted = set(cfg.domains) if cfg.domains else None
     for doc in iter_documents(cfg.source, cfg.text_field, stats):
-        texts.setdefault(doc.domain, {"train": [], "val": []})[split_of(doc.key, cfg.val_fraction)].append(doc.text)
-    if cfg.domains:
-        missing = [d for d in cfg.domains if d not in texts]
-        if missing:
-            raise ValueError(f"data.domains: {missing[0]!r} not found in {cfg.source!r} (found: {', '.join(sorted(texts))})")
-        texts = {d: texts[d] for d in cfg.domains}
-    if not texts:
-        raise ValueError(f"data source {cfg.source!r}: no documents found ({stats.to_dict()})")
-    sources = {"source": cfg.source, "fingerprint": fingerprint_source(cfg.source), "text_field": cfg.text_field}
-    return dict(sorted(texts.items())), sources, stats.to_dict()
+        if wanted is None or doc.domain in wanted:
+            yield doc.domain, split_of(doc.key, cfg.val_fraction), doc.text, doc.key
+    stats_out.update(stats.to_dict())
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
-def get_tokenizer(cfg, texts: Optional[dict] = None):
+def _sample_train(docs: Iterable[tuple]) -> Iterator[str]:
+    """Train-split texts, at most TOKENIZER_SAMPLE_CHARS per domain (in stream order)."""
+    seen: dict[str, int] = {}
+    for domain, split, text, *_ in docs:
+        if split == "train" and seen.get(domain, 0) < TOKENIZER_SAMPLE_CHARS:
+            seen[domain] = seen.get(domain, 0) + len(text)
+            yield text
+
+
+def get_tokenizer(cfg):
     """'embedded': byte-level BPE of cfg.vocab_size trained on the embedded corpus' train text (cached);
     'corpus': the same, trained on this source's train text; anything else: a tokenizer file/dir."""
     from lmlab.data import embedded
@@ -101,17 +128,10 @@ def get_tokenizer(cfg, texts: Optional[dict] = None):
             if not (out / "tokenizer.json").exists():
                 if cfg.tokenizer == "embedded":
                     texts = embedded.embedded_texts(None, cfg.data_dir, max_chars=embedded.DEFAULT_MAX_CHARS)
-                elif texts is None:
-                    texts, _, _ = _load_documents(cfg)
-                sample = []
-                for d in sorted(texts):
-                    n = 0
-                    for t in texts[d]["train"]:
-                        if n >= TOKENIZER_SAMPLE_CHARS:
-                            break
-                        sample.append(t)
-                        n += len(t)
-                train_tokenizer(sample, cfg.vocab_size, out, name=tag)
+                    docs = ((d, s, t) for d in texts for s in ("train",) for t in texts[d][s])
+                else:
+                    docs = iter_split_documents(cfg, {}, {})
+                train_tokenizer(_sample_train(docs), cfg.vocab_size, out, name=tag)
     return load_tokenizer(out)
 
 
@@ -131,7 +151,8 @@ def load_data(cfg) -> TokenData:
     tok = get_tokenizer(cfg)
     key = _key(PACK_VERSION, _cfg_dict(cfg), ident, tok.fingerprint)
     root = default_data_dir(cfg.data_dir) / "packed" / key
-    if not (root / "meta.json").exists():
+    hit = (root / "meta.json").exists()
+    if not hit:
         with cache_lock(root):
             if not (root / "meta.json").exists():
                 _build_packed(cfg, tok, root)
@@ -145,32 +166,56 @@ def load_data(cfg) -> TokenData:
         stats=meta["stats"],
         sources=meta["sources"],
     )
+    data.stats["cache_hit"] = hit
     data.stats["load_s"] = round(time.perf_counter() - t0, 3)
     data.stats["cache_dir"] = str(root)
     return data
 
 
 def _build_packed(cfg, tok, root: Path) -> None:
-    from lmlab.data.packing import mix_rows, pack, shuffled_order, take_rows, tokenize_documents
+    from lmlab.data.packing import TokenStream, mix_rows, pack, shuffled_order, take_rows
+    from lmlab.data.sources import hash_unit
 
     t0 = time.perf_counter()
-    texts, sources, source_stats = _load_documents(cfg)
-    domains = list(texts)
+    sources: dict = {}
+    source_stats: dict = {}
+    streams: dict[tuple[str, str], TokenStream] = {}
+    batch: list[tuple[str, str, str, str]] = []
+
+    def flush() -> None:
+        for (d, split, text, key), ids in zip(batch, tok.encode_batch([b[2] for b in batch])):
+            streams.setdefault((d, split), TokenStream()).add(ids, len(text), hash_unit("val:" + key))
+        batch.clear()
+
+    for item in iter_split_documents(cfg, sources, source_stats):
+        batch.append(item)
+        if len(batch) >= 256:
+            flush()
+    flush()
+    domains = list(_order_domains(cfg, {d: 1 for d, _ in streams}))
     w = cfg.seq_len + 1
     max_val_rows = max(1, cfg.max_val_tokens_per_domain // w)
     per: dict[str, dict] = {}
     train_windows: dict[str, np.ndarray] = {}
     val: dict[str, np.ndarray] = {}
+    val_fallback = []
     for i, d in enumerate(domains):
-        tr_docs = tokenize_documents(tok, texts[d]["train"])
-        va_docs = tokenize_documents(tok, texts[d]["val"])
+        tr_s, va_s = streams.get((d, "train"), TokenStream()), streams.get((d, "val"), TokenStream())
+        if len(va_s) == 0 and len(tr_s) >= 2:  # a small domain where no document hashed to val
+            ids, n_chars, rank = tr_s.pop_lowest_rank()
+            va_s.add(ids, n_chars, rank)
+            val_fallback.append(d)
+        tr_docs, va_docs = tr_s.docs(), va_s.docs()
         tr, tr_st = pack(tr_docs, cfg.seq_len, tok.eos_id, shuffled_order(len(tr_docs), cfg.seed, i))
         va, va_st = pack(va_docs, cfg.seq_len, tok.eos_id)  # fixed order: the same held-out set for every seed
+        if len(va) == 0:
+            raise ValueError(f"data: domain {d!r} has {len(tr_docs)} document(s), too few to hold one out "
+                             f"for validation (give it at least 2 documents)")
         train_windows[d] = tr
         val[d] = va[:max_val_rows]
         per[d] = {
-            "train_docs": len(texts[d]["train"]), "val_docs": len(texts[d]["val"]),
-            "train_chars": sum(map(len, texts[d]["train"])), "val_chars": sum(map(len, texts[d]["val"])),
+            "train_docs": len(tr_docs), "val_docs": len(va_docs),
+            "train_chars": tr_s.chars, "val_chars": va_s.chars,
             "train_pack": tr_st.to_dict(), "val_pack": va_st.to_dict(),
             "train_windows": tr_st.windows, "val_windows": int(len(val[d])),
             "val_windows_dropped": int(len(va) - len(val[d])),
@@ -197,7 +242,7 @@ def _build_packed(cfg, tok, root: Path) -> None:
         "seq_len": cfg.seq_len, "train_rows": int(len(train)), "train_tokens": int(train.size),
         "val_tokens": {d: int(v.size) for d, v in val.items()},
         "mix_realized": {d: round(per[d]["train_rows"] / len(train), 6) for d in domains},
-        "domains": per, "source": source_stats,
+        "domains": per, "source": source_stats, "val_fallback_domains": val_fallback,
         "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                       "fingerprint": tok.fingerprint},
         "build_s": round(time.perf_counter() - t0, 2),

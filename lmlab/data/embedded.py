@@ -14,7 +14,7 @@ The result is cached under `<data_dir>/embedded/<key>/` with a `sources.json` na
 from __future__ import annotations
 
 import ast
-import hashlib
+import functools
 import inspect
 import json
 import os
@@ -27,7 +27,7 @@ from typing import Optional
 
 from lmlab.data.sources import cache_lock, default_data_dir, hash_unit
 
-VERSION = "embedded-v1"
+VERSION = "embedded-v2"
 DOMAINS = ("code", "docs", "bible_kjv", "bible_web", "bible_bbe")
 DEFAULT_MAX_CHARS = 2_000_000
 DEFAULT_VAL_FRACTION = 0.05
@@ -70,8 +70,8 @@ def _cap(docs: list[tuple[str, str]], max_chars: int) -> list[tuple[str, str]]:
 def _select(docs: list[tuple[str, str]], prefix: str, max_chars: int, val_fraction: float) -> dict:
     """Split by id hash, then cap train at (1-f)·max_chars and val at f·max_chars (>= 1 doc each)."""
     parts: dict[str, list] = {"train": [], "val": []}
-    for doc_id, text in docs:
-        parts[_split(f"{prefix}/{doc_id}", val_fraction)].append((doc_id, text))
+    for doc_id, text in docs:  # pieces "file#i" are split by their file id
+        parts[_split(f"{prefix}/{doc_id.split('#')[0]}", val_fraction)].append((doc_id, text))
     out: dict[str, list] = {}
     for split, budget in (("train", max_chars * (1 - val_fraction)), ("val", max_chars * val_fraction)):
         chosen = _cap(parts[split], max(1, int(budget)))
@@ -96,23 +96,45 @@ def _cut(text: str, limit: int) -> list[str]:
     return pieces
 
 
-# ------------------------------------------------------------------------------------------------ code
-def code_documents() -> tuple[list[tuple[str, str]], dict]:
-    root = Path(sysconfig.get_paths()["stdlib"])
+def _collect(candidates: list[tuple[str, Path]], prefix: str, to_text, max_chars: int,
+             val_fraction: float) -> list[tuple[str, str]]:
+    """Read candidate files in id-hash order until both splits have their character budget.
+
+    A file's pieces ("id#0", "id#1", ...) share the file's split, so no file straddles train and val.
+    """
+    need = {"train": max_chars * (1 - val_fraction), "val": max_chars * val_fraction}
     docs = []
-    for f in sorted(root.rglob("*.py")):
-        rel = f.relative_to(root)
-        if any(part in SKIP_DIRS or part.startswith("test_") for part in rel.parts[:-1]) or rel.name.startswith("test_"):
+    for doc_id, f in sorted(candidates, key=lambda t: hash_unit(t[0])):
+        if need["train"] <= 0 and need["val"] <= 0:
+            break
+        split = _split(f"{prefix}/{doc_id}", val_fraction)
+        if need[split] <= 0:
             continue
         try:
-            text = f.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
+            text = to_text(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError, MemoryError):
             continue
         if not text.strip():
             continue
         for i, piece in enumerate(_cut(text, MAX_DOC_CHARS)):
-            docs.append((f"{rel.as_posix()}#{i}", piece))
-    return docs, {"python": sys.version.split()[0], "stdlib": str(root)}
+            docs.append((f"{doc_id}#{i}", piece))
+            need[split] -= len(piece)
+    return docs
+
+
+def _skipped(rel: Path) -> bool:
+    return any(part in SKIP_DIRS or part.startswith("test") for part in rel.parts[:-1]) or \
+        rel.name.startswith("test_")
+
+
+# ------------------------------------------------------------------------------------------------ code
+def code_documents(max_chars: int = DEFAULT_MAX_CHARS, val_fraction: float = DEFAULT_VAL_FRACTION,
+                   ) -> tuple[list[tuple[str, str]], dict]:
+    """Standard-library source files (one file = one document, cut at MAX_DOC_CHARS)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [(f.relative_to(root).as_posix(), f) for f in root.rglob("*.py") if not _skipped(f.relative_to(root))]
+    docs = _collect(files, "code", lambda t: t, max_chars, val_fraction)
+    return docs, {"python": sys.version.split()[0], "stdlib": str(root), "candidate_files": len(files)}
 
 
 # ------------------------------------------------------------------------------------------------ docs
@@ -129,43 +151,26 @@ def _docstrings(source: str) -> list[str]:
     return out
 
 
-def docs_documents(max_chars: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[list[tuple[str, str]], dict]:
-    """Docstrings per module, parsing files in id-hash order until ~max_chars are collected."""
+def docs_documents(max_chars: int = DEFAULT_MAX_CHARS, val_fraction: float = DEFAULT_VAL_FRACTION,
+                   ) -> tuple[list[tuple[str, str]], dict]:
+    """Docstrings (>= 40 chars) of one module = one document, from the packages in DOC_PACKAGES."""
     import importlib.util
 
     files: list[tuple[str, Path]] = []
     versions = {}
     for pkg in DOC_PACKAGES:
-        spec = importlib.util.find_spec(pkg) if pkg not in sys.modules else sys.modules[pkg].__spec__
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             continue
         root = Path(list(spec.submodule_search_locations)[0])
         versions[pkg] = _pkg_version({"yaml": "pyyaml", "sklearn": "scikit-learn", "attr": "attrs"}.get(pkg, pkg))
-        for f in root.rglob("*.py"):
-            rel = f.relative_to(root)
-            if any(part in SKIP_DIRS or part.startswith("test") for part in rel.parts):
-                continue
-            files.append((f"{pkg}/{rel.as_posix()}", f))
-    files.sort(key=lambda t: hash_unit(t[0]))
-    docs = []
-    need = {"train": max_chars * (1 - val_fraction), "val": max_chars * val_fraction}
-    for doc_id, f in files:
-        if need["train"] <= 0 and need["val"] <= 0:
-            break
-        split = _split(f"docs/{doc_id}#0", val_fraction)
-        if need[split] <= 0:
-            continue
-        try:
-            strings = _docstrings(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
-            continue
-        if not strings:
-            continue
-        text = "\n\n".join(strings)
-        for i, piece in enumerate(_cut(text, MAX_DOC_CHARS)):
-            docs.append((f"{doc_id}#{i}", piece))
-            need[_split(f"docs/{doc_id}#{i}", val_fraction)] -= len(piece)
-    return docs, {"packages": versions}
+        files += [(f"{pkg}/{f.relative_to(root).as_posix()}", f) for f in root.rglob("*.py")
+                  if not _skipped(f.relative_to(root))]
+    docs = _collect(files, "docs", lambda t: "\n\n".join(_docstrings(t)), max_chars, val_fraction)
+    return docs, {"packages": versions, "candidate_files": len(files)}
 
 
 # ----------------------------------------------------------------------------------------------- bible
@@ -207,14 +212,17 @@ def parse_bible(bible) -> dict[int, str]:
     return out
 
 
-def bible_documents(names: list[str], max_chars: int, val_fraction: float) -> tuple[dict, dict]:
-    """Chapter documents for each translation in `names`, over the verses present in all three."""
+@functools.lru_cache(maxsize=None)
+def parsed_bible(name: str) -> dict[int, str]:
+    """Parsed verses of one of BIBLE_VERSIONS' translations (cached for the process)."""
     import importlib
 
-    verses = {}
-    for name in BIBLE_VERSIONS:
-        mod = importlib.import_module(BIBLE_DISTS[name].replace("-", "_") + ".plain_text_bible")
-        verses[name] = parse_bible(mod.bible)
+    return parse_bible(importlib.import_module(BIBLE_DISTS[name].replace("-", "_") + ".plain_text_bible").bible)
+
+
+def bible_documents(names: list[str], max_chars: int, val_fraction: float) -> tuple[dict, dict]:
+    """Chapter documents for each translation in `names`, over the verses present in all three."""
+    verses = {name: parsed_bible(name) for name in BIBLE_VERSIONS}
     common = set.intersection(*(set(v) for v in verses.values()))
     chapters: dict[int, list[int]] = {}
     for vid in sorted(common):
@@ -251,7 +259,8 @@ def build_embedded(domains: Optional[list[str]] = None, max_chars: int = DEFAULT
     for name in domains:
         t0 = time.perf_counter()
         if name in ("code", "docs"):
-            docs, info = code_documents() if name == "code" else docs_documents(max_chars, val_fraction)
+            fn = code_documents if name == "code" else docs_documents
+            docs, info = fn(max_chars, val_fraction)
             out[name], sources[name] = _select(docs, name, max_chars, val_fraction), info
         elif name not in out:
             want = [n for n in domains if n in BIBLE_VERSIONS]

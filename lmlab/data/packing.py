@@ -32,6 +32,40 @@ class TokenizedDocs:
         return len(self.lengths)
 
 
+class TokenStream:
+    """Accumulates encoded documents one at a time (streaming tokenization) into a `TokenizedDocs`."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._lengths: list[int] = []
+        self._chars: list[int] = []
+        self._rank: list[float] = []
+
+    @property
+    def chars(self) -> int:
+        return sum(self._chars)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def add(self, ids: Sequence[int], n_chars: int = 0, rank: float = 0.0) -> None:
+        self._chunks.append(np.asarray(ids, dtype=np.uint32))
+        self._lengths.append(len(ids))
+        self._chars.append(n_chars)
+        self._rank.append(rank)
+
+    def pop_lowest_rank(self) -> tuple[np.ndarray, int, float]:
+        """Remove and return the document with the smallest rank (deterministic val fallback)."""
+        i = int(np.argmin(self._rank))
+        out = (self._chunks.pop(i), self._chars.pop(i), self._rank.pop(i))
+        self._lengths.pop(i)
+        return out
+
+    def docs(self) -> TokenizedDocs:
+        ids = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.uint32)
+        return TokenizedDocs(ids, np.asarray(self._lengths, dtype=np.int64))
+
+
 @dataclass
 class PackStats:
     documents: int = 0
@@ -47,14 +81,12 @@ class PackStats:
 
 def tokenize_documents(tokenizer, texts: Iterable[str], batch_size: int = 256) -> TokenizedDocs:
     """Encode in batches (bounded memory per batch); ids stored as uint32."""
-    chunks: list[np.ndarray] = []
-    lengths: list[int] = []
+    stream = TokenStream()
     batch: list[str] = []
 
     def flush() -> None:
-        for ids in tokenizer.encode_batch(batch):
-            chunks.append(np.asarray(ids, dtype=np.uint32))
-            lengths.append(len(ids))
+        for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+            stream.add(ids, len(text))
         batch.clear()
 
     for t in texts:
@@ -63,8 +95,7 @@ def tokenize_documents(tokenizer, texts: Iterable[str], batch_size: int = 256) -
             flush()
     if batch:
         flush()
-    ids = np.concatenate(chunks) if chunks else np.zeros(0, np.uint32)
-    return TokenizedDocs(ids, np.asarray(lengths, dtype=np.int64))
+    return stream.docs()
 
 
 def split_of(key: str, val_fraction: float) -> str:

@@ -7,6 +7,8 @@ every edge case is counted in `stats` (a `SourceStats`):
 - bytes that are not valid UTF-8        -> decoded one U+FFFD per bad byte; `non_utf8_files`, `non_utf8_bytes`
 - lines longer than `max_line_chars`    -> the document is cut into pieces of at most that many characters;
                                            `huge_lines`, `split_pieces`
+- lone surrogates (from JSON "\\ud800") -> replaced by U+FFFD; `invalid_surrogates`
+- a UTF-8 byte-order mark               -> removed; `bom_files`
 - malformed .jsonl lines                -> `malformed_lines`, `malformed_line_numbers` ("file:line")
 - rows without a string `text_field`    -> `missing_field`, `missing_field_line_numbers`
 - files with an unknown extension       -> `skipped_files`
@@ -33,6 +35,7 @@ MAX_RECORDED_LINES = 100  # line numbers kept per kind in stats (counts are alwa
 TEXT_EXT = (".txt", ".md", ".rst", ".text", ".py")
 JSONL_EXT = (".jsonl", ".ndjson")
 _BAD_BYTE = re.compile("[\udc80-\udcff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -58,6 +61,8 @@ class SourceStats:
     missing_field: int = 0
     missing_field_line_numbers: list[str] = field(default_factory=list)
     blank_lines: int = 0
+    invalid_surrogates: int = 0
+    bom_files: int = 0
     skipped_files: list[str] = field(default_factory=list)
     chars: int = 0
     chars_out: int = 0
@@ -146,7 +151,18 @@ def bound_pieces(text: str, limit: int, stats: SourceStats) -> list[str]:
     return pieces
 
 
+def _clean_surrogates(text: str, stats: SourceStats) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        n = len(_SURROGATE.findall(text))
+        stats.invalid_surrogates += n
+        return _SURROGATE.sub("\ufffd", text)
+
+
 def _emit(text: str, domain: str, key: str, stats: SourceStats, where: str, limit: int) -> Iterator[Document]:
+    text = _clean_surrogates(text, stats)
     stats.chars += len(text)
     if not text:
         stats.empty_documents += 1
@@ -179,6 +195,9 @@ def iter_txt(path: Path, domain: str, stats: SourceStats, limit: int = MAX_LINE_
     stats.files += 1
     with _open_bytes(path) as fh:
         raw = fh.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+        stats.bom_files += 1
     text, bad = decode_bytes(raw, stats)
     stats.non_utf8_files += bad > 0
     yield from _emit(text, domain, text_key(text), stats, str(path), limit)
@@ -191,6 +210,9 @@ def iter_jsonl(path: Path, domain: str, stats: SourceStats, text_field: str = "t
     with _open_bytes(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+                stats.bom_files += 1
             line, bad = decode_bytes(raw, stats)
             any_bad |= bad > 0
             if not line.strip():
