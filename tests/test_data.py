@@ -54,6 +54,19 @@ def test_tokenizer_round_trip_save_load(tok, tmp_path):
         train_tokenizer(["x"], 100)
 
 
+def test_load_hf_tokenizer_dir_without_tokenizer_json(tok, tmp_path):
+    """A GPT-2 style directory (vocab.json + merges.txt + tokenizer_config.json) goes through transformers."""
+    pytest.importorskip("transformers", reason="transformers not installed")
+    tok.backend.model.save(str(tmp_path))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "eos_token": EOS_TOKEN, "bos_token": EOS_TOKEN, "unk_token": EOS_TOKEN,
+         "add_prefix_space": False}), encoding="utf-8")
+    hf = load_tokenizer(tmp_path)
+    assert not hf._fast and hf.eos_id == tok.eos_id
+    for text in UNICODE[:6]:
+        assert hf.encode(text) == tok.encode(text) and hf.decode(hf.encode(text)) == text
+
+
 # ------------------------------------------------------------------------------------------- sources
 def _docs(source, **kw):
     st = SourceStats()
