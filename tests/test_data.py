@@ -312,6 +312,27 @@ def test_load_data_local_cached_and_deterministic(tmp_path):
         load_data(cfg.model_copy(update={"mix": {"web": 1.0}}))
 
 
+def test_load_data_rebuild_identical_token_cache_and_small_domains(tmp_path):
+    src = _local_corpus(tmp_path / "src")
+    (src / "tiny").mkdir()
+    for i in range(2):  # two documents; with val_fraction 0.01 neither is likely to hash to val
+        (src / "tiny" / f"{i}.txt").write_text(f"tiny document {i} " * 20, encoding="utf-8")
+    base = dict(source=str(src), tokenizer="corpus", vocab_size=300, seq_len=16, val_fraction=0.01)
+    a = load_data(DataConfig(**base, data_dir=str(tmp_path / "c1")))
+    b = load_data(DataConfig(**base, data_dir=str(tmp_path / "c2")))  # from scratch elsewhere
+    assert a.tokenizer.fingerprint == b.tokenizer.fingerprint
+    assert np.array_equal(a.train, b.train) and all(np.array_equal(a.val[k], b.val[k]) for k in a.val)
+    assert "tiny" in a.stats["val_fallback_domains"] and a.stats["domains"]["tiny"]["val_docs"] == 1
+    assert a.stats["domains"]["tiny"]["train_docs"] == 1
+    # another seed / seq_len reuses the tokenized corpus: one tokens/ entry, two packed/ entries
+    c = load_data(DataConfig(**{**base, "seq_len": 8}, data_dir=str(tmp_path / "c1"), seed=5, domains=["tiny", "news"]))
+    assert c.domains == ["tiny", "news"] and c.train.shape[1] == 9
+    assert len([p for p in (tmp_path / "c1" / "tokens").iterdir() if not p.name.startswith(".")]) == 1
+    assert len([p for p in (tmp_path / "c1" / "packed").iterdir() if not p.name.startswith(".")]) == 2
+    with pytest.raises(ValueError, match="'web' not found"):
+        load_data(DataConfig(**base, data_dir=str(tmp_path / "c1"), domains=["web"]))
+
+
 def test_load_data_embedded_small(small_embedded, monkeypatch):
     tmp_path = small_embedded[0]
     monkeypatch.setattr(embedded, "DEFAULT_MAX_CHARS", EMB_CHARS)

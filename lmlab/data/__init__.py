@@ -153,9 +153,10 @@ def load_data(cfg) -> TokenData:
     root = default_data_dir(cfg.data_dir) / "packed" / key
     hit = (root / "meta.json").exists()
     if not hit:
+        tokens = tokenized_corpus(cfg, tok, ident)
         with cache_lock(root):
             if not (root / "meta.json").exists():
-                _build_packed(cfg, tok, root)
+                _build_packed(cfg, tok, root, tokens)
     meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
     data = TokenData(
         train=np.load(root / "train.npy"),
@@ -172,27 +173,62 @@ def load_data(cfg) -> TokenData:
     return data
 
 
-def _build_packed(cfg, tok, root: Path) -> None:
-    from lmlab.data.packing import TokenStream, mix_rows, pack, shuffled_order, take_rows
-    from lmlab.data.sources import hash_unit
+def tokenized_corpus(cfg, tok, ident: list) -> Path:
+    """Tokenize every domain of cfg.source once per (source, split rule, tokenizer); cached as .npz.
+
+    Packing for another seed, seq_len, mix or budget reuses these token ids without re-tokenizing.
+    """
+    from lmlab.data.packing import TokenStream
+    from lmlab.data.sources import cache_lock, default_data_dir, hash_unit
+
+    key = _key(PACK_VERSION, ident, cfg.source, cfg.text_field, cfg.val_fraction, tok.fingerprint)
+    root = default_data_dir(cfg.data_dir) / "tokens" / key
+    if (root / "meta.json").exists():
+        return root
+    with cache_lock(root):
+        if (root / "meta.json").exists():
+            return root
+        t0 = time.perf_counter()
+        all_cfg = cfg.model_copy(update={"domains": None})
+        sources: dict = {}
+        source_stats: dict = {}
+        streams: dict[tuple[str, str], TokenStream] = {}
+        batch: list[tuple[str, str, str, str]] = []
+
+        def flush() -> None:
+            for (d, split, text, k), ids in zip(batch, tok.encode_batch([b[2] for b in batch])):
+                streams.setdefault((d, split), TokenStream()).add(ids, len(text), hash_unit("val:" + k))
+            batch.clear()
+
+        for item in iter_split_documents(all_cfg, sources, source_stats):
+            batch.append(item)
+            if len(batch) >= 256:
+                flush()
+        flush()
+        tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        domains = list(dict.fromkeys(d for d, _ in streams))
+        for i, d in enumerate(domains):
+            for split in ("train", "val"):
+                streams.get((d, split), TokenStream()).docs().save(tmp / f"{i}_{split}.npz")
+        (tmp / "meta.json").write_text(json.dumps(
+            {"domains": domains, "sources": sources, "source_stats": source_stats,
+             "tokenize_s": round(time.perf_counter() - t0, 2)}, indent=1, default=str), encoding="utf-8")
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    return root
+
+
+def _build_packed(cfg, tok, root: Path, tokens: Path) -> None:
+    from lmlab.data.packing import TokenizedDocs, ensure_val, mix_rows, pack, shuffled_order, take_rows
 
     t0 = time.perf_counter()
-    sources: dict = {}
-    source_stats: dict = {}
-    streams: dict[tuple[str, str], TokenStream] = {}
-    batch: list[tuple[str, str, str, str]] = []
-
-    def flush() -> None:
-        for (d, split, text, key), ids in zip(batch, tok.encode_batch([b[2] for b in batch])):
-            streams.setdefault((d, split), TokenStream()).add(ids, len(text), hash_unit("val:" + key))
-        batch.clear()
-
-    for item in iter_split_documents(cfg, sources, source_stats):
-        batch.append(item)
-        if len(batch) >= 256:
-            flush()
-    flush()
-    domains = list(_order_domains(cfg, {d: 1 for d, _ in streams}))
+    tmeta = json.loads((tokens / "meta.json").read_text(encoding="utf-8"))
+    sources, source_stats = tmeta["sources"], tmeta["source_stats"]
+    index = {d: i for i, d in enumerate(tmeta["domains"])}
+    domains = list(_order_domains(cfg, index))
     w = cfg.seq_len + 1
     max_val_rows = max(1, cfg.max_val_tokens_per_domain // w)
     per: dict[str, dict] = {}
@@ -200,12 +236,10 @@ def _build_packed(cfg, tok, root: Path) -> None:
     val: dict[str, np.ndarray] = {}
     val_fallback = []
     for i, d in enumerate(domains):
-        tr_s, va_s = streams.get((d, "train"), TokenStream()), streams.get((d, "val"), TokenStream())
-        if len(va_s) == 0 and len(tr_s) >= 2:  # a small domain where no document hashed to val
-            ids, n_chars, rank = tr_s.pop_lowest_rank()
-            va_s.add(ids, n_chars, rank)
+        tr_docs, va_docs, moved = ensure_val(TokenizedDocs.load(tokens / f"{index[d]}_train.npz"),
+                                             TokenizedDocs.load(tokens / f"{index[d]}_val.npz"))
+        if moved:  # a small domain where no document hashed to val: its lowest-ranked one is held out
             val_fallback.append(d)
-        tr_docs, va_docs = tr_s.docs(), va_s.docs()
         tr, tr_st = pack(tr_docs, cfg.seq_len, tok.eos_id, shuffled_order(len(tr_docs), cfg.seed, i))
         va, va_st = pack(va_docs, cfg.seq_len, tok.eos_id)  # fixed order: the same held-out set for every seed
         if len(va) == 0:
@@ -215,7 +249,7 @@ def _build_packed(cfg, tok, root: Path) -> None:
         val[d] = va[:max_val_rows]
         per[d] = {
             "train_docs": len(tr_docs), "val_docs": len(va_docs),
-            "train_chars": tr_s.chars, "val_chars": va_s.chars,
+            "train_chars": int(tr_docs.chars.sum()), "val_chars": int(va_docs.chars.sum()),
             "train_pack": tr_st.to_dict(), "val_pack": va_st.to_dict(),
             "train_windows": tr_st.windows, "val_windows": int(len(val[d])),
             "val_windows_dropped": int(len(va) - len(val[d])),
@@ -245,7 +279,7 @@ def _build_packed(cfg, tok, root: Path) -> None:
         "domains": per, "source": source_stats, "val_fallback_domains": val_fallback,
         "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                       "fingerprint": tok.fingerprint},
-        "build_s": round(time.perf_counter() - t0, 2),
+        "tokenize_s": tmeta["tokenize_s"], "pack_s": round(time.perf_counter() - t0, 2),
     }
     tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -19,10 +19,21 @@ from lmlab.data.sources import hash_unit
 
 @dataclass
 class TokenizedDocs:
-    """Documents as one flat id array plus per-document lengths (doc i = ids[offsets[i]:offsets[i+1]])."""
+    """Documents as one flat id array plus per-document lengths (doc i = ids[offsets[i]:offsets[i+1]]).
 
-    ids: np.ndarray      # (total,) uint32
-    lengths: np.ndarray  # (n_docs,) int64
+    `chars` (characters per document) and `ranks` (a hash in [0, 1) per document, used to pick a
+    validation document deterministically when none hashed to val) travel along for accounting.
+    """
+
+    ids: np.ndarray                      # (total,) uint32
+    lengths: np.ndarray                  # (n_docs,) int64
+    chars: Optional[np.ndarray] = None   # (n_docs,) int64
+    ranks: Optional[np.ndarray] = None   # (n_docs,) float64
+
+    def __post_init__(self) -> None:
+        n = len(self.lengths)
+        self.chars = np.zeros(n, np.int64) if self.chars is None else np.asarray(self.chars, np.int64)
+        self.ranks = np.zeros(n, np.float64) if self.ranks is None else np.asarray(self.ranks, np.float64)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -30,6 +41,21 @@ class TokenizedDocs:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def take(self, idx: Sequence[int]) -> "TokenizedDocs":
+        idx = np.asarray(idx, dtype=np.int64)
+        offs = self.offsets
+        parts = [self.ids[offs[i]:offs[i + 1]] for i in idx]
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+        return TokenizedDocs(ids, self.lengths[idx], self.chars[idx], self.ranks[idx])
+
+    def save(self, path) -> None:
+        np.savez(path, ids=self.ids, lengths=self.lengths, chars=self.chars, ranks=self.ranks)
+
+    @classmethod
+    def load(cls, path) -> "TokenizedDocs":
+        with np.load(path) as z:
+            return cls(z["ids"], z["lengths"], z["chars"], z["ranks"])
 
 
 class TokenStream:
@@ -39,11 +65,7 @@ class TokenStream:
         self._chunks: list[np.ndarray] = []
         self._lengths: list[int] = []
         self._chars: list[int] = []
-        self._rank: list[float] = []
-
-    @property
-    def chars(self) -> int:
-        return sum(self._chars)
+        self._ranks: list[float] = []
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -52,18 +74,21 @@ class TokenStream:
         self._chunks.append(np.asarray(ids, dtype=np.uint32))
         self._lengths.append(len(ids))
         self._chars.append(n_chars)
-        self._rank.append(rank)
-
-    def pop_lowest_rank(self) -> tuple[np.ndarray, int, float]:
-        """Remove and return the document with the smallest rank (deterministic val fallback)."""
-        i = int(np.argmin(self._rank))
-        out = (self._chunks.pop(i), self._chars.pop(i), self._rank.pop(i))
-        self._lengths.pop(i)
-        return out
+        self._ranks.append(rank)
 
     def docs(self) -> TokenizedDocs:
         ids = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.uint32)
-        return TokenizedDocs(ids, np.asarray(self._lengths, dtype=np.int64))
+        return TokenizedDocs(ids, np.asarray(self._lengths, np.int64), np.asarray(self._chars, np.int64),
+                             np.asarray(self._ranks, np.float64))
+
+
+def ensure_val(train: TokenizedDocs, val: TokenizedDocs) -> tuple[TokenizedDocs, TokenizedDocs, bool]:
+    """If no document hashed to val and train has >= 2, move the lowest-ranked train document to val."""
+    if len(val) or len(train) < 2:
+        return train, val, False
+    i = int(np.argmin(train.ranks))
+    rest = [j for j in range(len(train)) if j != i]
+    return train.take(rest), train.take([i]), True
 
 
 @dataclass
