@@ -18,6 +18,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from lmlab.config import ConfigError
+
 PACK_VERSION = "pack-v1"
 TOKENIZER_SAMPLE_CHARS = 1_000_000  # per domain, for training the embedded BPE
 
@@ -62,11 +64,11 @@ def _order_domains(cfg, per_domain: dict) -> dict:
     if cfg.domains:
         missing = [d for d in cfg.domains if d not in per_domain]
         if missing:
-            raise ValueError(f"data.domains: {missing[0]!r} not found in {cfg.source!r} "
+            raise ConfigError(f"data.domains: {missing[0]!r} not found in {cfg.source!r} "
                              f"(found: {', '.join(sorted(per_domain)) or 'nothing'})")
         return {d: per_domain[d] for d in cfg.domains}
     if not per_domain:
-        raise ValueError(f"data source {cfg.source!r}: no documents found")
+        raise ConfigError(f"data source {cfg.source!r}: no documents found")
     if cfg.source == "embedded":
         return per_domain
     return dict(sorted(per_domain.items()))
@@ -243,7 +245,7 @@ def _build_packed(cfg, tok, root: Path, tokens: Path) -> None:
         tr, tr_st = pack(tr_docs, cfg.seq_len, tok.eos_id, shuffled_order(len(tr_docs), cfg.seed, i))
         va, va_st = pack(va_docs, cfg.seq_len, tok.eos_id)  # fixed order: the same held-out set for every seed
         if len(va) == 0:
-            raise ValueError(f"data: domain {d!r} has {len(tr_docs)} document(s), too few to hold one out "
+            raise ConfigError(f"data: domain {d!r} has {len(tr_docs)} document(s), too few to hold one out "
                              f"for validation (give it at least 2 documents)")
         train_windows[d] = tr
         val[d] = va[:max_val_rows]
@@ -271,7 +273,7 @@ def _build_packed(cfg, tok, root: Path, tokens: Path) -> None:
     perm = np.random.default_rng([cfg.seed, 1 << 20]).permutation(len(train))
     train, train_domain = train[perm], train_domain[perm]
     if len(train) == 0:
-        raise ValueError(f"data source {cfg.source!r}: no training window of seq_len+1={w} tokens")
+        raise ConfigError(f"data source {cfg.source!r}: no training window of seq_len+1={w} tokens")
     stats = {
         "seq_len": cfg.seq_len, "train_rows": int(len(train)), "train_tokens": int(train.size),
         "val_tokens": {d: int(v.size) for d, v in val.items()},

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from lmlab.config import ConfigError
 from lmlab.data.sources import cache_lock, default_data_dir, hash_unit
 
 VERSION = "embedded-v2"
@@ -253,7 +254,7 @@ def build_embedded(domains: Optional[list[str]] = None, max_chars: int = DEFAULT
     domains = list(domains or DOMAINS)
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
-        raise ValueError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
+        raise ConfigError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
     out: dict[str, dict] = {}
     sources: dict[str, dict] = {"version": VERSION, "max_chars": max_chars, "val_fraction": val_fraction}
     for name in domains:
@@ -262,13 +263,14 @@ def build_embedded(domains: Optional[list[str]] = None, max_chars: int = DEFAULT
             fn = code_documents if name == "code" else docs_documents
             docs, info = fn(max_chars, val_fraction)
             out[name], sources[name] = _select(docs, name, max_chars, val_fraction), info
-        elif name not in out:
+            info["build_s"] = round(time.perf_counter() - t0, 2)
+        elif name not in out:  # the three translations are built together (one chapter selection)
             want = [n for n in domains if n in BIBLE_VERSIONS]
             res, info = bible_documents(want, max_chars, val_fraction)
             out.update(res)
+            info["build_s"] = round(time.perf_counter() - t0, 2)
             for n in want:
                 sources[n] = dict(info)
-        sources.setdefault(name, {})["build_s"] = round(time.perf_counter() - t0, 2)
     return {k: out[k] for k in domains}, sources
 
 
@@ -284,7 +286,7 @@ def embedded_corpus(domains: Optional[list[str]] = None, data_dir: Optional[str 
     want = list(domains or DOMAINS)
     unknown = [d for d in want if d not in DOMAINS]
     if unknown:
-        raise ValueError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
+        raise ConfigError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
     root = embedded_dir(data_dir, max_chars, val_fraction)
     if not (root / "sources.json").exists():
         with cache_lock(root):

@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from lmlab.config import ConfigError
 from lmlab.data.sources import hash_unit
 
 
@@ -167,10 +168,10 @@ def mix_rows(avail: dict[str, int], mix: dict[str, float], total: Optional[int])
     if mix:
         unknown = [k for k in mix if k not in avail]
         if unknown:
-            raise ValueError(f"data.mix: domain {unknown[0]!r} unknown (domains: {', '.join(names)})")
+            raise ConfigError(f"data.mix: domain {unknown[0]!r} unknown (domains: {', '.join(names)})")
         weights = np.array([float(mix.get(d, 0.0)) for d in names])
         if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"data.mix={mix}: weights must be >= 0 with a positive sum")
+            raise ConfigError(f"data.mix={mix}: weights must be >= 0 with a positive sum")
     else:
         weights = np.array([float(avail[d]) for d in names])
         if total is None:
@@ -194,7 +195,7 @@ def take_rows(windows: np.ndarray, n: int, seed: int, salt: int = 0) -> tuple[np
     if n <= have:
         return windows[:n], 0
     if have == 0:
-        raise ValueError("cannot draw training rows from a domain with no windows")
+        raise ConfigError("cannot draw training rows from a domain with no windows")
     reps = [windows]
     k = 1
     while sum(len(r) for r in reps) < n:

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import parse_qsl
 
+from lmlab.config import ConfigError
+
 MAX_LINE_CHARS = 100_000
 MAX_RECORDED_LINES = 100  # line numbers kept per kind in stats (counts are always complete)
 TEXT_EXT = (".txt", ".md", ".rst", ".text", ".py")
@@ -241,7 +243,7 @@ def iter_parquet(path: Path, domain: str, stats: SourceStats, text_field: str = 
     pf = pq.ParquetFile(str(path))
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise ValueError(f"parquet file {str(path)!r} has no column {text_field!r} (columns: {', '.join(names)})")
+        raise ConfigError(f"parquet file {str(path)!r} has no column {text_field!r} (columns: {', '.join(names)})")
     row = 0
     for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
         for text in batch.column(0).to_pylist():
@@ -256,7 +258,7 @@ def iter_parquet(path: Path, domain: str, stats: SourceStats, text_field: str = 
 def _iter_hf(ds: Any, name: str, domain: str, stats: SourceStats, text_field: str, limit: int) -> Iterator[Document]:
     cols = list(ds.column_names or [])
     if cols and text_field not in cols:
-        raise ValueError(f"dataset {name!r} has no column {text_field!r} (columns: {', '.join(cols)})")
+        raise ConfigError(f"dataset {name!r} has no column {text_field!r} (columns: {', '.join(cols)})")
     row = 0
     for batch in ds.iter(batch_size=1000):
         for text in batch[text_field]:
@@ -302,7 +304,7 @@ def iter_load_dataset(name: str, domain: str, stats: SourceStats, text_field: st
         ds = datasets.load_dataset(name, config, **kwargs)
     except Exception as e:  # noqa: BLE001 - report one line naming the dataset
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"datasets.load_dataset({name!r}) failed: {first}") from None
+        raise ConfigError(f"datasets.load_dataset({name!r}) failed: {first}") from None
     stats.files += 1
     if isinstance(ds, datasets.DatasetDict):
         for s in sorted(ds.keys()):
