@@ -65,7 +65,7 @@ def _order_domains(cfg, per_domain: dict) -> dict:
         missing = [d for d in cfg.domains if d not in per_domain]
         if missing:
             raise ConfigError(f"data.domains: {missing[0]!r} not found in {cfg.source!r} "
-                             f"(found: {', '.join(sorted(per_domain)) or 'nothing'})")
+                              f"(found: {', '.join(sorted(per_domain)) or 'nothing'})")
         return {d: per_domain[d] for d in cfg.domains}
     if not per_domain:
         raise ConfigError(f"data source {cfg.source!r}: no documents found")
@@ -130,9 +130,9 @@ def get_tokenizer(cfg):
             if not (out / "tokenizer.json").exists():
                 if cfg.tokenizer == "embedded":
                     texts = embedded.embedded_texts(None, cfg.data_dir, max_chars=embedded.DEFAULT_MAX_CHARS)
-                    docs = ((d, s, t) for d in texts for s in ("train",) for t in texts[d][s])
-                else:
-                    docs = iter_split_documents(cfg, {}, {})
+                    docs = ((d, "train", t) for d in texts for t in texts[d]["train"])
+                else:  # every domain of the source, whatever cfg.domains selects
+                    docs = iter_split_documents(cfg.model_copy(update={"domains": None}), {}, {})
                 train_tokenizer(_sample_train(docs), cfg.vocab_size, out, name=tag)
     return load_tokenizer(out)
 
@@ -246,7 +246,7 @@ def _build_packed(cfg, tok, root: Path, tokens: Path) -> None:
         va, va_st = pack(va_docs, cfg.seq_len, tok.eos_id)  # fixed order: the same held-out set for every seed
         if len(va) == 0:
             raise ConfigError(f"data: domain {d!r} has {len(tr_docs)} document(s), too few to hold one out "
-                             f"for validation (give it at least 2 documents)")
+                              f"for validation (give it at least 2 documents)")
         train_windows[d] = tr
         val[d] = va[:max_val_rows]
         per[d] = {

@@ -345,6 +345,15 @@ def source_domain(path: Path) -> str:
     return _strip_ext(path.name)[0] or "default"
 
 
+def dir_domain(rel: Path) -> str:
+    """Domain of a file found inside a source directory: its first-level sub-directory; at the top level,
+    a record file's stem (.jsonl, .parquet, saved dataset), or "default" for text files (one document each)."""
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    stem, ext = _strip_ext(rel.name)
+    return "default" if ext in TEXT_EXT else (stem or "default")
+
+
 def split_sources(source: str) -> list[str]:
     if source.startswith("hf:") or Path(source).expanduser().exists() or "," not in source:
         return [source]
@@ -355,7 +364,7 @@ def iter_documents(source: str | Path, text_field: str = "text", stats: Optional
                    max_line_chars: int = MAX_LINE_CHARS, domain: Optional[str] = None,
                    dataset_kwargs: Optional[dict] = None) -> Iterator[Document]:
     """Stream documents from a source string (see module doc). Domains: a file's stem; inside a directory,
-    the first-level sub-directory's name (files at the top: "default"); `hf:` datasets: "default"."""
+    see `dir_domain`; `hf:` datasets: "default"."""
     stats = stats if stats is not None else SourceStats()
     for src in split_sources(str(source)):
         if src.startswith("hf:"):
@@ -370,9 +379,7 @@ def iter_documents(source: str | Path, text_field: str = "text", stats: Optional
             yield from _iter_file(path, domain or source_domain(path), stats, text_field, max_line_chars)
             continue
         for f in _walk(path):
-            rel = f.relative_to(path)
-            dom = domain or (rel.parts[0] if len(rel.parts) > 1 else "default")
-            yield from _iter_file(f, dom, stats, text_field, max_line_chars)
+            yield from _iter_file(f, domain or dir_domain(f.relative_to(path)), stats, text_field, max_line_chars)
 
 
 def fingerprint_source(source: str) -> str:
