@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "list": "lmlab.experiments.cli:register_list",
     "data": "lmlab.cli:register_data",
     "tokenizer": "lmlab.data.cli:register_tokenizer",
+    "generate": "lmlab.infer.cli:register_generate",
+    "serve": "lmlab.infer.cli:register_serve",
 }
 
 DATA_COMMANDS: dict[str, str] = {
