@@ -50,25 +50,40 @@ class SwiGLUExperts(nn.Module):
         return k * 3 * self.d * self.h
 
 
+def slot_table(r: Routing, g: int, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> src (e·g·c,) token feeding each slot (g·s = empty), row (g·n,) slot of each assignment
+    (e·g·c = dropped), tok (g·n,) flat token of each assignment."""
+    e, c = r.n_experts, r.capacity
+    rows = e * g * c
+    grp = torch.arange(g, device=r.token.device)[:, None]
+    # Expert-major rows, so each expert's g·c slots are contiguous.
+    row = (r.expert * g + grp) * c + r.slot                             # (g, n)
+    row = torch.where(r.valid, row, torch.full_like(row, rows)).reshape(-1)
+    tok = (r.token + grp * s).reshape(-1)
+    src = torch.full((rows + 1,), g * s, dtype=torch.long, device=row.device)
+    src = src.scatter(0, row, tok)[:rows]
+    return src, row, tok
+
+
+def to_slots(x: torch.Tensor, src: torch.Tensor, e: int) -> torch.Tensor:
+    """x (g·s, d) -> expert buffers (e, g·c, d); empty slots hold zeros."""
+    x_ext = torch.cat([x, x.new_zeros(1, x.shape[-1])], 0)
+    return x_ext[src].view(e, -1, x.shape[-1])
+
+
+def from_slots(yb: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """Expert outputs (e, g·c, d') -> one row per assignment (g·n, d'); dropped assignments get zeros."""
+    yf = yb.reshape(-1, yb.shape[-1])
+    return torch.cat([yf, yf.new_zeros(1, yf.shape[-1])], 0)[row]
+
+
 def dispatch_combine(x: torch.Tensor, r: Routing, experts: SwiGLUExperts) -> torch.Tensor:
     """x (g, s, d), routing in index form -> y (g, s, d) = Σ_{kept (e,c)} w · f_e(x_token)."""
     g, s, d = x.shape
-    e, c = r.n_experts, r.capacity
-    rows = e * g * c
-    # Slot table row of each assignment: expert-major so each expert's g·c slots are contiguous.
-    grp = torch.arange(g, device=x.device)[:, None]
-    row = (r.expert * g + grp) * c + r.slot                             # (g, n)
-    row = torch.where(r.valid, row, torch.full_like(row, rows))         # dropped -> trash row
-    tok = r.token + grp * s                                             # (g, n) flat token id
-    # Which token fills each slot (empty slots read a zero row appended to x).
-    src = torch.full((rows + 1,), g * s, dtype=torch.long, device=x.device)
-    src = src.scatter(0, row.reshape(-1), tok.reshape(-1))[:rows]
-    x_ext = torch.cat([x.reshape(g * s, d), x.new_zeros(1, d)], 0)
-    xb = x_ext[src].view(e, g * c, d)                                   # (e, g·c, d) expert buffers
-    yb = experts(xb).reshape(rows, d)
-    yb = torch.cat([yb, yb.new_zeros(1, d)], 0)
-    contrib = yb[row.reshape(-1)] * r.weight.reshape(-1, 1).to(yb.dtype)   # (g·n, d)
-    y = x.new_zeros(g * s, d).index_add(0, tok.reshape(-1), contrib.to(x.dtype))
+    src, row, tok = slot_table(r, g, s)
+    yb = experts(to_slots(x.reshape(g * s, d), src, r.n_experts))     # (e, g·c, d)
+    contrib = from_slots(yb, row) * r.weight.reshape(-1, 1).to(yb.dtype)
+    y = x.new_zeros(g * s, d).index_add(0, tok, contrib.to(x.dtype))
     return y.view(g, s, d)
 
 
@@ -129,5 +144,5 @@ def dense_flops(d: int, h: int) -> int:
     return 2 * 3 * d * h
 
 
-__all__ = ["SwiGLUExperts", "dispatch_combine", "naive_dispatch_combine", "soft_dispatch_combine",
+__all__ = ["SwiGLUExperts", "slot_table", "to_slots", "from_slots", "dispatch_combine", "naive_dispatch_combine", "soft_dispatch_combine",
            "naive_soft_dispatch_combine", "loop_dispatch_combine", "dense_flops"]
