@@ -289,7 +289,7 @@ class SoftmaxTokenChoice(_TokenChoice):
         idx = torch.zeros(g, s, self.top_k, dtype=torch.long)
         for gi in range(g):
             for i in range(s):
-                sc = [(float(probs[gi, i, j] + self.select_bias[j]), -j) for j in range(e)]
+                sc = [(float(probs[gi, i, j].detach() + self.select_bias[j]), -j) for j in range(e)]
                 best = sorted(range(e), key=lambda j: sc[j], reverse=True)[: self.top_k]
                 idx[gi, i] = torch.tensor(best)
         return probs, idx, probs.gather(-1, idx)
@@ -364,7 +364,7 @@ class _ExpertChoice(_Router):
         C = [[[[None] * cap for _ in range(e)] for _ in range(s)] for _ in range(g)]
         for gi in range(g):
             for ex in range(e):
-                ranked = sorted(range(s), key=lambda i: (-float(sel[gi, i, ex] + self.select_bias[ex]), i))
+                ranked = sorted(range(s), key=lambda i: (-float(sel[gi, i, ex].detach() + self.select_bias[ex]), i))
                 for c, i in enumerate(ranked[:cap]):
                     if float(sel[gi, i, ex]) > self.min_score():
                         D[gi, i, ex, c] = True
