@@ -134,8 +134,7 @@ EXPERIMENTS.register("moe_routers", Experiment(
 
 # --------------------------------------------------------------------------------------- granularity
 GRAN_SIZES = {"s": 48, "m": 80}
-GRAN_G = (1, 2, 4)
-GRAN_ARMS = [f"{n}_G{g}" for n in GRAN_SIZES for g in GRAN_G]
+GRAN_ARMS = ["s_G1", "s_G2", "s_G4", "m_G1", "m_G4"]
 
 
 def _gran_model(arm: str) -> dict:
@@ -219,7 +218,7 @@ EXPERIMENTS.register("moe_granularity", Experiment(
     claim="finer experts (G>1) beat G=1 at equal active compute; L(N,D,G) fitted",
     metric="val_loss", direction="lower", arms=GRAN_ARMS, baseline="s_G1", technique="s_G4",
     run=_granularity, verdict=_gran_verdict, plots=["val_loss"],
-    description="Two model sizes (d=48, 80) × G ∈ {1,2,4}: 4·G experts of hidden d_ff/G, top-G routing, so active "
+    description="Two model sizes (d=48: G ∈ {1,2,4}; d=80: G ∈ {1,4}): 4·G experts of hidden d_ff/G, top-G routing, so active "
                 "FLOPs are equal across G. The law is fitted on every (N, D, G, loss) point of the validation "
                 "curves (law_fit.png / law_fit.json beside the runs)."))
 
@@ -311,9 +310,11 @@ def _btx(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     merge_steps = int(round(post * st["merge_frac"]))
     per_branch = (post - merge_steps) // len(BTX_DOMAINS)
     branches = []
-    for dom in BTX_DOMAINS:
-        dcfg = seed_cfg.data.model_copy(update={"domains": [dom]})
-        branches.append(finetune(_clone(seed_model), per_branch, f"branch_{dom}", data=_data(dcfg)).model)
+    import dataclasses
+
+    for i, dom in enumerate(mix.domains):  # same tokenizer and windows, restricted to one domain
+        only = dataclasses.replace(mix, train=mix.train[mix.train_domain == i], val={dom: mix.val[dom]})
+        branches.append(finetune(_clone(seed_model), per_branch, f"branch_{dom}", data=only).model)
     merged = btx_merge(branches, top_k=2, seed=seed, **moe_args)
     res = finetune(merged, merge_steps, "btx_merged", data=mix)
     return _result(res, {"arm_steps": merge_steps + per_branch * len(BTX_DOMAINS)})
