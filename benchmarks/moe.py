@@ -9,7 +9,9 @@ Dense baseline: SwiGLU of hidden k·h (= the FLOPs of the k active experts). MoE
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
 import time
 
 import torch
@@ -20,13 +22,22 @@ from lmlab.nn.moe.experts import loop_dispatch_combine
 from lmlab.nn.moe.layer import MoE
 
 
-def step_time(fn, x, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn(x).square().mean().backward()
+def _once(fn, x) -> float:
     t0 = time.perf_counter()
+    fn(x).square().mean().backward()
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: dict, x, reps: int, warmup: int = 2) -> dict[str, float]:
+    """Median step time per function, measured round-robin so load drift on a shared machine hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            _once(fn, x)
+    times = {k: [] for k in fns}
     for _ in range(reps):
-        fn(x).square().mean().backward()
-    return (time.perf_counter() - t0) / reps
+        for k, fn in fns.items():
+            times[k].append(_once(fn, x))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench(d: int, h: int, e: int, k: int, tokens: int, router: str, cf, reps: int, naive_tokens: int):
@@ -35,22 +46,19 @@ def bench(d: int, h: int, e: int, k: int, tokens: int, router: str, cf, reps: in
     moe = MoE(cfg, router=router, n_experts=e, top_k=k, capacity_factor=cf, group="batch")
     dense = SwiGLU(cfg, d_ff=k * h)
     x = torch.randn(1, tokens, d, requires_grad=True)
-    t_moe = step_time(moe, x, reps)
-    t_dense = step_time(dense, x, reps)
 
     def expert_loop(xx):
         xg = xx.reshape(1, -1, d)
         return loop_dispatch_combine(xg, moe.router(xg), moe.experts)
 
-    t_loop = step_time(expert_loop, x, reps)
+    t = interleaved({"moe": moe, "dense": dense, "loop": expert_loop}, x, reps)
     xs = x[:, :naive_tokens].detach().requires_grad_(True)
-    t_naive_small = step_time(moe.naive_forward, xs, 1, warmup=0)
-    t_fast_small = step_time(moe, xs, reps)
+    small = interleaved({"naive": moe.naive_forward, "fast": moe}, xs, 1, warmup=1)
     return {"d": d, "h": h, "e": e, "k": k, "tokens": tokens, "router": router, "cf": cf,
-            "moe_ms": 1e3 * t_moe, "dense_ms": 1e3 * t_dense, "expert_loop_ms": 1e3 * t_loop,
-            "vs_dense": t_moe / t_dense, "loop_vs_fast": t_loop / t_moe,
-            "naive_tokens": naive_tokens, "naive_ms": 1e3 * t_naive_small, "fast_small_ms": 1e3 * t_fast_small,
-            "naive_speedup": t_naive_small / t_fast_small}
+            "moe_ms": 1e3 * t["moe"], "dense_ms": 1e3 * t["dense"], "expert_loop_ms": 1e3 * t["loop"],
+            "vs_dense": t["moe"] / t["dense"], "loop_vs_fast": t["loop"] / t["moe"],
+            "naive_tokens": naive_tokens, "naive_ms": 1e3 * small["naive"], "fast_small_ms": 1e3 * small["fast"],
+            "naive_speedup": small["naive"] / small["fast"]}
 
 
 def main() -> None:
@@ -66,7 +74,7 @@ def main() -> None:
     rows = []
     for d, h, e, k, t in sizes:
         for router, cf in routers:
-            r = bench(d, h, e, k, t, router, cf, reps=3 if a.quick else 5, naive_tokens=64)
+            r = bench(d, h, e, k, t, router, cf, reps=3 if a.quick else 7, naive_tokens=64)
             rows.append(r)
             print(f"d={d} h={h} e={e} k={k} tokens={t} {router} cf={cf}: moe {r['moe_ms']:.1f} ms, "
                   f"dense(k·h) {r['dense_ms']:.1f} ms -> {r['vs_dense']:.2f}x dense; expert loop "
@@ -74,7 +82,8 @@ def main() -> None:
                   f"{r['naive_speedup']:.0f}x slower", flush=True)
     if a.out:
         lines = ["# MoE layer benchmark (forward + backward, CPU fp32, 1 thread)", "",
-                 f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}. "
+                 f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, load average "
+                 f"{os.getloadavg()[0]:.1f} at the end (shared machine; medians of round-robin repeats). "
                  "Dense = SwiGLU with hidden k·h (equal active parameters). `expert loop` = Python loop over "
                  "experts with gathered rows; `naive` = token loop over the dense D/C tensors (timed on the "
                  "first 64 tokens against the fast path on the same 64 tokens).", "",

@@ -255,7 +255,7 @@ class _TokenChoice(_Router):
         for gi in range(g):
             toks = list(range(s))
             if self.batch_priority:
-                toks.sort(key=lambda i: -float(w[gi, i, 0]))
+                toks.sort(key=lambda i: -float(w[gi, i, 0].detach()))
             fill = [0] * e
             for j in range(k):
                 for i in toks:
@@ -366,7 +366,7 @@ class _ExpertChoice(_Router):
             for ex in range(e):
                 ranked = sorted(range(s), key=lambda i: (-float(sel[gi, i, ex].detach() + self.select_bias[ex]), i))
                 for c, i in enumerate(ranked[:cap]):
-                    if float(sel[gi, i, ex]) > self.min_score():
+                    if float(sel[gi, i, ex].detach()) > self.min_score():
                         D[gi, i, ex, c] = True
                         C[gi][i][ex][c] = probs[gi, i, ex]
         return D, _stack_nested(C, probs)
