@@ -92,7 +92,7 @@ def chunk_hgrn2(q: torch.Tensor, g: torch.Tensor, v: torch.Tensor, state: Option
     # intra-chunk: o_t += Σ_{s≤t} (q_t ⊙ exp(B_t − B_s) ⊙ key_s)·v_s
     causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
     diff = (B[..., :, None, :] - B[..., None, :, :]).masked_fill(~causal[..., None], float("-inf"))
-    A = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, key, diff.exp())         # (b, h, n, c, c)
+    A = (q[..., :, None, :] * diff.exp() * key[..., None, :, :]).sum(-1)      # (b, h, n, c, c)
     o = A @ v                                                                # (b, h, n, c, v)
     # chunk summaries: U_j = Σ_s (key_s ⊙ exp(B_last − B_s)) v_sᵀ, total decay exp(B_last)
     last = B[..., -1:, :]                                                    # (b, h, n, 1, k)
