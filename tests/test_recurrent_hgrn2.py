@@ -32,11 +32,12 @@ def _grads(fn, inputs, seed=1):
     return o.detach(), s.detach(), torch.autograd.grad(loss, ins)
 
 
+@pytest.mark.parametrize("pairwise", [False, True])
 @pytest.mark.parametrize("t,chunk", [(13, 4), (13, 5), (33, 16), (7, 32), (1, 8), (16, 16)])
-def test_chunk_equals_naive_values_and_grads(t, chunk):
+def test_chunk_equals_naive_values_and_grads(t, chunk, pairwise):
     ins = _inputs(t=t)
     o1, s1, g1 = _grads(naive_hgrn2, ins)
-    o2, s2, g2 = _grads(lambda *a: chunk_hgrn2(*a, chunk=chunk), ins)
+    o2, s2, g2 = _grads(lambda *a: chunk_hgrn2(*a, chunk=chunk, pairwise=pairwise), ins)
     torch.testing.assert_close(o2, o1, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(s2, s1, rtol=1e-10, atol=1e-10)
     for a, b in zip(g2, g1):
@@ -45,9 +46,12 @@ def test_chunk_equals_naive_values_and_grads(t, chunk):
 
 def test_chunk_without_initial_state_and_strong_decay_is_finite():
     q, g, v, _ = _inputs(t=40, state=False)
-    g = (g * 30).detach()  # log-decays down to about −100 per step: the factorised form would overflow
+    g = (g * 100).detach()  # log-decays of about −100 per step: exp(−B) overflows even in float64
     o1, s1 = naive_hgrn2(q, g, v)
-    o2, s2 = chunk_hgrn2(q, g, v, chunk=16)
+    o2, s2 = chunk_hgrn2(q, g, v, chunk=16)  # auto: must pick the pairwise form here
+    with torch.no_grad():
+        bad, _ = chunk_hgrn2(q, g, v, chunk=16, pairwise=False)
+    assert not torch.isfinite(bad).all()  # the guard is needed
     assert torch.isfinite(o2).all()
     torch.testing.assert_close(o2, o1, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(s2, s1, rtol=1e-10, atol=1e-10)
