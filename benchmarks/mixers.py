@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--expand", type=int, default=4)
-    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=32)
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)

@@ -121,7 +121,7 @@ def chunk_hgrn2(q: torch.Tensor, g: torch.Tensor, v: torch.Tensor, state: Option
 class HGRN2(nn.Module):
     """HGRN2 token mixer. mixer_args: expand (E, divides d_model), chunk, lower_bound, mode."""
 
-    def __init__(self, cfg, layer_idx: int = 0, expand: int = 4, chunk: int = 64, lower_bound: bool = True,
+    def __init__(self, cfg, layer_idx: int = 0, expand: int = 4, chunk: int = 32, lower_bound: bool = True,
                  mode: str = "chunk"):
         super().__init__()
         d = cfg.d_model
