@@ -134,3 +134,15 @@ def test_reference_from_checkpoint_file_and_errors(tmp_path):
     off = S.SelectiveLM(mode="offline", scores={"windows": np.zeros((1, 9), np.int64), "scores": np.zeros((1, 8))})
     with pytest.raises(ValueError, match="no stored reference score"):
         off(ref, {"input_ids": x, "targets": x}, 0)
+
+
+def test_reference_from_trainer_checkpoint(tmp_path):
+    from lmlab.config import RunConfig
+    from lmlab.train import checkpoint as ckpt
+
+    ref = _tiny(5)
+    cfg = RunConfig(model=ref.cfg)
+    ckpt.save_checkpoint(tmp_path / "run" / "checkpoints", 7, ref, None, {"config": cfg.model_dump(mode="json")})
+    loaded = S.load_reference_model(str(tmp_path / "run"))
+    x = torch.randint(0, 40, (2, 8))
+    torch.testing.assert_close(loaded(x).logits, ref(x).logits)

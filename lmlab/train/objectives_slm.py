@@ -134,23 +134,32 @@ def save_reference_scores(path, windows: np.ndarray, scores: np.ndarray) -> None
 
 def load_reference_model(ref):
     """A torch module as is; a path to a `torch.save`d module, to {"model_config", "state_dict"}, or to a
-    checkpoint dir understood by lmlab.train.checkpoint."""
+    trainer checkpoint (a run dir, its checkpoints/ dir, or one step_* dir)."""
     if isinstance(ref, torch.nn.Module):
         return ref
     p = Path(ref)
     if not p.exists():
         raise FileNotFoundError(f"slm reference {ref}: no such file or folder")
-    if p.is_dir():
-        from lmlab.train import checkpoint  # lands with the trainer
+    from lmlab.config import ModelConfig
+    from lmlab.models.decoder import Decoder
 
-        return checkpoint.load_model(p)
+    if p.is_dir():
+        import json
+
+        from lmlab.train import checkpoint as ckpt
+
+        step_dir = p if (p / "state.json").exists() else (ckpt.latest_checkpoint(p / "checkpoints")
+                                                         or ckpt.latest_checkpoint(p))
+        if step_dir is None:
+            raise FileNotFoundError(f"slm reference {ref}: no checkpoint found")
+        meta = json.loads((step_dir / "state.json").read_text())
+        m = Decoder(ModelConfig(**meta["config"]["model"]))
+        ckpt.load_model_state(m, step_dir / "model.safetensors")
+        return m
     obj = torch.load(p, map_location="cpu", weights_only=False)
     if isinstance(obj, torch.nn.Module):
         return obj
     if isinstance(obj, dict) and "state_dict" in obj and "model_config" in obj:
-        from lmlab.config import ModelConfig
-        from lmlab.models.decoder import Decoder
-
         m = Decoder(ModelConfig(**obj["model_config"]))
         m.load_state_dict(obj["state_dict"])
         return m
