@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
 
 DATA_COMMANDS: dict[str, str] = {
     "embedded": "lmlab.data.cli:register_embedded",
+    "rephrase": "lmlab.data.rephrase:register_rephrase",
 }
 
 
