@@ -11,7 +11,8 @@ Only φ is trainable, so parameters and optimizer state cost O(k). Every U optim
   1. update  — the optimizer trains φ as usual;
   2. prune   — drop the ρ·k slots whose delta changed least in magnitude over the cycle, |φ − φ_cycle_start|
                (a slot grown in the last cycle started at 0);
-  3. regrow  — refill exactly those slots with the inactive indices of largest growth score, φ = 0:
+  3. regrow  — refill exactly those slots with the inactive indices (not those just pruned) of largest growth
+               score, φ = 0:
        "ag" (SpIEL-AG): |Σ g| of the dense gradient accumulated over the last `accumulation_steps` steps of the
                         cycle (a dense buffer exists only during that window);
        "ma" (SpIEL-MA): an SM3-style factored second-moment estimate with O(o + i) memory: per step
@@ -82,8 +83,8 @@ class SparseDeltaLinear(nn.Module):
         n = self.in_features * self.out_features
         if not 0 < k <= n:
             raise ValueError(f"sparse delta size k={k} must be in [1, {n}] for a {self.out_features}x{self.in_features} weight")
-        self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)  # (o, i) frozen
-        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
+        self.weight = base.weight.requires_grad_(False)                      # (o, i) frozen, shared (ties survive)
+        self.bias = None if base.bias is None else base.bias.requires_grad_(False)
         for key, v in vars(base).items():
             if key.startswith("_is_"):
                 setattr(self, key, v)
@@ -176,9 +177,9 @@ class SpIEL:
             raise ValueError(f"density={density} must be in (0, 1]")
         if not 0 <= drop_fraction < 1:
             raise ValueError(f"drop_fraction={drop_fraction} must be in [0, 1)")
-        if update_interval < 1 or not 1 <= accumulation_steps <= update_interval:
-            raise ValueError(f"need update_interval >= 1 and 1 <= accumulation_steps <= update_interval "
-                             f"(got {update_interval}, {accumulation_steps})")
+        if update_interval < 1 or accumulation_steps < 1:
+            raise ValueError(f"update_interval={update_interval} and accumulation_steps={accumulation_steps} must be >= 1")
+        accumulation_steps = min(accumulation_steps, update_interval)
         names = find_linears(model, target_modules, exclude)
         if not names:
             raise ValueError(f"target_modules={target_modules!r} matches no nn.Linear in {type(model).__name__}")
@@ -281,7 +282,7 @@ class SpIEL:
             score = self.growth_score(n).clone()                             # (o·i,)
             if not bool((score > 0).any()):                                  # no statistics: regrow at random
                 score = torch.rand(score.shape, device=score.device)
-            score[l.indices[keep]] = -math.inf                               # active entries cannot regrow
+            score[l.indices] = -math.inf                                     # active or just pruned: not candidates
             new_idx = torch.topk(score, n_drop).indices
             l.indices[drop_slots] = new_idx
             l.delta[drop_slots] = 0
