@@ -119,6 +119,7 @@ class TrainConfig(_Base):
     keep_ckpts: int = Field(2, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="abort after this many non-finite losses in a row")
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0

@@ -102,6 +102,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: tor
 
 @TOKEN_MIXERS.register("attn")
 class Attention(nn.Module):
+    """Causal self-attention with RoPE; MHA, GQA or MQA by n_kv_head; optional sliding window."""
+
     def __init__(self, cfg, layer_idx: int = 0, window: Optional[int] = None, bias: bool = False,
                  n_kv_head: Optional[int] = None):
         super().__init__()

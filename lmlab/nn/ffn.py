@@ -10,6 +10,8 @@ from lmlab.registry import CHANNEL_MIXERS
 
 @CHANNEL_MIXERS.register("swiglu")
 class SwiGLU(nn.Module):
+    """SwiGLU feed-forward (Llama)."""
+
     def __init__(self, cfg, layer_idx: int = 0, d_ff: int | None = None, bias: bool = False):
         super().__init__()
         d, h = cfg.d_model, d_ff or cfg.ffn_hidden
