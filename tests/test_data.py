@@ -101,6 +101,8 @@ def test_each_source_type(tmp_path):
     assert [d.text for d in docs] == want and {d.domain for d in docs} == {"default"}
     docs, _ = _docs(f"hf:json?data_files={tmp_path / 'b.jsonl'}&split=train")
     assert [d.text for d in docs] == want
+    docs, _ = _docs(f"hf:json?data_files={tmp_path / 'b.jsonl'}&streaming=true")  # an IterableDataset
+    assert [d.text for d in docs] == want
     # several sources joined with ",": domains are the file stems
     docs, _ = _docs(f"{tmp_path / 'a.txt'},{tmp_path / 'b.jsonl'}")
     assert {d.domain for d in docs} == {"a", "b"} and len(docs) == 8
@@ -130,14 +132,16 @@ def test_edge_cases_counted_no_text_lost(tmp_path):
     raw = ("\n".join(lines) + "\n").encode() + b'{"text": "bad \xfe byte"}\n'
     (root / "rows.jsonl").write_bytes(raw)
     (root / "notes.bin").write_bytes(b"\x00\x01")
+    (root / "web" / "nothing.jsonl").write_bytes(b"")
     (root / "z.jsonl.gz").write_bytes(__import__("gzip").compress(
         b"\xef\xbb\xbf" + json.dumps({"text": "bom first"}).encode() + b"\n" + b'{"text": "lone \\ud800 surrogate"}\n'))
 
     docs, st = _docs(root, max_line_chars=100_000)
     s = st.to_dict()
-    assert s["files"] == 5 and s["skipped_files"] == [str(root / "notes.bin")]
+    assert s["files"] == 6 and s["skipped_files"] == [str(root / "notes.bin")]
     assert s["bom_files"] == 1 and s["invalid_surrogates"] == 1
-    assert s["empty_documents"] == 1 and s["empty_files"] == [str(root / "web" / "empty.txt")]
+    assert s["empty_documents"] == 1
+    assert s["empty_files"] == [str(root / "web" / "empty.txt"), str(root / "web" / "nothing.jsonl")]
     assert s["non_utf8_files"] == 2 and s["non_utf8_bytes"] == 4  # \xe9 \xef \xff + \xfe
     assert s["huge_lines"] == 1 and s["split_documents"] == 1 and s["split_pieces"] == 50
     assert s["malformed_lines"] == 2
