@@ -141,7 +141,7 @@ def test_edge_cases_counted_no_text_lost(tmp_path):
     assert s["files"] == 6 and s["skipped_files"] == [str(root / "notes.bin")]
     assert s["bom_files"] == 1 and s["invalid_surrogates"] == 1
     assert s["empty_documents"] == 1
-    assert s["empty_files"] == [str(root / "web" / "empty.txt"), str(root / "web" / "nothing.jsonl")]
+    assert s["empty_locations"] == [str(root / "web" / "empty.txt"), str(root / "web" / "nothing.jsonl")]
     assert s["non_utf8_files"] == 2 and s["non_utf8_bytes"] == 4  # \xe9 \xef \xff + \xfe
     assert s["huge_lines"] == 1 and s["split_documents"] == 1 and s["split_pieces"] == 50
     assert s["malformed_lines"] == 2

@@ -52,7 +52,7 @@ class SourceStats:
     files: int = 0
     documents: int = 0  # documents emitted (pieces of split documents count one each)
     empty_documents: int = 0
-    empty_files: list[str] = field(default_factory=list)
+    empty_locations: list[str] = field(default_factory=list)  # "file" or "file:line" of each empty one
     non_utf8_files: int = 0
     non_utf8_bytes: int = 0
     huge_lines: int = 0
@@ -168,7 +168,7 @@ def _emit(text: str, domain: str, key: str, stats: SourceStats, where: str, limi
     stats.chars += len(text)
     if not text:
         stats.empty_documents += 1
-        stats._note("empty_files", where)
+        stats._note("empty_locations", where)
         return
     for piece in bound_pieces(text, limit, stats):
         stats.documents += 1
@@ -317,7 +317,7 @@ def _iter_file(path: Path, domain: str, stats: SourceStats, text_field: str, lim
     _, ext = _strip_ext(path.name)
     if ext in JSONL_EXT + (".parquet",) and path.is_file() and path.stat().st_size == 0:
         stats.files += 1
-        stats._note("empty_files", str(path))  # no records: nothing to read (a .txt counts as an empty document)
+        stats._note("empty_locations", str(path))  # no records: nothing to read (a .txt counts as an empty document)
         return
     if is_saved_dataset(path):
         yield from iter_saved_dataset(path, domain, stats, text_field, limit)
