@@ -268,7 +268,7 @@ def _build_packed(cfg, tok, root: Path, tokens: Path) -> None:
     rows = mix_rows(avail, dict(cfg.mix), total)
     parts, dom_idx = [], []
     for i, d in enumerate(domains):
-        x, repeated = take_rows(train_windows[d], rows[d], cfg.seed, i)
+        x, repeated = take_rows(train_windows[d], rows[d], cfg.seed, i, name=d)
         parts.append(x)
         dom_idx.append(np.full(len(x), i, np.int64))
         per[d]["train_rows"] = int(len(x))
