@@ -41,8 +41,18 @@ def test_sft_then_dpo_then_rm(tmp_path):
     d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft/model.pt'}", "epochs=3", "lr=1e-3"))
     m = _metrics(tmp_path / "dpo")
     assert m[-1]["loss"] < m[0]["loss"]
-    r = run_stage("rm", _cfg("rm", tmp_path, "rm_method=odin", "epochs=2"))
+    r = run_stage("rm", _cfg("rm", tmp_path, "rm_method=odin", "epochs=2",
+                             f"init_from={tmp_path / 'dpo/model.pt'}"))
     assert set(r) >= {"train_accuracy", "reward_length_corr"}
+    # a reward model's checkpoint seeds a later stage too (its backbone), and junk is refused in one line
+    import torch
+    from lmlab.align.cli import _build_model
+    rm_sd = torch.load(tmp_path / "rm/model.pt", weights_only=False)["state_dict"]
+    dec = _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'rm/model.pt'}"))
+    assert torch.equal(dec.embed.weight, rm_sd["backbone.embed.weight"])
+    torch.save({"model_config": dec.cfg.model_dump(), "state_dict": {"x": torch.zeros(1)}}, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="not an lmlab decoder checkpoint"):
+        _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'bad.pt'}"))
 
 
 @pytest.mark.parametrize("stage", ["ppo", "rloo"])

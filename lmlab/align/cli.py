@@ -111,8 +111,13 @@ def _build_model(cfg: AlignConfig):
             raise FileNotFoundError(f"init_from={p}: no such file")
         blob = torch.load(p, map_location="cpu", weights_only=False)
         model = Decoder(ModelConfig(**blob["model_config"]))
-        sd = {k.removeprefix("decoder."): v for k, v in blob["state_dict"].items() if not k.startswith("value_head")}
-        model.load_state_dict({k: v for k, v in sd.items() if not k.startswith("heads.")}, strict=False)
+        # checkpoints of a PolicyWithValue ("decoder.") or a RewardModel ("backbone.") hold the same decoder
+        sd = {k.removeprefix("decoder.").removeprefix("backbone."): v for k, v in blob["state_dict"].items()
+              if not k.startswith(("value_head.", "heads."))}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"init_from={p}: not an lmlab decoder checkpoint "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model
     torch.manual_seed(cfg.seed)
     return Decoder(cfg.model)

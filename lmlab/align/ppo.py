@@ -210,7 +210,9 @@ def rl_train(policy: nn.Module, ref: nn.Module, prompt_fn: Callable[[int, torch.
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     klc = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    k = cfg.samples_per_prompt if cfg.algo != "ppo" else max(1, cfg.samples_per_prompt)
+    k = cfg.samples_per_prompt
+    if cfg.algo != "ppo" and k < 2:
+        raise ValueError(f"rl_train: algo={cfg.algo!r} needs samples_per_prompt >= 2 (got {k})")
     ref.eval()
     history = []
     from lmlab.align.rollout import sample
