@@ -13,59 +13,16 @@ once, all queries in one matmul, suffix per sequence, log-sum-exp merge (lmlab.n
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmlab.nn.hydragen import PrefixLevel, hydragen_attention  # noqa: E402
+from lmlab.experiments.hydragen import D, H, KV, SUFFIX, op_case  # noqa: E402
 
-H, KV, D, SUFFIX = 9, 3, 64, 64
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_fn(fn, dev, reps: int, min_time: float = 0.05) -> float:
-    """Median seconds per call (after one warm-up), at least `reps` calls."""
-    fn()
-    _sync(dev)
-    ts = []
-    t_end = time.perf_counter() + min_time
-    while len(ts) < reps or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        ts.append(time.perf_counter() - t0)
-        if len(ts) >= 50 * reps:
-            break
-    return statistics.median(ts)
-
-
-def op_case(b: int, p: int, dev, dtype, reps: int = 5, seed: int = 0) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.randn(b, H, 1, D, generator=g).to(dev, dtype)
-    k0, v0 = (torch.randn(1, KV, p, D, generator=g).to(dev, dtype) for _ in range(2))
-    ks, vs = (torch.randn(b, KV, SUFFIX, D, generator=g).to(dev, dtype) for _ in range(2))
-    # naive: the prefix copied into each sequence's cache, as a standard engine stores it
-    kd = torch.cat([k0.expand(b, -1, -1, -1), ks], 2).contiguous()
-    vd = torch.cat([v0.expand(b, -1, -1, -1), vs], 2).contiguous()
-    level = [PrefixLevel(k0, v0, torch.zeros(b, dtype=torch.long, device=dev))]
-    naive = lambda: F.scaled_dot_product_attention(q, kd, vd, enable_gqa=True)  # noqa: E731
-    hyd = lambda: hydragen_attention(q, level, ks, vs)  # noqa: E731
-    err = (naive().float() - hyd().float()).abs().max().item()
-    tn, th = time_fn(naive, dev, reps), time_fn(hyd, dev, reps)
-    del kd, vd
-    return {"b": b, "p": p, "naive_ms": tn * 1e3, "hydragen_ms": th * 1e3, "speedup": tn / th, "max_err": err}
-
-
-def run_op(batches, prefixes, dev, dtype, reps=5, seed=0, log=print) -> list[dict]:
+def run_op(batches, prefixes, dev, dtype, reps=7, seed=0, log=print) -> list[dict]:
     rows = []
     for b in batches:
         for p in prefixes:

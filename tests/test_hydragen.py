@@ -80,3 +80,24 @@ def test_gradients_match():
     g2 = torch.autograd.grad(naive_hydragen_attention(q, lv, ks, vs).pow(2).sum(), (q, k0))
     for a, b in zip(g1, g2):
         assert (a.double() - b).abs().max() < 1e-5
+
+
+def test_experiment_verdict_and_op_timing():
+    from lmlab.experiments.base import ArmResult
+    from lmlab.experiments.hydragen import op_case, verdict
+    from lmlab.registry import EXPERIMENTS
+
+    exp = EXPERIMENTS.get("hydragen")
+    r = op_case(4, 64, reps=1)
+    assert r["max_err"] < 1e-5 and r["naive_ms"] > 0 and r["hydragen_ms"] > 0
+
+    def runs(ys_b, ys_p):
+        return {"batch": [ArmResult({}, {"speedup_vs_batch": list(zip([4, 16, 64], y))}) for y in ys_b],
+                "prefix": [ArmResult({}, {"speedup_vs_prefix": list(zip([256, 1024, 4096], y))}) for y in ys_p]}
+
+    up = [[1.0, 2.1, 3.3], [1.1, 2.0, 3.1], [0.9, 2.2, 3.4]]
+    down = [[3.0, 2.1, 1.0], [3.1, 2.0, 1.1], [2.9, 2.2, 0.9]]
+    assert verdict(exp, runs(up, up)).verdict == "reproduced"
+    assert verdict(exp, runs(up, down)).verdict == "not reproduced"
+    flat = [[2.0, 2.3, 1.9], [2.4, 1.8, 2.2], [1.7, 2.1, 2.3]]
+    assert verdict(exp, runs(up, flat)).verdict == "inconclusive"

@@ -142,3 +142,26 @@ def test_bad_generation_values():
         eng.generate(["x"], GenerationConfig(top_p=0.0))
     with pytest.raises(ValueError, match="context"):
         eng.generate(["x" * 250], GenerationConfig(max_new_tokens=10))
+
+
+def test_load_backend_specs(tmp_path):
+    from lmlab.config import ConfigError
+    from lmlab.infer import Backend, load_backend
+    from lmlab.infer.backends import LocalBackend, _load_lmlab_checkpoint
+
+    m, tok = tiny(torch.float32), CharTok()
+    be = LocalBackend(m, tok)
+    assert isinstance(be, Backend) and load_backend(be) is be
+    for bad, msg in (("nope", "unknown"), ("lmlab:/does/not/exist", "does not exist"), ("openai:ftp://x", "openai"),
+                     ("hf:", "nothing after")):
+        with pytest.raises(ConfigError, match=msg):
+            load_backend(bad)
+    torch.save({"model": m.state_dict(), "config": {"model": m.cfg.model_dump()}}, tmp_path / "ckpt.pt")
+    m2, _ = _load_lmlab_checkpoint(str(tmp_path))
+    x = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(m2(x).logits, m(x).logits)
+    # chat goes through the tokenizer's template (or a plain fallback) and equals generate on that prompt
+    g = GenerationConfig(max_new_tokens=5)
+    assert be.chat([[{"role": "user", "content": "hi"}]], g) == be.generate(["user: hi\nassistant: "], g)
+    assert be.score(["abc"])[0] == pytest.approx(be.logprobs(["a"], ["bc"])[0], abs=1e-5)

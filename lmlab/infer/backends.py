@@ -1,7 +1,7 @@
 """Backend implementations (see backend.py for the protocol) and `load_backend(spec)`.
 
     "smollm2"                          embedded SmolLM2-135M-Instruct GGUF, in lmlab's Decoder + Engine
-    "lmlab:/path/to/run_or_ckpt"       an lmlab checkpoint, in the Engine
+    "lmlab:/path/to/run_or_ckpt"       an lmlab checkpoint (or an HF Llama dir / GGUF), in the Engine
     "hf:/path/or/hub-id" | "x.gguf"    the transformers model itself (generate / forward)
     "openai:http://host:port/v1#model" any OpenAI-compatible endpoint (e.g. `lmlab serve`)
 
@@ -92,7 +92,7 @@ class LocalBackend:
 
     @classmethod
     def from_spec(cls, spec: str, **kw) -> "LocalBackend":
-        if spec == "smollm2" or spec.endswith(".gguf"):
+        if spec == "smollm2" or spec.endswith(".gguf") or (Path(spec) / "config.json").exists():
             from lmlab.models.hf import load_pretrained
 
             model, tok = load_pretrained(spec)
@@ -131,6 +131,7 @@ class HFBackend:
     def from_spec(cls, spec: str, **kw) -> "HFBackend":
         from lmlab.models.hf import load_hf
 
+        kw.pop("hydragen", None)  # an engine option; transformers decodes its own way
         model, tok = load_hf(spec)
         return cls(model, tok, name=spec, **kw)
 
@@ -201,6 +202,7 @@ class OpenAIBackend:
 
     @classmethod
     def from_spec(cls, spec: str, **kw) -> "OpenAIBackend":
+        kw.pop("hydragen", None)
         url, _, model = spec.partition("#")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"openai backend {spec!r}: expected openai:http(s)://host:port/v1#model")

@@ -42,6 +42,11 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, k, M, d), k/v (B, k, S, d), mask broadcastable to (B, k, M, S), True = visible.
     Returns out (B, k, M, d) fp32 and lse (B, k, M) fp32; rows with no visible key get out 0, lse −inf."""
+    if (mask is None and q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16)
+            and not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))):
+        # PyTorch's fused CPU kernel returns the log-sum-exp too (blocked over keys, fp32 accumulation)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
+        return out.float(), lse.float()
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation (fp64 stays fp64)
     scores = (q.to(acc) * (1.0 / math.sqrt(q.shape[-1]))) @ k.to(acc).transpose(-1, -2)  # (B, k, M, S)
     if mask is not None:
@@ -88,8 +93,8 @@ def prefix_attention(q: torch.Tensor, level: PrefixLevel) -> tuple[torch.Tensor,
         qg = q.view(n, kv, r, t, d).permute(1, 0, 2, 3, 4).reshape(1, kv, n * r * t, d)
         mask = None if level.lengths is None else (torch.arange(p, device=q.device) < level.lengths[0])
         out, lse = attention_with_lse(qg, level.k, level.v, mask)
-        out = out.view(kv, n, r, t, d).permute(1, 0, 2, 3, 4).reshape(n, h, t, d)
-        return out, lse.view(kv, n, r, t).permute(1, 0, 2, 3).reshape(n, h, t)
+        out = out.reshape(kv, n, r, t, d).permute(1, 0, 2, 3, 4).reshape(n, h, t, d)
+        return out, lse.reshape(kv, n, r, t).permute(1, 0, 2, 3).reshape(n, h, t)
     slot, m = _slots(group, g)
     qg = q.new_zeros(g, m, kv, r, t, d)
     qg[group, slot] = q.view(n, kv, r, t, d)
@@ -98,8 +103,8 @@ def prefix_attention(q: torch.Tensor, level: PrefixLevel) -> tuple[torch.Tensor,
     if level.lengths is not None:
         mask = (torch.arange(p, device=q.device)[None] < level.lengths[:, None])[:, None, None]  # (g,1,1,p)
     out, lse = attention_with_lse(qg, level.k, level.v, mask)
-    out = out.view(g, kv, m, r, t, d).permute(0, 2, 1, 3, 4, 5)[group, slot]    # (n, k, r, t, d)
-    lse = lse.view(g, kv, m, r, t).permute(0, 2, 1, 3, 4)[group, slot]
+    out = out.reshape(g, kv, m, r, t, d).permute(0, 2, 1, 3, 4, 5)[group, slot]    # (n, k, r, t, d)
+    lse = lse.reshape(g, kv, m, r, t).permute(0, 2, 1, 3, 4)[group, slot]
     return out.reshape(n, h, t, d), lse.reshape(n, h, t)
 
 
@@ -127,7 +132,7 @@ def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
         mask = suffix_mask(s, t, lengths, q_pos, n, q.device)              # (n, 1, t, s)
         mask = mask[:, :, None].expand(n, 1, r, t, s).reshape(n, 1, r * t, s)
     out, lse = attention_with_lse(qg, k, v, mask)
-    return out.view(n, h, t, d), lse.view(n, h, t)
+    return out.reshape(n, h, t, d), lse.reshape(n, h, t)
 
 
 def hydragen_attention(q: torch.Tensor, levels: list[PrefixLevel], k_suf: Optional[torch.Tensor] = None,
