@@ -86,7 +86,7 @@ def _both(a: Verdict, b: Verdict, what: str) -> Verdict:
         v = NOT_REPRODUCED
     else:
         v = INCONCLUSIVE
-    return Verdict(v, f"{what}: [{a.rule}] and [{b.rule}] -> {v}", a.baseline, a.technique,
+    return Verdict(v, f"{what}: ({a.rule}) and ({b.rule}) -> {v}", a.baseline, a.technique,
                    {"first": a.extra, "second": b.extra, "second_means": [b.baseline, b.technique]})
 
 
