@@ -66,9 +66,11 @@ def matched_lru_width(d: int, layers: int, heads: int, window: int) -> int:
     all-attention decoder's (the recurrent block has 3·d·w + 2·w²/heads weights, attention 4·d²)."""
     from lmlab.config import ModelConfig
 
-    target = _params(ModelConfig(d_model=d, n_layer=layers, n_head=heads))
+    small = {"vocab_size": 2, "max_seq_len": 8}  # the non-embedding count does not depend on these
+    target = _params(ModelConfig(d_model=d, n_layer=layers, n_head=heads, **small))
     return min(range(heads * max(1, d // (2 * heads)), 2 * d + 1, heads),
-               key=lambda w: abs(_params(ModelConfig(**_griffin_model(d, layers, heads, window, w))) - target))
+               key=lambda w: abs(_params(ModelConfig(**_griffin_model(d, layers, heads, window, w), **small))
+                                 - target))
 
 
 def _griffin(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
