@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "list": "lmlab.experiments.cli:register_list",
     "data": "lmlab.cli:register_data",
     "tokenizer": "lmlab.data.cli:register_tokenizer",
+    "probe": "lmlab.eval.probes:register",
 }
 
 DATA_COMMANDS: dict[str, str] = {
