@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "data": "lmlab.cli:register_data",
     "tokenizer": "lmlab.data.cli:register_tokenizer",
     "align": "lmlab.align.cli:register",
+    "probe": "lmlab.eval.probes:register",
     "reproduce": "lmlab.experiments.cli:register_reproduce",
     "list": "lmlab.experiments.cli:register_list",
 }

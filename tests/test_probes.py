@@ -74,3 +74,30 @@ def test_callback_logs_every_n_steps():
         cb(r["step"], r)
     assert [r["step"] for r in cb.records] == [10, 20]
     assert "probe/anisotropy" in recs[1] and "probe/anisotropy" not in recs[0]
+
+
+def test_cli_probe_prints_json_for_a_checkpoint(tmp_path, monkeypatch, capsys):
+    import json
+    import types
+
+    import numpy as np
+
+    import lmlab.data
+    from lmlab.cli import main
+    from lmlab.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = RunConfig(model=_cfg())
+    model = Decoder(cfg.model)
+    save_checkpoint(tmp_path / "ck", 3, model, state={"config": cfg.model_dump(mode="json")})
+    rows = np.random.default_rng(0).integers(0, 64, size=(6, 17))
+    monkeypatch.setattr(lmlab.data, "load_data", lambda c: types.SimpleNamespace(val={"a": rows, "b": rows}))
+    with pytest.raises(SystemExit) as e:
+        main(["probe", str(tmp_path / "ck"), "--rows", "2"])
+    assert e.value.code == 0
+    got = json.loads(capsys.readouterr().out)
+    want = probe_model(model, torch.as_tensor(np.concatenate([rows[:2], rows[:2]])[:, :-1]))
+    assert got["anisotropy"] == pytest.approx(want["anisotropy"], abs=1e-6)
+    with pytest.raises(SystemExit) as e:
+        main(["probe", str(tmp_path / "missing")])
+    assert e.value.code == 2

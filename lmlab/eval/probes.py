@@ -121,3 +121,25 @@ def probe_callback(model, idx: torch.Tensor, every: int = 50,
 
     cb.records = sink  # type: ignore[attr-defined]
     return cb
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def register(sub) -> None:
+    """`lmlab probe CKPT`: softmax-bottleneck probes of a checkpoint on its own held-out data."""
+    p = sub.add_parser("probe", help="softmax-bottleneck probes (anisotropy, spectra, effective rank) of a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint directory (step_*/) or a run's checkpoint folder")
+    p.add_argument("--rows", type=int, default=4, help="held-out windows per domain (default 4)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    import numpy as np
+
+    from lmlab.data import load_data
+
+    model, cfg = load_checkpoint_model(args.checkpoint)
+    data = load_data(cfg.data)
+    rows = np.concatenate([v[:args.rows] for v in data.val.values()])[:, :-1]
+    res = probe_model(model, torch.as_tensor(rows, dtype=torch.long))
+    print(json.dumps({k: round(v, 6) for k, v in res.items()}, indent=2))
+    return 0

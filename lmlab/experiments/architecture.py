@@ -2,7 +2,7 @@
 
 All arms train on the embedded multi-domain corpus with the same data, steps and LR; the metric is mean
 held-out loss over domains (lower is better) unless stated. Quick scale is sized for a free 2-core CPU
-(each experiment, all arms × 3 seeds, about 5 minutes).
+(each experiment, all arms × 3 seeds, about 5 minutes when the machine is free).
 """
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from lmlab.experiments.common import run_config, train_arm
 from lmlab.registry import EXPERIMENTS
 
 
-def _cfg(scale: str, name: str, model: dict[str, Any], steps_quick: int = 150, train: dict | None = None):
-    quick = scale == "quick"
-    tr = {"steps": steps_quick, "eval_interval": max(steps_quick // 3, 1)} if quick else {}
+# Quick scale on a shared 2-core CPU: 120 steps of 8 × 128 tokens, one mid-run and one final evaluation.
+QUICK_TRAIN = {"steps": 120, "batch_size": 8, "warmup_steps": 10, "eval_interval": 60, "eval_batches": 4}
+
+
+def _cfg(scale: str, name: str, model: dict[str, Any], train: dict | None = None):
+    tr = dict(QUICK_TRAIN) if scale == "quick" else {}
     tr.update(train or {})
     return run_config(scale, {"model": model, "train": tr}, name=name)
 
@@ -33,9 +36,9 @@ def _params(model_cfg) -> int:
 # ------------------------------------------------------------------------------------ HGRN2 expand ratio
 def _hgrn2(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     expand = {"expand1": 1, "expand8": 8}[arm]
-    model = {"layer_pattern": ["hgrn2"], "mixer_args": {"hgrn2": {"expand": expand, "chunk": 16}}}
+    model = {"layer_pattern": ["hgrn2"], "mixer_args": {"hgrn2": {"expand": expand, "chunk": 32}}}
     if scale == "quick":
-        model.update({"d_model": 96, "n_layer": 3, "n_head": 4})
+        model.update({"d_model": 64, "n_layer": 2, "n_head": 4})
     cfg = _cfg(scale, f"hgrn2_expand/{arm}", model)
     res = train_arm(cfg, seed, out)
     res.info["non_embedding_params"] = _params(cfg.model)
@@ -63,13 +66,15 @@ def matched_lru_width(d: int, layers: int, heads: int, window: int) -> int:
     all-attention decoder's (the recurrent block has 3·d·w + 2·w²/heads weights, attention 4·d²)."""
     from lmlab.config import ModelConfig
 
-    target = _params(ModelConfig(d_model=d, n_layer=layers, n_head=heads))
+    small = {"vocab_size": 2, "max_seq_len": 8}  # the non-embedding count does not depend on these
+    target = _params(ModelConfig(d_model=d, n_layer=layers, n_head=heads, **small))
     return min(range(heads * max(1, d // (2 * heads)), 2 * d + 1, heads),
-               key=lambda w: abs(_params(ModelConfig(**_griffin_model(d, layers, heads, window, w))) - target))
+               key=lambda w: abs(_params(ModelConfig(**_griffin_model(d, layers, heads, window, w), **small))
+                                 - target))
 
 
 def _griffin(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
-    d, layers, heads = (96, 3, 4) if scale == "quick" else (512, 9, 8)
+    d, layers, heads = (64, 3, 4) if scale == "quick" else (512, 9, 8)
     window = 32 if scale == "quick" else 512
     if arm == "transformer":
         model = {"d_model": d, "n_layer": layers, "n_head": heads, "layer_pattern": ["attn"]}
@@ -108,7 +113,7 @@ EXPERIMENTS.register("griffin_hybrid", Experiment(
 
 # ------------------------------------------------------------------------------------ hyper-connections
 def _hyper(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
-    model: dict[str, Any] = {"d_model": 96, "n_layer": 4, "n_head": 4} if scale == "quick" else {}
+    model: dict[str, Any] = {"d_model": 64, "n_layer": 3, "n_head": 4} if scale == "quick" else {}
     if arm != "residual":
         model.update({"residual": "hyper", "residual_args": {"n": int(arm[2:]), "dynamic": True}})
     cfg = _cfg(scale, f"hyper_connections/{arm}", model)
@@ -136,7 +141,7 @@ EXPERIMENTS.register("hyper_connections", Experiment(
 
 # ------------------------------------------------------------------------------------ softmax bottleneck
 def _rank(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
-    d = 128 if scale == "quick" else 768
+    d = 64 if scale == "quick" else 768
     rank = None if arm == "full" else int(arm[4:])
     model = {"d_model": d, "n_layer": 2, "n_head": 4, "head_rank": rank} if scale == "quick" else \
         {"d_model": d, "head_rank": rank}
@@ -146,7 +151,7 @@ def _rank(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     return res
 
 
-RANK_ARMS = ["rank4", "rank16", "rank64", "full"]
+RANK_ARMS = ["rank4", "rank16", "full"]
 
 
 def _rank_verdict(exp: Experiment, results: dict[str, list[ArmResult]]) -> Verdict:
@@ -162,7 +167,7 @@ EXPERIMENTS.register("bottleneck_rank", Experiment(
     claim="held-out loss rises as the rank of the LM head (W = A·B) drops",
     metric="val_loss", direction="lower", arms=RANK_ARMS, baseline="rank4", technique="full",
     run=_rank, verdict=_rank_verdict, plots=["val_loss"],
-    description="d = 128 decoder with a rank-r head, r ∈ {4, 16, 64, 128 (full)}; verdict: least-squares slope "
+    description="d = 64 decoder with a rank-r head, r ∈ {4, 16, 64 (full)}; verdict: least-squares slope "
                 "of loss vs log2 r negative by > 2 SE."))
 
 
@@ -176,9 +181,9 @@ def _width(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.models.decoder import build_model
     from lmlab.train.trainer import train
 
-    d = {"small": 32, "large": 256}[arm] if scale == "quick" else {"small": 64, "large": 1024}[arm]
+    d = {"small": 16, "large": 128}[arm] if scale == "quick" else {"small": 64, "large": 1024}[arm]
     model_args = {"d_model": d, "n_layer": 2, "n_head": 4} if scale == "quick" else {"d_model": d}
-    cfg = _cfg(scale, f"bottleneck_width/{arm}", model_args, steps_quick=200)
+    cfg = _cfg(scale, f"bottleneck_width/{arm}", model_args, {"eval_interval": 30} if scale == "quick" else None)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
     data = load_data(cfg.data)
     torch.manual_seed(seed)
@@ -214,5 +219,5 @@ EXPERIMENTS.register("bottleneck_width", Experiment(
     metric="anisotropy", direction="higher", arms=["small", "large"], baseline="large", technique="small",
     run=_width, verdict=_width_verdict,
     plots=["val_loss", "probe/anisotropy", "probe/hidden_eff_rank_frac", "probe/head_eff_rank_frac"],
-    description="d = 32 vs d = 256 (2 layers); probes on held-out tokens logged every eval (late-training "
+    description="d = 16 vs d = 128 (2 layers); probes on held-out tokens logged every eval (late-training "
                 "saturation shows in the curves)."))
