@@ -504,3 +504,14 @@ def register_rephrase(dsub) -> None:
     p.add_argument("--ray-workers", type=int, default=2)
     p.add_argument("--ray-address", default=None)
     p.set_defaults(func=_run_cli)
+
+
+def export_domain(rephrase_dir, path, style: Optional[str] = None) -> int:
+    """Write the kept rephrases as one JSONL file ({"id", "text", "style"}) — a domain for the data pipeline
+    (a folder of such files is a multi-domain source; DataConfig.mix sets the real:synthetic ratio)."""
+    rows = read_rephrased(rephrase_dir, style)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, "".join(json.dumps({"id": f"{r['source_id']}#{r['chunk']}", "text": r["text"],
+                                            "style": r["style"]}, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows)

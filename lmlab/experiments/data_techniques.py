@@ -108,8 +108,8 @@ EXPERIMENTS.register("model_collapse_tails", Experiment(
 # ============================================================================================================
 # Reasoning paths — an LM pre-trained on random walks vs on the triples alone, same tokens.
 # ============================================================================================================
-WALKS = {"quick": dict(n_entities=150, n_base=4, edge_prob=0.6, heldout=0.3, walk_len=4, seq_len=48,
-                       steps=500, batch=32, d_model=96, n_layer=2, n_head=4, lr=3e-3),
+WALKS = {"quick": dict(n_entities=150, n_base=4, edge_prob=0.6, heldout=0.3, walk_len=4, seq_len=32,
+                       steps=300, batch=32, d_model=64, n_layer=2, n_head=4, lr=4e-3),
          "full": dict(n_entities=2000, n_base=8, edge_prob=0.5, heldout=0.2, walk_len=8, seq_len=128,
                       steps=5000, batch=64, d_model=256, n_layer=4, n_head=8, lr=1e-3)}
 
@@ -186,3 +186,174 @@ EXPERIMENTS.register("reasoning_paths", Experiment(
                  "(transition 1/out-degree, ≤4 edges) or on the training triples; metric: True/False accuracy "
                  "on held-out queries, each against a negative tail (80% plausible), predicting True for the "
                  "likelier tail.")))
+
+
+# ============================================================================================================
+# Rho-1 — selective LM vs plain CLM on a mixed corpus, judged on the target domain's held-out loss.
+# ============================================================================================================
+RHO1 = {"quick": dict(domains=["code", "docs", "bible_web"], target="bible_web", seq_len=64, d_model=64,
+                      n_layer=2, n_head=4, steps=200, ref_steps=200, batch=16, ratio=0.6, lr=3e-3),
+        "full": dict(domains=["code", "docs", "bible_kjv", "bible_web", "bible_bbe"], target="bible_web",
+                     seq_len=512, d_model=512, n_layer=8, n_head=8, steps=5000, ref_steps=3000, batch=64,
+                     ratio=0.6, lr=1e-3)}
+
+
+def _rho1_cfg(c: dict, scale: str, steps: int, name: str, objective: str = "clm", args: Optional[dict] = None):
+    from lmlab.experiments.common import run_config
+
+    return run_config(scale, {"model": {"d_model": c["d_model"], "n_layer": c["n_layer"], "n_head": c["n_head"],
+                                        "max_seq_len": c["seq_len"]},
+                              "data": {"domains": c["domains"], "seq_len": c["seq_len"]},
+                              "train": {"steps": steps, "batch_size": c["batch"], "lr": c["lr"],
+                                        "eval_interval": max(steps // 4, 1), "objective": objective,
+                                        "objective_args": args or {}}}, name=name)
+
+
+def rho1_reference(c: dict, scale: str, data, ref_dir: Path):
+    """The reference model: trained on the target domain's training windows only; saved once, shared by
+    every seed and arm of the experiment (as the paper trains one reference)."""
+    import torch
+
+    from lmlab.models.decoder import Decoder
+
+    path = ref_dir / "reference.pt"
+    cfg = _rho1_cfg(c, scale, c["ref_steps"], "rho1/reference")
+    mcfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
+    if path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        m = Decoder(mcfg)
+        m.load_state_dict(blob["state_dict"])
+        return m
+    from lmlab.train.trainer import train
+
+    tgt = data.domains.index(c["target"])
+    ref_data = window_data(data.train[data.train_domain == tgt], {c["target"]: data.val[c["target"]]},
+                           data.tokenizer.vocab_size, data.tokenizer)
+    res = train(cfg.model_copy(update={"model": mcfg}), ref_dir / "run", data=ref_data)
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model_config": mcfg.model_dump(), "state_dict": res.model.state_dict(),
+                "val_loss": res.val_loss}, tmp)
+    tmp.replace(path)
+    return res.model
+
+
+def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.data import load_data
+    from lmlab.experiments.common import train_arm
+
+    c = RHO1[scale]
+    base = _rho1_cfg(c, scale, c["steps"], f"rho1/{arm}")
+    data = load_data(base.data)
+    ref = rho1_reference(c, scale, data, Path(out).parent.parent / "_reference")
+    if arm == "clm":
+        cfg = base
+        r = train_arm(cfg, seed, out, data=data)
+    elif arm == "slm":
+        from lmlab.train.objectives_slm import SelectiveLM
+
+        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref)
+        r = train_arm(base, seed, out, data=data, objective=obj)
+    else:
+        raise ValueError(f"unknown arm {arm!r}")
+    r.metrics["target_val_loss"] = r.metrics[f"val_loss/{c['target']}"]
+    return r
+
+
+EXPERIMENTS.register("rho1_slm", Experiment(
+    name="rho1_slm", paper="Rho-1: Not All Tokens Are What You Need",
+    claim="selective LM (top 60% excess-loss tokens) beats causal LM on the target domain at equal tokens",
+    metric="target_val_loss", direction="lower", arms=["clm", "slm"], baseline="clm", technique="slm",
+    run=_rho1_arm, plots=["val_loss", "train_loss"],
+    description=("Mixed corpus code + docs + bible_web; a reference LM trained on bible_web's training split "
+                 "only (same size, 200 steps); then CLM vs SLM (k=60%, online reference) for the same 200 "
+                 "steps × 16 × 64 tokens; metric: held-out loss on bible_web.")))
+
+
+# ============================================================================================================
+# WRAP — real vs real + rephrased (1:1) at an equal token budget; style ablation.
+# Quick-scale stand-in (documented): "real" text is the archaic KJV Bible; its "rephrases" are the same
+# chapters in the modern WEB translation (≈ the paper's medium/Wikipedia style) or in Basic English (BBE, ≈ the
+# easy style) — a verse-aligned human parallel corpus standing in for model rephrases. With a cache made by
+# `lmlab data rephrase` (env LMLAB_WRAP_CACHE=<dir with <style>-*.jsonl>), the arm "real_wrap" mixes in
+# those model rephrases instead.
+# ============================================================================================================
+WRAP = {"quick": dict(domains=["bible_kjv", "bible_web", "bible_bbe", "docs"], real="bible_kjv", seq_len=64,
+                      d_model=64, n_layer=2, n_head=4, steps=200, batch=16, lr=3e-3),
+        "full": dict(domains=["bible_kjv", "bible_web", "bible_bbe", "docs", "code"], real="bible_kjv",
+                     seq_len=512, d_model=512, n_layer=8, n_head=8, steps=5000, batch=64, lr=1e-3)}
+WRAP_STYLE_DOMAIN = {"real_medium": "bible_web", "real_easy": "bible_bbe"}
+
+
+def _wrap_cache_windows(tokenizer, seq_len: int, cache: Path) -> np.ndarray:
+    from lmlab.data.rephrase import read_rephrased
+
+    rows = read_rephrased(cache)
+    if not rows:
+        raise FileNotFoundError(f"LMLAB_WRAP_CACHE={cache}: no rephrased shards")
+    eos = tokenizer.eos_id
+    return pack([tokenizer.encode(r["text"]) + [eos] for r in rows], seq_len)
+
+
+def _wrap_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    import os
+
+    from lmlab.data import load_data
+    from lmlab.experiments.common import run_config, train_arm
+
+    c = WRAP[scale]
+    cfg = run_config(scale, {"model": {"d_model": c["d_model"], "n_layer": c["n_layer"], "n_head": c["n_head"],
+                                       "max_seq_len": c["seq_len"]},
+                             "data": {"domains": c["domains"], "seq_len": c["seq_len"]},
+                             "train": {"steps": c["steps"], "batch_size": c["batch"], "lr": c["lr"],
+                                       "eval_interval": max(c["steps"] // 4, 1)}}, name=f"wrap/{arm}")
+    data = load_data(cfg.data)
+    n = c["steps"] * c["batch"]                          # windows seen = the token budget, equal for all arms
+    rng = np.random.default_rng(1000 + seed)
+    real = data.train[data.train_domain == data.domains.index(c["real"])]
+    if arm == "real":
+        rows = real[rng.permutation(len(real))[:n]]
+    else:
+        if arm == "real_wrap":
+            syn = _wrap_cache_windows(data.tokenizer, c["seq_len"], Path(os.environ["LMLAB_WRAP_CACHE"]))
+        elif arm in WRAP_STYLE_DOMAIN:
+            syn = data.train[data.train_domain == data.domains.index(WRAP_STYLE_DOMAIN[arm])]
+        else:
+            raise ValueError(f"unknown arm {arm!r}")
+        half = n // 2
+        rows = np.concatenate([real[rng.permutation(len(real))[:n - half]],
+                               syn[rng.integers(0, len(syn), half) if len(syn) < half else rng.permutation(len(syn))[:half]]])
+        rows = rows[rng.permutation(len(rows))]
+    d = window_data(rows, data.val, data.tokenizer.vocab_size, data.tokenizer)
+    r = train_arm(cfg, seed, out, data=d)
+    r.metrics["mean_val_ppl"] = float(np.mean([math.exp(v) for k, v in r.metrics.items() if k.startswith("val_loss/")]))
+    return r
+
+
+def _wrap_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
+    """compare() on mean held-out perplexity (real vs real+medium); the style ablation (easy vs medium) and
+    per-domain numbers are reported in extra."""
+    v = compare([r.metrics["mean_val_ppl"] for r in res["real"]],
+                [r.metrics["mean_val_ppl"] for r in res["real_medium"]], "lower")
+    for arm in exp.arms:
+        if res.get(arm):
+            v.extra[f"{arm}_mean_ppl"] = mean_std([r.metrics["mean_val_ppl"] for r in res[arm]])
+            for k in res[arm][0].metrics:
+                if k.startswith("val_loss/"):
+                    v.extra[f"{arm}/{k}"] = mean_std([r.metrics[k] for r in res[arm]])
+    if res.get("real_easy"):
+        s = compare([r.metrics["mean_val_ppl"] for r in res["real_medium"]],
+                    [r.metrics["mean_val_ppl"] for r in res["real_easy"]], "lower")
+        v.extra["style_ablation_easy_vs_medium"] = s.rule
+    return v
+
+
+EXPERIMENTS.register("wrap_rephrase", Experiment(
+    name="wrap_rephrase", paper="Rephrasing the Web (WRAP)",
+    claim="real + rephrased data (1:1) beats real data alone on mean held-out perplexity at equal tokens",
+    metric="mean_val_ppl", direction="lower", arms=["real", "real_medium", "real_easy"], baseline="real",
+    technique="real_medium", run=_wrap_arm, verdict=_wrap_verdict, plots=["val_loss"],
+    description=("Stand-in at quick scale: real = KJV Bible (archaic); rephrases = the same content in modern "
+                 "English (WEB, medium style) or Basic English (BBE, easy style), a human verse-aligned parallel "
+                 "corpus instead of model rephrases. Equal budget 200 steps × 16 × 64 tokens; metric: mean "
+                 "held-out perplexity over KJV, WEB, BBE and docstrings.")))
