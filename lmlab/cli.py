@@ -11,10 +11,14 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "train": "lmlab.train.cli:register",
-    "reproduce": "lmlab.experiments.cli:register_reproduce",
-    "list": "lmlab.experiments.cli:register_list",
+    "eval": "lmlab.eval.cli:register",
+    "generate": "lmlab.infer.cli:register_generate",
+    "serve": "lmlab.infer.cli:register_serve",
     "data": "lmlab.cli:register_data",
     "tokenizer": "lmlab.data.cli:register_tokenizer",
+    "align": "lmlab.align.cli:register",
+    "reproduce": "lmlab.experiments.cli:register_reproduce",
+    "list": "lmlab.experiments.cli:register_list",
 }
 
 DATA_COMMANDS: dict[str, str] = {

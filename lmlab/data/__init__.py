@@ -51,6 +51,13 @@ def _key(*parts: Any) -> str:
     return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
 
 
+def _embedded_chars(cfg) -> int:
+    """Characters per embedded domain: `cfg.embedded_chars` when the config has it, else the default."""
+    from lmlab.data import embedded
+
+    return int(getattr(cfg, "embedded_chars", None) or embedded.DEFAULT_MAX_CHARS)
+
+
 def load_texts(cfg) -> dict[str, dict[str, list[str]]]:
     """Raw documents: domain -> {"train": [...], "val": [...]} for the configured source."""
     texts: dict[str, dict[str, list[str]]] = {}
@@ -83,7 +90,7 @@ def iter_split_documents(cfg, sources_out: dict, stats_out: dict) -> Iterator[tu
     from lmlab.data.sources import SourceStats, fingerprint_source, iter_documents
 
     if cfg.source == "embedded":
-        texts, sources = embedded.embedded_corpus(cfg.domains, cfg.data_dir, max_chars=embedded.DEFAULT_MAX_CHARS,
+        texts, sources = embedded.embedded_corpus(cfg.domains, cfg.data_dir, max_chars=_embedded_chars(cfg),
                                                    val_fraction=cfg.val_fraction)
         sources_out.update(sources)
         for d, v in texts.items():
@@ -121,7 +128,7 @@ def get_tokenizer(cfg):
     if cfg.tokenizer not in ("embedded", "corpus"):
         return load_tokenizer(cfg.tokenizer)
     if cfg.tokenizer == "embedded":
-        tag = f"{embedded.VERSION}-c{embedded.DEFAULT_MAX_CHARS}-v{cfg.vocab_size}"
+        tag = f"{embedded.VERSION}-c{_embedded_chars(cfg)}-v{cfg.vocab_size}"
     else:
         tag = f"corpus-{_key(cfg.source, fingerprint_source(cfg.source), cfg.text_field, cfg.val_fraction)}-v{cfg.vocab_size}"
     out = default_data_dir(cfg.data_dir) / "tokenizers" / tag
@@ -129,7 +136,7 @@ def get_tokenizer(cfg):
         with cache_lock(out):
             if not (out / "tokenizer.json").exists():
                 if cfg.tokenizer == "embedded":
-                    texts = embedded.embedded_texts(None, cfg.data_dir, max_chars=embedded.DEFAULT_MAX_CHARS)
+                    texts = embedded.embedded_texts(None, cfg.data_dir, max_chars=_embedded_chars(cfg))
                     docs = ((d, "train", t) for d in texts for t in texts[d]["train"])
                 else:  # every domain of the source, whatever cfg.domains selects
                     docs = iter_split_documents(cfg.model_copy(update={"domains": None}), {}, {})
@@ -147,7 +154,7 @@ def load_data(cfg) -> TokenData:
     if cfg.source == "embedded":
         from lmlab.data import embedded
 
-        ident = [embedded.VERSION, embedded.DEFAULT_MAX_CHARS]
+        ident = [embedded.VERSION, _embedded_chars(cfg)]
     else:
         ident = [fingerprint_source(cfg.source)]
     tok = get_tokenizer(cfg)
@@ -261,7 +268,7 @@ def _build_packed(cfg, tok, root: Path, tokens: Path) -> None:
     rows = mix_rows(avail, dict(cfg.mix), total)
     parts, dom_idx = [], []
     for i, d in enumerate(domains):
-        x, repeated = take_rows(train_windows[d], rows[d], cfg.seed, i)
+        x, repeated = take_rows(train_windows[d], rows[d], cfg.seed, i, name=d)
         parts.append(x)
         dom_idx.append(np.full(len(x), i, np.int64))
         per[d]["train_rows"] = int(len(x))

@@ -188,14 +188,14 @@ def mix_rows(avail: dict[str, int], mix: dict[str, float], total: Optional[int])
     return {d: int(rows[i]) for i, d in enumerate(names)}
 
 
-def take_rows(windows: np.ndarray, n: int, seed: int, salt: int = 0) -> tuple[np.ndarray, int]:
+def take_rows(windows: np.ndarray, n: int, seed: int, salt: int = 0, name: str = "?") -> tuple[np.ndarray, int]:
     """First n rows of the (already shuffled) windows; beyond what exists, repeat fresh permutations.
     Returns (rows, repeated_count)."""
     have = len(windows)
     if n <= have:
         return windows[:n], 0
     if have == 0:
-        raise ConfigError("cannot draw training rows from a domain with no windows")
+        raise ConfigError(f"data.mix: domain {name!r} has no training window to draw {n} rows from")
     reps = [windows]
     k = 1
     while sum(len(r) for r in reps) < n:

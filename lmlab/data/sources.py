@@ -52,7 +52,7 @@ class SourceStats:
     files: int = 0
     documents: int = 0  # documents emitted (pieces of split documents count one each)
     empty_documents: int = 0
-    empty_files: list[str] = field(default_factory=list)
+    empty_locations: list[str] = field(default_factory=list)  # "file" or "file:line" of each empty one
     non_utf8_files: int = 0
     non_utf8_bytes: int = 0
     huge_lines: int = 0
@@ -168,7 +168,7 @@ def _emit(text: str, domain: str, key: str, stats: SourceStats, where: str, limi
     stats.chars += len(text)
     if not text:
         stats.empty_documents += 1
-        stats._note("empty_files", where)
+        stats._note("empty_locations", where)
         return
     for piece in bound_pieces(text, limit, stats):
         stats.documents += 1
@@ -288,7 +288,7 @@ def parse_hf_source(source: str) -> tuple[str, Optional[str], dict]:
     spec = source[3:] if source.startswith("hf:") else source
     spec, _, query = spec.partition("?")
     name, _, config = spec.partition(":")
-    kwargs: dict[str, Any] = dict(parse_qsl(query))
+    kwargs: dict[str, Any] = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in parse_qsl(query)}
     if "data_files" in kwargs and "," in kwargs["data_files"]:
         kwargs["data_files"] = kwargs["data_files"].split(",")
     return name, config or None, kwargs
@@ -315,6 +315,10 @@ def iter_load_dataset(name: str, domain: str, stats: SourceStats, text_field: st
 
 def _iter_file(path: Path, domain: str, stats: SourceStats, text_field: str, limit: int) -> Iterator[Document]:
     _, ext = _strip_ext(path.name)
+    if ext in JSONL_EXT + (".parquet",) and path.is_file() and path.stat().st_size == 0:
+        stats.files += 1
+        stats._note("empty_locations", str(path))  # no records: nothing to read (a .txt counts as an empty document)
+        return
     if is_saved_dataset(path):
         yield from iter_saved_dataset(path, domain, stats, text_field, limit)
     elif ext in JSONL_EXT:
