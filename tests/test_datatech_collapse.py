@@ -67,3 +67,19 @@ def test_scaling_fits_recover_known_laws():
     Ts = np.logspace(2, 5, 8).astype(int)
     fit = C.fit_power_law(Ts, [C.expected_error(p, p, t) for t in Ts])
     assert fit["c"] == pytest.approx(C.theory_exponent(beta), abs=0.03)
+
+
+def test_collapse_experiment_verdict_from_measured_curves(tmp_path):
+    from lmlab.experiments import data_techniques as D
+    from lmlab.registry import EXPERIMENTS
+
+    exp = EXPERIMENTS.get("model_collapse_tails")
+    res = {a: [exp.run(a, s, "quick", tmp_path) for s in range(2)] for a in ("clean", "topk")}
+    v = exp.decide(res)
+    assert v.verdict == "reproduced", v.rule
+    plateau = res["topk"][0].metrics["plateau_theory"]
+    assert plateau == pytest.approx(Z.tail_mass(Z.zipf_probs(D.COLLAPSE["quick"]["n"], 2.0), 100))
+    for r in res["topk"]:
+        assert r.metrics["test_error"] == pytest.approx(plateau, rel=0.1)
+    # swapping the arms (no plateau in the "technique") must not reproduce
+    assert exp.decide({"clean": res["clean"], "topk": res["clean"]}).verdict != "reproduced"

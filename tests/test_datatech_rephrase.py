@@ -319,3 +319,11 @@ def test_ray_data_path_matches_local(tmp_path):
         ray.shutdown()
     assert s["ray_shards"] == s["shards"] - done_before > 0
     assert _shard_bytes(out) == _shard_bytes(ref)
+
+
+def test_export_domain_for_the_data_pipeline(tmp_path):
+    R.rephrase_corpus(_docs(8), FakeBackend(), tmp_path / "o", _settings(style="hard"), progress=False)
+    n = R.export_domain(tmp_path / "o", tmp_path / "wrap" / "wrap_hard.jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "wrap" / "wrap_hard.jsonl").read_text().splitlines()]
+    assert n == len(rows) == len(R.read_rephrased(tmp_path / "o")) > 0
+    assert all(r["style"] == "hard" and "#" in r["id"] and r["text"] for r in rows)

@@ -214,6 +214,7 @@ class RephraseSettings:
     chat: bool = False            # use backend.chat with the chat messages instead of the raw prompt
     min_words: int = 5
     max_copy_similarity: float = 0.9
+    max_chunks: int = 0           # 0 = all; else only the first N chunks (a small slice of a corpus)
 
     def gen(self, shard: int) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -313,6 +314,8 @@ def _prepare(docs, out_dir, settings, backend_name, tokenizer):
     out_dir.mkdir(parents=True, exist_ok=True)
     count = token_counter(tokenizer)
     chunks = plan_chunks(docs, settings.max_tokens, count)
+    if settings.max_chunks:
+        chunks = chunks[:settings.max_chunks]
     fp = _fingerprint(chunks, settings, backend_name)
     n_shards = math.ceil(len(chunks) / settings.shard_size)
     man_path = out_dir / f"manifest-{settings.style}.json"
@@ -471,7 +474,7 @@ def resolve_backend(spec: str):
 def _run_cli(a) -> int:
     settings = RephraseSettings(style=a.style, max_tokens=a.max_tokens, shard_size=a.shard_size,
                                 batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                                temperature=a.temperature, seed=a.seed, chat=a.chat)
+                                temperature=a.temperature, seed=a.seed, chat=a.chat, max_chunks=a.max_chunks)
     docs = read_documents(a.inp)
     if a.limit:
         docs = docs[:a.limit]
@@ -499,8 +502,20 @@ def register_rephrase(dsub) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    p.add_argument("--max-chunks", type=int, default=0, help="only the first N chunks")
     p.add_argument("--chat", action="store_true", help="send chat messages (backend template) not raw prompts")
     p.add_argument("--ray", action="store_true", help="distribute shards with Ray Data (pip install lmlab[dist])")
     p.add_argument("--ray-workers", type=int, default=2)
     p.add_argument("--ray-address", default=None)
     p.set_defaults(func=_run_cli)
+
+
+def export_domain(rephrase_dir, path, style: Optional[str] = None) -> int:
+    """Write the kept rephrases as one JSONL file ({"id", "text", "style"}) — a domain for the data pipeline
+    (a folder of such files is a multi-domain source; DataConfig.mix sets the real:synthetic ratio)."""
+    rows = read_rephrased(rephrase_dir, style)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, "".join(json.dumps({"id": f"{r['source_id']}#{r['chunk']}", "text": r["text"],
+                                            "style": r["style"]}, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows)

@@ -108,8 +108,8 @@ EXPERIMENTS.register("model_collapse_tails", Experiment(
 # ============================================================================================================
 # Reasoning paths — an LM pre-trained on random walks vs on the triples alone, same tokens.
 # ============================================================================================================
-WALKS = {"quick": dict(n_entities=150, n_base=4, edge_prob=0.6, heldout=0.3, walk_len=4, seq_len=48,
-                       steps=500, batch=32, d_model=96, n_layer=2, n_head=4, lr=3e-3),
+WALKS = {"quick": dict(n_entities=150, n_base=4, edge_prob=0.6, heldout=0.3, walk_len=4, seq_len=32,
+                       steps=300, batch=32, d_model=64, n_layer=2, n_head=4, lr=4e-3),
          "full": dict(n_entities=2000, n_base=8, edge_prob=0.5, heldout=0.2, walk_len=8, seq_len=128,
                       steps=5000, batch=64, d_model=256, n_layer=4, n_head=8, lr=1e-3)}
 
@@ -153,7 +153,8 @@ def _walks_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
 
     c = WALKS[scale]
     kg, train_kg, held, voc, windows = _walks_corpus(arm, seed, c)
-    exs = W.true_false_examples(kg, held, random.Random(99), plausible_frac=0.8)
+    # 20 True/False pairs per held-out query (each negative 80% plausible): less evaluation noise per seed
+    exs = [e for k in range(20) for e in W.true_false_examples(kg, held, random.Random(99 + k), plausible_frac=0.8)]
     held_val = pack([voc.triple_ids(*t) for t in held], c["seq_len"])
     cfg = run_config(scale, {"model": {"vocab_size": voc.size, "d_model": c["d_model"], "n_layer": c["n_layer"],
                                        "n_head": c["n_head"], "max_seq_len": c["seq_len"]},
@@ -167,12 +168,12 @@ def _walks_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     neg = [e["triple"] for e in exs if not e["label"]]
     lp, ln = _query_logprobs(model, voc, pos), _query_logprobs(model, voc, neg)
     acc = float(np.mean(lp > ln))                            # True/False: is the true tail likelier?
-    seen = sorted(train_kg.derived)[:len(pos)]
+    seen = sorted(train_kg.derived)[:len(held)]
     seen_neg = [e["triple"] for e in W.true_false_examples(kg, seen, random.Random(98)) if not e["label"]]
     acc_seen = float(np.mean(_query_logprobs(model, voc, seen) > _query_logprobs(model, voc, seen_neg)))
     return ArmResult(metrics={"heldout_acc": acc, "train_acc": acc_seen, "heldout_logp": float(np.mean(lp)),
                               "val_loss": res.val_loss},
-                     curves=res.curves, info={"tokens": res.tokens, "n_heldout": len(pos),
+                     curves=res.curves, info={"tokens": res.tokens, "n_heldout": len(held), "n_pairs": len(pos),
                                               "n_train_triples": len(train_kg.triples)})
 
 
@@ -184,5 +185,223 @@ EXPERIMENTS.register("reasoning_paths", Experiment(
     description=("Synthetic KG (150 entities, 4 base relations, 4 composed relations r_{4+i} = r_i ∘ r_{i+1}); "
                  "30% of the composed triples held out. A 2-layer LM trained at equal tokens on random walks "
                  "(transition 1/out-degree, ≤4 edges) or on the training triples; metric: True/False accuracy "
-                 "on held-out queries, each against a negative tail (80% plausible), predicting True for the "
-                 "likelier tail.")))
+                 "on held-out queries (20 pairs per query, true tail vs a negative tail, 80% plausible), "
+                 "predicting True for the likelier tail.")))
+
+
+# ============================================================================================================
+# Rho-1 — selective LM vs plain CLM on a mixed corpus, judged on the target domain's held-out loss.
+# ============================================================================================================
+RHO1 = {"quick": dict(domains=["code", "docs", "bible_web"], target="bible_web", seq_len=64, d_model=64,
+                      n_layer=2, n_head=4, steps=200, ref_steps=200, batch=16, ratio=0.6, lr=3e-3),
+        "full": dict(domains=["code", "docs", "bible_kjv", "bible_web", "bible_bbe"], target="bible_web",
+                     seq_len=512, d_model=512, n_layer=8, n_head=8, steps=5000, ref_steps=3000, batch=64,
+                     ratio=0.6, lr=1e-3)}
+
+
+def _rho1_cfg(c: dict, scale: str, steps: int, name: str, objective: str = "clm", args: Optional[dict] = None):
+    from lmlab.experiments.common import run_config
+
+    return run_config(scale, {"model": {"d_model": c["d_model"], "n_layer": c["n_layer"], "n_head": c["n_head"],
+                                        "max_seq_len": c["seq_len"]},
+                              "data": {"domains": c["domains"], "seq_len": c["seq_len"]},
+                              "train": {"steps": steps, "batch_size": c["batch"], "lr": c["lr"],
+                                        "eval_interval": max(steps // 4, 1), "objective": objective,
+                                        "objective_args": args or {}}}, name=name)
+
+
+def rho1_reference(c: dict, scale: str, data, ref_dir: Path):
+    """The reference model: trained on the target domain's training windows only; saved once, shared by
+    every seed and arm of the experiment (as the paper trains one reference)."""
+    import torch
+
+    from lmlab.models.decoder import Decoder
+
+    path = ref_dir / "reference.pt"
+    cfg = _rho1_cfg(c, scale, c["ref_steps"], "rho1/reference")
+    mcfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
+    if path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        m = Decoder(mcfg)
+        m.load_state_dict(blob["state_dict"])
+        return m
+    from lmlab.train.trainer import train
+
+    tgt = data.domains.index(c["target"])
+    ref_data = window_data(data.train[data.train_domain == tgt], {c["target"]: data.val[c["target"]]},
+                           data.tokenizer.vocab_size, data.tokenizer)
+    res = train(cfg.model_copy(update={"model": mcfg}), ref_dir / "run", data=ref_data)
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model_config": mcfg.model_dump(), "state_dict": res.model.state_dict(),
+                "val_loss": res.val_loss}, tmp)
+    tmp.replace(path)
+    return res.model
+
+
+def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.data import load_data
+    from lmlab.experiments.common import train_arm
+
+    c = RHO1[scale]
+    base = _rho1_cfg(c, scale, c["steps"], f"rho1/{arm}")
+    data = load_data(base.data)
+    ref = rho1_reference(c, scale, data, Path(out).parent.parent / "_reference")
+    if arm == "clm":
+        cfg = base
+        r = train_arm(cfg, seed, out, data=data)
+    elif arm == "slm":
+        from lmlab.train.objectives_slm import SelectiveLM
+
+        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref)
+        r = train_arm(base, seed, out, data=data, objective=obj)
+    else:
+        raise ValueError(f"unknown arm {arm!r}")
+    r.metrics["target_val_loss"] = r.metrics[f"val_loss/{c['target']}"]
+    return r
+
+
+EXPERIMENTS.register("rho1_slm", Experiment(
+    name="rho1_slm", paper="Rho-1: Not All Tokens Are What You Need",
+    claim="selective LM (top 60% excess-loss tokens) beats causal LM on the target domain at equal tokens",
+    metric="target_val_loss", direction="lower", arms=["clm", "slm"], baseline="clm", technique="slm",
+    run=_rho1_arm, plots=["val_loss", "train_loss"],
+    description=("Mixed corpus code + docs + bible_web; a reference LM trained on bible_web's training split "
+                 "only (same size, 200 steps); then CLM vs SLM (k=60%, online reference) for the same 200 "
+                 "steps × 16 × 64 tokens; metric: held-out loss on bible_web.")))
+
+
+# ============================================================================================================
+# WRAP — real vs real + rephrased (1:1) at an equal token budget; style ablation.
+# real = the KJV Bible (archaic English). Technique arm `real_wrap`: KJV + SmolLM2-135M-Instruct rephrases of
+# KJV chunks in the medium (Wikipedia) style, made by `lmlab data rephrase` and cached as a dataset build step
+# (a small slice: generation runs at tens of tokens/s on this CPU, so the synthetic half repeats). Stand-in
+# arms (documented as such): the same chapters in the modern WEB translation (≈ medium style) or in Basic
+# English (BBE, ≈ easy style) — a human verse-aligned parallel corpus in place of model rephrases — which also
+# give the style ablation.
+# ============================================================================================================
+WRAP = {"quick": dict(domains=["bible_kjv", "bible_web", "bible_bbe", "docs"], real="bible_kjv", seq_len=64,
+                      d_model=64, n_layer=2, n_head=4, steps=200, batch=16, lr=3e-3),
+        "full": dict(domains=["bible_kjv", "bible_web", "bible_bbe", "docs", "code"], real="bible_kjv",
+                     seq_len=512, d_model=512, n_layer=8, n_head=8, steps=5000, batch=64, lr=1e-3)}
+WRAP_STYLE_DOMAIN = {"real_medium": "bible_web", "real_easy": "bible_bbe"}
+
+
+WRAP_CACHE = dict(style="medium", source="embedded:bible_kjv", max_chunks=64, max_tokens=128, max_new_tokens=160,
+                  batch_size=16, shard_size=16)
+
+
+def wrap_cache_dir() -> Path:
+    import os
+
+    from lmlab.data.sources import default_data_dir
+
+    if os.environ.get("LMLAB_WRAP_CACHE"):
+        return Path(os.environ["LMLAB_WRAP_CACHE"])
+    c = WRAP_CACHE
+    return Path(default_data_dir()) / "wrap" / f"smollm2-{c['style']}-kjv-{c['max_chunks']}x{c['max_tokens']}"
+
+
+def build_wrap_cache(out: Optional[Path] = None, backend: str = "smollm2") -> Path:
+    """Dataset build step: the first `max_chunks` ≤128-token chunks of the KJV training chapters rephrased in
+    the medium (Wikipedia) style by SmolLM2-135M-Instruct, through the `lmlab data rephrase` command itself.
+    Resumable (finished shards are kept), so an interrupted build continues where it stopped."""
+    import argparse
+
+    from lmlab.data.rephrase import register_rephrase
+
+    out = Path(out or wrap_cache_dir())
+    c = WRAP_CACHE
+    p = argparse.ArgumentParser()
+    register_rephrase(p.add_subparsers())
+    a = p.parse_args(["rephrase", "--style", c["style"], "--backend", backend, "--in", c["source"],
+                      "--out", str(out), "--chat", "--max-chunks", str(c["max_chunks"]),
+                      "--max-tokens", str(c["max_tokens"]), "--max-new-tokens", str(c["max_new_tokens"]),
+                      "--batch-size", str(c["batch_size"]), "--shard-size", str(c["shard_size"])])
+    a.func(a)
+    return out
+
+
+def _wrap_cache_windows(tokenizer, seq_len: int) -> tuple[np.ndarray, dict]:
+    import json
+
+    from lmlab.data.rephrase import read_rephrased, summarize
+
+    d = wrap_cache_dir()
+    man = d / f"manifest-{WRAP_CACHE['style']}.json"
+    if not man.exists() or summarize(d, WRAP_CACHE["style"], json.loads(man.read_text())["n_shards"])["done_shards"] \
+            < json.loads(man.read_text())["n_shards"]:
+        build_wrap_cache(d)
+    rows = read_rephrased(d, WRAP_CACHE["style"])
+    stats = summarize(d, WRAP_CACHE["style"], json.loads(man.read_text())["n_shards"])
+    eos = tokenizer.eos_id
+    return pack([tokenizer.encode(r["text"]) + [eos] for r in rows], seq_len), stats
+
+
+def _wrap_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.data import load_data
+    from lmlab.experiments.common import run_config, train_arm
+
+    c = WRAP[scale]
+    cfg = run_config(scale, {"model": {"d_model": c["d_model"], "n_layer": c["n_layer"], "n_head": c["n_head"],
+                                       "max_seq_len": c["seq_len"]},
+                             "data": {"domains": c["domains"], "seq_len": c["seq_len"]},
+                             "train": {"steps": c["steps"], "batch_size": c["batch"], "lr": c["lr"],
+                                       "eval_interval": max(c["steps"] // 4, 1)}}, name=f"wrap/{arm}")
+    data = load_data(cfg.data)
+    n = c["steps"] * c["batch"]                          # windows seen = the token budget, equal for all arms
+    rng = np.random.default_rng(1000 + seed)
+    real = data.train[data.train_domain == data.domains.index(c["real"])]
+    if arm == "real":
+        rows = real[rng.permutation(len(real))[:n]]
+    else:
+        if arm == "real_wrap":
+            syn, cache_stats = _wrap_cache_windows(data.tokenizer, c["seq_len"])
+        elif arm in WRAP_STYLE_DOMAIN:
+            syn = data.train[data.train_domain == data.domains.index(WRAP_STYLE_DOMAIN[arm])]
+        else:
+            raise ValueError(f"unknown arm {arm!r}")
+        half = n // 2
+        rows = np.concatenate([real[rng.permutation(len(real))[:n - half]],
+                               syn[rng.integers(0, len(syn), half) if len(syn) < half else rng.permutation(len(syn))[:half]]])
+        rows = rows[rng.permutation(len(rows))]
+    d = window_data(rows, data.val, data.tokenizer.vocab_size, data.tokenizer)
+    r = train_arm(cfg, seed, out, data=d)
+    if arm != "real":
+        r.info["synthetic_windows"] = int(len(syn))
+        r.info["synthetic_repeats"] = round(half / max(len(syn), 1), 2)
+    if arm == "real_wrap":
+        r.info["rephrase_cache"] = cache_stats
+    r.metrics["mean_val_ppl"] = float(np.mean([math.exp(v) for k, v in r.metrics.items() if k.startswith("val_loss/")]))
+    return r
+
+
+def _wrap_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
+    """compare() on mean held-out perplexity, real vs real + SmolLM2 rephrases. Reported beside it (extra):
+    the stand-in real vs real + WEB (medium), the style ablation easy (BBE) vs medium (WEB), per-domain losses."""
+    ppl = lambda arm: [r.metrics["mean_val_ppl"] for r in res.get(arm, [])]  # noqa: E731
+    v = compare(ppl("real"), ppl("real_wrap"), "lower")
+    for arm in exp.arms:
+        if res.get(arm):
+            v.extra[f"{arm}_mean_ppl"] = mean_std(ppl(arm))
+            for k in res[arm][0].metrics:
+                if k.startswith("val_loss/"):
+                    v.extra[f"{arm}/{k}"] = mean_std([r.metrics[k] for r in res[arm]])
+    if res.get("real_medium"):
+        s = compare(ppl("real"), ppl("real_medium"), "lower")
+        v.extra["standin_real_vs_real_medium"] = f"{s.verdict}: {s.rule}"
+    if res.get("real_easy") and res.get("real_medium"):
+        s = compare(ppl("real_medium"), ppl("real_easy"), "lower")
+        v.extra["style_ablation_easy_vs_medium"] = f"easy better: {s.verdict}: {s.rule}"
+    return v
+
+
+EXPERIMENTS.register("wrap_rephrase", Experiment(
+    name="wrap_rephrase", paper="Rephrasing the Web (WRAP)",
+    claim="real + rephrased data (1:1) beats real data alone on mean held-out perplexity at equal tokens",
+    metric="mean_val_ppl", direction="lower", arms=["real", "real_wrap", "real_medium", "real_easy"],
+    baseline="real", technique="real_wrap", run=_wrap_arm, verdict=_wrap_verdict, plots=["val_loss"],
+    description=("real = KJV Bible; real_wrap = KJV + SmolLM2-135M-Instruct medium-style rephrases of 64 KJV "
+                 "chunks (≤128 tokens) made by `lmlab data rephrase` (cached build step; the synthetic half "
+                 "repeats); stand-ins: KJV + the same chapters in WEB (medium) or BBE (easy). Equal budget "
+                 "200 steps × 16 × 64 tokens; metric: mean held-out perplexity over KJV, WEB, BBE, docstrings.")))
