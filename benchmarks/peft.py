@@ -2,7 +2,9 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/peft.py [--d-model 256 --n-layer 4 --steps 12]
 
-LoRA (rank r on every block linear) and SpIEL (-AG and -MA) get exactly the same trainable-parameter count.
+LoRA (rank r on every block linear) and SpIEL get exactly the same trainable-parameter count. SpIEL variants:
+spiel-ag (dense gradient accumulation in the window before each regrow), spiel-ag-cand (accumulation on 2·k
+candidates only), spiel-ma (SM3 row/column statistics).
 Each method runs in its own subprocess so peak RSS (ru_maxrss) is not shared; reported:
   trainable    parameters with requires_grad
   state MiB    trainable params + their grads + AdamW moments (+ SpIEL indices and growth statistics): the memory
@@ -77,10 +79,10 @@ def run_one(method: str, a) -> dict:
     h = None
     if method == "lora":
         h = apply_peft(model, {"method": "lora", "r": a.rank, "alpha": 2 * a.rank, "target_modules": LINEARS})
-    elif method in ("spiel-ag", "spiel-ma"):
+    elif method.startswith("spiel"):
         h = apply_peft(model, {"method": "spiel", "n_trainable": budget, "target_modules": LINEARS,
-                               "regrow": method[-2:], "update_interval": 4, "accumulation_steps": 2,
-                               "drop_fraction": 0.1})
+                               "regrow": method.split("-")[1], "update_interval": 4, "accumulation_steps": 2,
+                               "drop_fraction": 0.1, "candidates": 2.0 if method.endswith("-cand") else None})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, foreach=False)
     idx = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
@@ -120,7 +122,7 @@ def main() -> None:
         print(json.dumps(run_one(a.one, a)))
         return
     rows = []
-    for m in ["full", "lora", "spiel-ag", "spiel-ma"]:
+    for m in ["full", "lora", "spiel-ag", "spiel-ag-cand", "spiel-ma"]:
         args = [sys.executable, __file__, "--one", m] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
                                                           if k not in ("one", "write")]
         out = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

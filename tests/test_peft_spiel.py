@@ -173,3 +173,34 @@ def test_spiel_bad_config_one_line_errors():
         SpIEL(tiny_decoder(), density=0.1, regrow="random")
     with pytest.raises(ValueError, match="peft.method"):
         apply_peft(tiny_decoder(), {"method": "adapters"})
+
+
+def test_ag_with_candidates_tracks_only_candidates_and_regrows_from_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6, bias=False))
+    sp = SpIEL(model, n_trainable=4, regrow="ag", update_interval=3, drop_fraction=0.5, accumulation_steps=2,
+               candidates=2.0)
+    layer = sp.layers["0"]
+    old = layer.indices.clone()
+    opt = torch.optim.SGD(sp.parameters(), lr=0.0)
+    sp.attach(opt)
+    grads = []
+    for step in range(3):
+        x = torch.randn(5, 8)
+        out = model(x)
+        gout = torch.randn_like(out)
+        grads.append(gout.T @ x)
+        if step == 2:                                                   # window = steps 2 and 3 (0-based 1, 2)
+            s = sp._stats["0"]
+            assert s["acc"].numel() == 8 and sp.state_bytes() < 6 * 8 * 4   # O(candidates), not O(o·i)
+        opt.zero_grad()
+        out.backward(gout)
+        opt.step()
+    first = grads[1].abs().reshape(-1)
+    first[old] = -1
+    cand = torch.topk(first, 8).indices
+    acc = (grads[1] + grads[2]).reshape(-1)[cand].abs()
+    acc[torch.isin(cand, old)] = -1
+    want = cand[torch.topk(acc, 2).indices]
+    moved = layer.indices != old
+    assert sorted(layer.indices[moved].tolist()) == sorted(want.tolist())
