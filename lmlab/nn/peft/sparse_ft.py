@@ -60,7 +60,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
     def backward(ctx, g):
         x, delta = ctx.saved_tensors
         layer = ctx.layer
-        g2 = g.reshape(-1, g.shape[-1])                                       # (n, o)
+        g2 = g.reshape(-1, g.shape[-1]).to(x.dtype)                           # (n, o); autocast may hand bf16
         x2 = x.reshape(-1, x.shape[-1])                                       # (n, i)
         grad_x = grad_delta = grad_bias = None
         if ctx.needs_input_grad[0]:
