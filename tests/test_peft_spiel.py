@@ -204,3 +204,18 @@ def test_ag_with_candidates_tracks_only_candidates_and_regrows_from_them():
     want = cand[torch.topk(acc, 2).indices]
     moved = layer.indices != old
     assert sorted(layer.indices[moved].tolist()) == sorted(want.tolist())
+
+
+def test_lazy_attach_takes_cycle_position_from_restored_optimizer_state():
+    model = tiny_decoder()
+    h = apply_peft(model, {"method": "spiel", "density": 0.05, "update_interval": 5})
+    opt = torch.optim.AdamW(h.trainable_parameters(), lr=1e-3)
+    _train_steps(model, opt, 1)
+    saved = opt.state_dict()
+    saved["state"] = {k: {**v, "step": torch.tensor(9.0)} for k, v in saved["state"].items()}   # as if resumed at 9
+    model2 = tiny_decoder()
+    h2 = apply_peft(model2, {"method": "spiel", "density": 0.05, "update_interval": 5})
+    opt2 = torch.optim.AdamW(h2.trainable_parameters(), lr=1e-3)
+    opt2.load_state_dict(saved)
+    _train_steps(model2, opt2, 1)                     # step 10 -> end of the second cycle
+    assert h2.spiel.t == 10 and len(h2.spiel.history) == 1

@@ -97,6 +97,11 @@ def _lazy_attach(handle: PeftHandle) -> None:
         if any(id(p) in ids for g in opt.param_groups for p in g["params"]):
             h._drop_global_hook()
             h.spiel.attach(opt)
+            # The optimizer's own step count places us in the cycle, so a resumed run (optimizer state
+            # restored from a checkpoint) keeps its prune/regrow schedule.
+            st = opt.state.get(h.spiel.parameters()[0], {}).get("step")
+            if st is not None:
+                h.spiel.t = int(st) - 1
             h.spiel.step(opt)                     # this step already happened
 
     handle._global_hook = register_optimizer_step_post_hook(hook)
