@@ -101,16 +101,17 @@ def make_data(P: np.ndarray, name: str, sc: dict, seed: int) -> SyntheticData:
     return SyntheticData(train, {name: val}, [name])
 
 
-def _run_cfg(sc: dict, steps: int, lr: float, seed: int, name: str):
+def _run_cfg(scale: str, steps: int, lr: float, seed: int, name: str):
     from lmlab.experiments.common import run_config
 
-    return run_config("quick", {
+    sc = SCALES[scale]
+    return run_config(scale, {
         "model": {"vocab_size": VOCAB, "d_model": sc["d_model"], "n_layer": sc["n_layer"], "n_head": sc["n_head"],
                   "max_seq_len": sc["seq"]},
         "data": {"seq_len": sc["seq"]},
         "train": {"steps": steps, "batch_size": sc["batch"], "lr": lr, "warmup_steps": max(steps // 10, 1),
                   "weight_decay": 0.0, "eval_interval": max(steps // 5, 1), "eval_batches": 8, "seed": seed,
-                  "device": "cpu"}}, name=name)
+                  "device": "cpu" if scale == "quick" else "auto"}}, name=name)
 
 
 _BACKBONE: dict = {}
@@ -126,7 +127,7 @@ def pretrained_backbone(scale: str):
     if scale in _BACKBONE:
         return _BACKBONE[scale]
     sc = SCALES[scale]
-    cfg = _run_cfg(sc, sc["pre_steps"], 3e-3, 0, f"peft_backbone_{scale}")
+    cfg = _run_cfg(scale, sc["pre_steps"], 3e-3, 0, f"peft_backbone_{scale}")
     cache = Path(os.environ.get("LMLAB_CACHE", Path.home() / ".cache" / "lmlab")) / f"peft_backbone_{scale}_v1.pt"
     model = Decoder(cfg.model)
     A, _ = task_pair()
@@ -185,7 +186,7 @@ def run_arm(arm: str, seed: int, scale: str, out_dir: Optional[Path]) -> ArmResu
     sc = SCALES[scale]
     _, B = task_pair()
     model, h = build_arm(arm, scale, seed)
-    cfg = _run_cfg(sc, sc["ft_steps"], LR[arm], seed, f"peft_ft/{arm}")
+    cfg = _run_cfg(scale, sc["ft_steps"], LR[arm], seed, f"peft_ft/{arm}")
     res = train_arm(cfg, seed, out_dir, model=model, data=make_data(B, "B", sc, 100 + seed))
     res.metrics["entropy_rate"] = entropy_rate(B)
     res.metrics["excess_loss"] = res.metrics["val_loss"] - res.metrics["entropy_rate"]

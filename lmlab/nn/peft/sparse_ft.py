@@ -293,7 +293,7 @@ class SpIEL:
             if n_drop == 0:
                 changed[n] = 0
                 continue
-            change = (l.delta - self._start[n]).abs()                        # (k,)
+            change = (l.delta - self._start[n].to(l.delta.device)).abs()                        # (k,)
             drop_slots = torch.topk(change, n_drop, largest=False).indices
             keep = torch.ones(l.k, dtype=torch.bool, device=l.delta.device)
             keep[drop_slots] = False
