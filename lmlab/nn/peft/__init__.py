@@ -11,9 +11,14 @@ name fragments to keep trainable, e.g. ["norm"]). For SpIEL the prune/regrow cyc
 step post-hook: the handle attaches itself to the first optimizer that steps on its deltas, so any training
 loop (lmlab's trainer, SFT, DPO) that builds its optimizer from `requires_grad` parameters works unchanged;
 call `handle.attach(optimizer)` to do it explicitly.
+
+Partial LoRA's token mask travels in the batch dict under "lora_mask" ((b, t) bool); a training step wraps
+its forward in `with peft_context(model, batch): ...`, which sets the mask when the model has Partial LoRA
+layers and does nothing otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -32,7 +37,7 @@ _ARGS = {
     "lora": {"r", "alpha", "dropout", "target_modules", "exclude"},
     "partial_lora": {"r", "alpha", "dropout", "target_modules", "exclude", "when_unset"},
     "spiel": {"density", "n_trainable", "target_modules", "exclude", "regrow", "update_interval", "drop_fraction",
-              "accumulation_steps", "sm3_beta", "total_steps", "seed"},
+              "accumulation_steps", "candidates", "sm3_beta", "total_steps", "seed"},
 }
 
 
@@ -92,9 +97,22 @@ def _lazy_attach(handle: PeftHandle) -> None:
         if any(id(p) in ids for g in opt.param_groups for p in g["params"]):
             h._drop_global_hook()
             h.spiel.attach(opt)
+            # The optimizer's own step count places us in the cycle, so a resumed run (optimizer state
+            # restored from a checkpoint) keeps its prune/regrow schedule.
+            st = opt.state.get(h.spiel.parameters()[0], {}).get("step")
+            if st is not None:
+                h.spiel.t = int(st) - 1
             h.spiel.step(opt)                     # this step already happened
 
     handle._global_hook = register_optimizer_step_post_hook(hook)
+
+
+def peft_context(model: nn.Module, batch: dict, key: str = "lora_mask"):
+    """Context for one forward: sets the Partial LoRA token mask from batch[key] when both exist."""
+    model = getattr(model, "module", model)                 # DDP/compiled wrappers keep the model in .module
+    if getattr(model, "peft_token_mask", None) is not None and key in batch:
+        return token_mask(model, batch[key])
+    return contextlib.nullcontext()
 
 
 def apply_peft(model: nn.Module, cfg: Optional[dict]) -> PeftHandle:
@@ -131,7 +149,7 @@ def apply_peft(model: nn.Module, cfg: Optional[dict]) -> PeftHandle:
     return handle
 
 
-__all__ = ["apply_peft", "PeftHandle", "LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "unwrap_lora",
+__all__ = ["apply_peft", "peft_context", "PeftHandle", "LoRALinear", "apply_lora", "merge_lora", "unmerge_lora", "unwrap_lora",
            "save_lora_adapter", "load_lora_adapter", "lora_layers", "naive_lora_forward", "PartialLoRALinear",
            "TokenMask", "apply_partial_lora", "set_token_mask", "token_mask", "naive_partial_lora_forward",
            "SparseDeltaLinear", "SpIEL", "apply_spiel", "naive_sparse_delta_linear"]

@@ -114,7 +114,8 @@ def matches(name: str, target: TargetSpec) -> bool:
 def find_linears(model: nn.Module, target: TargetSpec, exclude: Iterable[str] = ()) -> list[str]:
     exclude = list(exclude)
     out = [n for n, m in model.named_modules()
-           if isinstance(m, nn.Linear) and n and matches(n, target) and not any(matches(n, [e]) for e in exclude)]
+           if isinstance(m, nn.Linear) and n and ".lora_" not in n and matches(n, target)
+           and not any(matches(n, [e]) for e in exclude)]
     return out
 
 

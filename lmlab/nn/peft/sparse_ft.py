@@ -13,8 +13,10 @@ Only φ is trainable, so parameters and optimizer state cost O(k). Every U optim
                (a slot grown in the last cycle started at 0);
   3. regrow  — refill exactly those slots with the inactive indices (not those just pruned) of largest growth
                score, φ = 0:
-       "ag" (SpIEL-AG): |Σ g| of the dense gradient accumulated over the last `accumulation_steps` steps of the
-                        cycle (a dense buffer exists only during that window);
+       "ag" (SpIEL-AG): |Σ g| of the gradient accumulated over the last `accumulation_steps` steps of the
+                        cycle. With `candidates=None` the whole dense gradient is accumulated (a dense buffer
+                        during that window only); with `candidates=m` only m·k candidate entries are tracked,
+                        chosen as the largest |g| of inactive entries at the window's first step (O(k) memory);
        "ma" (SpIEL-MA): an SM3-style factored second-moment estimate with O(o + i) memory: per step
                         ν = β·min(r_o, c_i) + (1−β)·g², r_o = maxᵢ ν, c_i = maxₒ ν; score = min(r_o, c_i).
 The slot layout is fixed, so optimizer state follows the indices: kept slots keep their Adam moments,
@@ -58,7 +60,7 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
     def backward(ctx, g):
         x, delta = ctx.saved_tensors
         layer = ctx.layer
-        g2 = g.reshape(-1, g.shape[-1])                                       # (n, o)
+        g2 = g.reshape(-1, g.shape[-1]).to(x.dtype)                           # (n, o); autocast may hand bf16
         x2 = x.reshape(-1, x.shape[-1])                                       # (n, i)
         grad_x = grad_delta = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -167,6 +169,7 @@ class SpIEL:
     def __init__(self, model: nn.Module, density: Optional[float] = None, n_trainable: Optional[int] = None,
                  target_modules: TargetSpec = r".*", exclude: Iterable[str] = (), regrow: str = "ag",
                  update_interval: int = 20, drop_fraction: float = 0.1, accumulation_steps: int = 5,
+                 candidates: Optional[float] = None,
                  sm3_beta: float = 0.9, total_steps: Optional[int] = None, seed: int = 0,
                  freeze_base: bool = True):
         if regrow not in ("ag", "ma"):
@@ -180,6 +183,9 @@ class SpIEL:
         if update_interval < 1 or accumulation_steps < 1:
             raise ValueError(f"update_interval={update_interval} and accumulation_steps={accumulation_steps} must be >= 1")
         accumulation_steps = min(accumulation_steps, update_interval)
+        if candidates is not None and candidates <= 0:
+            raise ValueError(f"candidates={candidates} must be > 0 (a multiple of each layer's k) or null (dense)")
+        self.candidates = candidates
         names = find_linears(model, target_modules, exclude)
         if not names:
             raise ValueError(f"target_modules={target_modules!r} matches no nn.Linear in {type(model).__name__}")
@@ -235,7 +241,15 @@ class SpIEL:
         def sink(g: torch.Tensor) -> None:                                   # g: (o, i) dense ∂L/∂W
             s = self._stats.setdefault(name, {})
             g = g.float()
-            if self.regrow == "ag":
+            if self.regrow == "ag" and self.candidates is not None:
+                flat = g.reshape(-1)
+                if "cand" not in s:                                          # first step of the window
+                    first = flat.abs().index_fill(0, layer.indices, -1.0)    # active entries are not candidates
+                    c = min(max(1, int(self.candidates * layer.k)), flat.numel() - layer.k)
+                    s["cand"] = torch.topk(first, c).indices
+                    s["acc"] = torch.zeros(c, device=g.device)
+                s["acc"].add_(flat.index_select(0, s["cand"]))
+            elif self.regrow == "ag":
                 if "acc" not in s:
                     s["acc"] = torch.zeros_like(g)
                 s["acc"].add_(g)
@@ -254,7 +268,11 @@ class SpIEL:
         l, s = self.layers[name], self._stats.get(name, {})
         if self.regrow == "ag":
             acc = s.get("acc")
-            return acc.abs().reshape(-1) if acc is not None else torch.zeros(l.weight.numel(), device=l.delta.device)
+            if acc is None:
+                return torch.zeros(l.weight.numel(), device=l.delta.device)
+            if "cand" in s:                                                  # sparse candidates: others score 0
+                return torch.zeros(l.weight.numel(), device=acc.device).index_put_((s["cand"],), acc.abs())
+            return acc.abs().reshape(-1)
         if "row" not in s:
             return torch.zeros(l.weight.numel(), device=l.delta.device)
         return torch.minimum(s["row"][:, None], s["col"][None, :]).reshape(-1)
@@ -275,7 +293,7 @@ class SpIEL:
             if n_drop == 0:
                 changed[n] = 0
                 continue
-            change = (l.delta - self._start[n]).abs()                        # (k,)
+            change = (l.delta - self._start[n].to(l.delta.device)).abs()                        # (k,)
             drop_slots = torch.topk(change, n_drop, largest=False).indices
             keep = torch.ones(l.k, dtype=torch.bool, device=l.delta.device)
             keep[drop_slots] = False
