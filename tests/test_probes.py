@@ -69,11 +69,11 @@ def test_callback_logs_every_n_steps():
     torch.manual_seed(0)
     model = Decoder(_cfg())
     cb = probe_callback(model, torch.randint(0, 64, (2, 8)), every=10)
-    recs = [{"step": s} for s in (5, 10, 20)]
+    recs = [{"step": s} for s in (5, 10, 10, 20)]
     for r in recs:
         cb(r["step"], r)
     assert [r["step"] for r in cb.records] == [10, 20]
-    assert "probe/anisotropy" in recs[1] and "probe/anisotropy" not in recs[0]
+    assert "probe/anisotropy" in recs[1] and "probe/anisotropy" not in recs[0] and "probe/anisotropy" not in recs[2]
 
 
 def test_cli_probe_prints_json_for_a_checkpoint(tmp_path, monkeypatch, capsys):

@@ -114,7 +114,8 @@ def probe_callback(model, idx: torch.Tensor, every: int = 50,
     sink = sink if sink is not None else []
 
     def cb(step: int, rec: dict) -> None:
-        if step % every == 0:
+        # the trainer logs several records per step (train, eval): probe once per step
+        if step % every == 0 and not (sink and sink[-1]["step"] == step):
             p = probe_model(model, idx)
             rec.update({f"probe/{k}": v for k, v in p.items()})
             sink.append({"step": step, **p})
