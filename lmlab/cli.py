@@ -11,16 +11,20 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "train": "lmlab.train.cli:register",
-    "reproduce": "lmlab.experiments.cli:register_reproduce",
-    "list": "lmlab.experiments.cli:register_list",
-    "data": "lmlab.cli:register_data",
-    "tokenizer": "lmlab.data.cli:register_tokenizer",
+    "eval": "lmlab.eval.cli:register",
     "generate": "lmlab.infer.cli:register_generate",
     "serve": "lmlab.infer.cli:register_serve",
+    "data": "lmlab.cli:register_data",
+    "tokenizer": "lmlab.data.cli:register_tokenizer",
+    "align": "lmlab.align.cli:register",
+    "probe": "lmlab.eval.probes:register",
+    "reproduce": "lmlab.experiments.cli:register_reproduce",
+    "list": "lmlab.experiments.cli:register_list",
 }
 
 DATA_COMMANDS: dict[str, str] = {
     "embedded": "lmlab.data.cli:register_embedded",
+    "rephrase": "lmlab.data.rephrase:register_rephrase",
 }
 
 
@@ -34,7 +38,7 @@ def register_data(sub) -> None:
     dsub = p.add_subparsers(dest="data_cmd", metavar="VERB")
     dsub.required = True
     for name, spec in DATA_COMMANDS.items():
-        _load(spec)(dsub)
+        _register(dsub, name, spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
     for name, spec in COMMANDS.items():
-        try:
-            _load(spec)(sub)
-        except ImportError as e:  # an optional extra is missing: keep the rest of the CLI usable
-            p = sub.add_parser(name, help=f"(unavailable: {e})")
-            p.set_defaults(func=lambda a, _e=e: sys.exit(f"lmlab {name}: unavailable: {_e}"))
+        _register(sub, name, spec)
     return parser
+
+
+def _register(sub, name: str, spec: str) -> None:
+    try:
+        _load(spec)(sub)
+    except ImportError as e:  # an optional extra is missing: keep the rest of the CLI usable
+        if name not in sub.choices:
+            p = sub.add_parser(name, help=f"(unavailable: {e})")
+            p.set_defaults(func=lambda a, _e=e, _n=name: sys.exit(f"lmlab {_n}: unavailable: {_e}"))
 
 
 def main(argv: list[str] | None = None) -> None:

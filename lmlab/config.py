@@ -91,6 +91,7 @@ class DataConfig(_Base):
     max_train_tokens: Optional[int] = Field(None, ge=1)
     max_val_tokens_per_domain: int = Field(65536, ge=1)
     data_dir: Optional[str] = Field(None, description="cache dir (default: $LMLAB_DATA or ~/.cache/lmlab)")
+    embedded_chars: Optional[int] = Field(None, ge=1000, description="embedded corpus: characters per domain (None = default)")
     mix: dict[str, float] = Field(default_factory=dict, description="domain -> sampling weight")
     seed: int = 0
 
@@ -119,6 +120,7 @@ class TrainConfig(_Base):
     keep_ckpts: int = Field(2, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="abort after this many non-finite losses in a row")
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0

@@ -10,6 +10,8 @@ from lmlab.registry import CHANNEL_MIXERS
 
 @CHANNEL_MIXERS.register("swiglu")
 class SwiGLU(nn.Module):
+    """SwiGLU feed-forward (Llama)."""
+
     def __init__(self, cfg, layer_idx: int = 0, d_ff: int | None = None, bias: bool = False):
         super().__init__()
         d, h = cfg.d_model, d_ff or cfg.ffn_hidden
@@ -19,7 +21,12 @@ class SwiGLU(nn.Module):
         self.down._is_residual_out = True  # scaled init, see models/decoder.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        if type(self.gate) is nn.Linear and type(self.up) is nn.Linear and self.gate.bias is None:
+            # one GEMM against the stacked gate/up weights (separate calls when an adapter wraps them)
+            g, u = F.linear(x, torch.cat([self.gate.weight, self.up.weight])).chunk(2, dim=-1)
+        else:
+            g, u = self.gate(x), self.up(x)
+        return self.down(F.silu(g) * u)
 
     def flops_per_token(self) -> int:
         return 2 * 3 * self.gate.in_features * self.gate.out_features

@@ -1,0 +1,79 @@
+"""`lmlab eval --task mmlu --model smollm2 --limit 200`: run one task on one backend, print a markdown table
+with bootstrap 95% confidence intervals, write results JSON (+ .md) under --out."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model backend on a benchmark (MMLU, HumanEval, GSM8K, ...)",
+                       description="Tasks: mmlu, mmlu_mc, gpqa, math, mgsm, drop, humaneval, gsm8k, or a task spec "
+                                   ".yaml. Models: smollm2, lmlab:DIR, hf:DIR, PATH.gguf, openai:URL#MODEL.")
+    p.add_argument("--task", required=True)
+    p.add_argument("--model", required=True, help="backend spec, e.g. smollm2")
+    p.add_argument("--limit", type=int, help="first N documents (MMLU is shuffled with a fixed seed first)")
+    p.add_argument("--data", help="local data file for tasks without a shipped copy (gpqa, math, mgsm, drop, gsm8k)")
+    p.add_argument("--fewshot", help="few-shot examples file (gsm8k, drop)")
+    p.add_argument("--mode", choices=["generate", "loglikelihood"], default="generate",
+                   help="mmlu: chain-of-thought generation (simple-evals) or letter log-likelihood")
+    p.add_argument("--n-samples", type=int, default=1, help="humaneval: samples per problem (pass@k)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--judge", help="math: equivalence-judge backend spec (default: normalised string match)")
+    p.add_argument("--lang", default="en", help="mgsm language")
+    p.add_argument("--completion", action="store_true", help="humaneval: base-model completion instead of chat")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _task_kwargs(args) -> dict:
+    kw: dict = {}
+    if args.data:
+        kw["path"] = args.data
+    if args.max_new_tokens:
+        kw["max_new_tokens"] = args.max_new_tokens
+    if args.task == "mmlu":
+        kw["mode"] = args.mode
+    if args.task in ("gsm8k", "drop") and args.fewshot:
+        kw["fewshot_path"] = args.fewshot
+    if args.task == "humaneval":
+        kw.update(n_samples=args.n_samples, ks=tuple(k for k in (1, 5, 10, 100) if k <= args.n_samples),
+                  chat=not args.completion)
+    if args.task == "mgsm":
+        kw["lang"] = args.lang
+    return kw
+
+
+def run(args) -> int:
+    from lmlab.config import ConfigError
+    from lmlab.eval.runner import evaluate
+    from lmlab.eval.tasks import TASKS, get_task
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit={args.limit}: must be >= 1")
+    if args.task in ("gpqa", "math", "mgsm", "drop", "gsm8k") and not args.data:
+        raise ConfigError(f"--task {args.task} needs --data PATH (no copy of this benchmark ships with lmlab)")
+    if args.task not in TASKS and not args.task.endswith((".yaml", ".yml", ".json")):
+        raise ConfigError(f"--task {args.task!r}: unknown; known: {sorted(TASKS)} (or a task spec .yaml)")
+    try:
+        from lmlab.infer import load_backend
+    except ImportError as e:
+        raise ConfigError(f"--model {args.model}: model backends are unavailable ({e})") from None
+    kw = _task_kwargs(args)
+    if args.task == "math" and args.judge:
+        kw["judge"] = load_backend(args.judge)
+    task = get_task(args.task, **kw) if args.task in TASKS else get_task(args.task)
+    backend = load_backend(args.model)
+    res = evaluate(task, backend, limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress,
+                   seed=args.seed)
+    res.config.update({"task": args.task, "model": args.model, "task_kwargs": {k: str(v) for k, v in kw.items()}})
+    stem = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{res.task}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path = res.save(args.out / f"{stem}.json")
+    (args.out / f"{stem}.md").write_text(res.markdown() + "\n")
+    print(res.markdown())
+    print(f"\nresults: {path}")
+    return 0

@@ -1,0 +1,35 @@
+"""`lmlab train CONFIG [key=value ...]`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config with dotted overrides",
+                       description="Train a decoder from a YAML config (see configs/). Overrides use dotted keys, "
+                                   "e.g. `lmlab train configs/base.yaml model.n_layer=4 train.lr=3e-4`. The run dir "
+                                   "gets config.yaml, meta.json, metrics.jsonl, TensorBoard logs and checkpoints; "
+                                   "rerunning with the same --out resumes from the latest checkpoint.")
+    p.add_argument("config", nargs="?", help="YAML config file (omit for defaults)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides key=value")
+    p.add_argument("--out", type=Path, help="run directory (default runs/<name>-<timestamp>)")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from lmlab.config import load_config
+    from lmlab.train.trainer import train
+
+    overrides = list(args.overrides)
+    config = args.config
+    if config and "=" in config and not Path(config).exists():  # `lmlab train key=value` without a file
+        overrides.insert(0, config)
+        config = None
+    cfg = load_config(config, overrides)
+    out = args.out or Path(cfg.out_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    res = train(cfg, out, resume=not args.no_resume)
+    print(f"done: {res.steps} steps, {res.tokens:,} tokens, val_loss {res.val_loss:.4f} "
+          f"({', '.join(f'{k} {v:.3f}' for k, v in res.val_losses.items())}) -> {out}")
+    return 0
