@@ -161,6 +161,13 @@ def test_load_backend_specs(tmp_path):
     x = torch.randint(0, 256, (1, 9))
     with torch.no_grad():
         assert torch.equal(m2(x).logits, m(x).logits)
+    # the trainer's layout: <run>/checkpoints/step_*/model.safetensors + state.json with the config
+    from lmlab.train.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "run" / "checkpoints", 7, m, state={"config": {"model": m.cfg.model_dump()}})
+    m3, _ = _load_lmlab_checkpoint(str(tmp_path / "run"))
+    with torch.no_grad():
+        assert torch.equal(m3(x).logits, m(x).logits)
     # chat goes through the tokenizer's template (or a plain fallback) and equals generate on that prompt
     g = GenerationConfig(max_new_tokens=5)
     assert be.chat([[{"role": "user", "content": "hi"}]], g) == be.generate(["user: hi\nassistant: "], g)

@@ -36,40 +36,51 @@ def _with_bos(tok, ids: list[int]) -> list[int]:
 
 
 def _load_lmlab_checkpoint(path: str):
-    """An lmlab run dir or checkpoint file -> (Decoder, tokenizer or None)."""
+    """An lmlab run dir (trainer layout: config.yaml + checkpoints/step_*/model.safetensors), a checkpoint
+    step dir, or a torch file {"model": state_dict, "config": {...}} -> (Decoder, tokenizer or None)."""
+    import json
+
     from lmlab.config import ModelConfig, RunConfig, read_yaml, validate
     from lmlab.models.decoder import Decoder
 
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"lmlab checkpoint {path!r} does not exist")
-    files = [p] if p.is_file() else sorted(p.glob("**/*.pt"), key=lambda f: f.stat().st_mtime)
-    if not files:
-        raise ConfigError(f"lmlab checkpoint {path!r}: no *.pt file inside")
-    ckpt = torch.load(files[-1], map_location="cpu", weights_only=False)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if cfg is None:
+    cfg, weights = None, None
+    if p.is_dir():
+        from lmlab.train.checkpoint import latest_checkpoint, load_model_state
+
+        step = p if (p / "state.json").exists() else (latest_checkpoint(p / "checkpoints") or latest_checkpoint(p))
+        if step is not None:
+            cfg = json.loads((step / "state.json").read_text(encoding="utf-8")).get("config")
+            weights = ("safetensors", step / "model.safetensors")
+            for d in (step.parent.parent, step.parent):
+                if cfg is None and (d / "config.yaml").exists():
+                    cfg = read_yaml(d / "config.yaml")
+    if weights is None:
+        files = [p] if p.is_file() else sorted(p.glob("**/*.pt"), key=lambda f: f.stat().st_mtime)
+        if not files:
+            raise ConfigError(f"lmlab checkpoint {path!r}: no checkpoints/step_*/ or *.pt inside")
+        ckpt = torch.load(files[-1], map_location="cpu", weights_only=False)
+        weights = ("state", ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt)
+        cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
         for d in (files[-1].parent, files[-1].parent.parent):
-            for name in ("config.yaml", "run.yaml", "resolved_config.yaml"):
-                if (d / name).exists():
-                    cfg = read_yaml(d / name)
-                    break
-            if cfg is not None:
-                break
+            if cfg is None and (d / "config.yaml").exists():
+                cfg = read_yaml(d / "config.yaml")
     if cfg is None:
         raise ConfigError(f"lmlab checkpoint {path!r}: no model config (config.yaml beside it or 'config' key)")
-    if hasattr(cfg, "model_dump"):
-        cfg = cfg.model_dump()
     mcfg = validate(ModelConfig, cfg["model"]) if "model" in cfg else validate(ModelConfig, cfg)
     model = Decoder(mcfg)
-    model.load_state_dict(state)
+    if weights[0] == "safetensors":
+        load_model_state(model, weights[1])
+    else:
+        model.load_state_dict(weights[1])
     tok = None
     if "data" in cfg:
         try:
-            from lmlab.data import load_data  # lands on main with the data pipeline
+            from lmlab.data import get_tokenizer
 
-            tok = load_data(validate(RunConfig, cfg).data).tokenizer
+            tok = get_tokenizer(validate(RunConfig, cfg).data)
         except Exception:  # a model without its tokenizer can still be scored on ids
             tok = None
     return model.eval(), tok
