@@ -2,11 +2,13 @@
 
 COMMANDS maps a subcommand to "module:function"; the function receives argparse's subparsers object and
 adds its parser with `set_defaults(func=...)`. `lmlab data <verb>` is a group: DATA_COMMANDS likewise.
+Bad input ends with one line on stderr and exit code 2; LMLAB_DEBUG=1 shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, str] = {
@@ -67,9 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     from lmlab.registry import RegistryError
 
     args = build_parser().parse_args(argv)
+    one_line = (ConfigError, RegistryError, FileNotFoundError, ValueError)
     try:
         rc = args.func(args)
-    except (ConfigError, RegistryError, FileNotFoundError) as e:
+    except one_line as e:
+        if os.environ.get("LMLAB_DEBUG"):
+            raise
         print(f"lmlab {args.cmd}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

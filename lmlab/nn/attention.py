@@ -121,10 +121,12 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One matmul against the stacked Q/K/V weights when all three are plain Linear layers (one read of
-        x, one larger GEMM); separate calls when an adapter (LoRA …) has replaced one of them."""
+        """One matmul against the stacked Q/K/V weights when training and all three are plain Linear layers
+        (one read of x, one larger GEMM); separate calls otherwise (decode, or an adapter such as LoRA)."""
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        if all(type(p) is nn.Linear for p in projs):
+        # Training only: the concatenated weight is rebuilt per call, which pays off for many tokens with
+        # gradients, not for a decode step.
+        if self.training and torch.is_grad_enabled() and all(type(p) is nn.Linear for p in projs):
             w = torch.cat([p.weight for p in projs])
             bias = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
             return F.linear(x, w, bias).split([p.out_features for p in projs], dim=-1)

@@ -21,8 +21,9 @@ class SwiGLU(nn.Module):
         self.down._is_residual_out = True  # scaled init, see models/decoder.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(self.gate) is nn.Linear and type(self.up) is nn.Linear and self.gate.bias is None:
-            # one GEMM against the stacked gate/up weights (separate calls when an adapter wraps them)
+        plain = type(self.gate) is nn.Linear and type(self.up) is nn.Linear and self.gate.bias is None
+        if plain and self.training and torch.is_grad_enabled():
+            # training: one GEMM against the stacked gate/up weights (decode and adapters use separate calls)
             g, u = F.linear(x, torch.cat([self.gate.weight, self.up.weight])).chunk(2, dim=-1)
         else:
             g, u = self.gate(x), self.up(x)

@@ -1,4 +1,4 @@
-"""RMSNorm (computed in fp32, cast back)."""
+"""RMSNorm (computed in at least fp32, cast back)."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +12,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        dt = torch.promote_types(x.dtype, torch.float32)  # at least fp32; float64 stays float64
+        xf = x.to(dt)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * self.weight.to(dt)).to(x.dtype)

@@ -23,6 +23,7 @@ from lmlab.config import ConfigError, RunConfig
 from lmlab.registry import OBJECTIVES
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed
+from lmlab.nn.peft import peft_context  # Partial LoRA reads its token mask from the batch; else a no-op
 from lmlab.train.schedules import lr_at
 
 
@@ -182,6 +183,11 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
         if tok_vocab and tok_vocab != cfg.model.vocab_size:
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tok_vocab})})
         model = build_model(cfg.model)
+    peft_cfg = cfg.extra.get("peft")
+    if peft_cfg and not hasattr(model, "peft"):  # LoRA / Partial LoRA / SpIEL chosen by config
+        from lmlab.nn.peft import apply_peft
+
+        apply_peft(model, peft_cfg)
     model.to(device)
     if isinstance(objective, str) or objective is None:
         try:
@@ -262,7 +268,8 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
                 rows = stream.take(tc.batch_size // tc.grad_accum)
                 rows = rows[dist_info.rank * micro:(dist_info.rank + 1) * micro]
                 batch = to_batch(rows, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16), \
+                        peft_context(model, batch):
                     loss, m = objective(run_model, batch, step)
                     aux = _aux_loss(model)
                     total = loss + tc.aux_loss_weight * aux if aux is not None else loss
