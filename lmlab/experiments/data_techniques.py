@@ -261,11 +261,31 @@ def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     return r
 
 
+def paired_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
+    """Paired rule, valid because arms with the same seed share the model init and the exact batch order:
+    d_s = baseline_s − technique_s (lower-is-better metric); reproduced if mean(d) > 2·SE(d), not reproduced
+    if mean(d) < −2·SE(d), else inconclusive. The unpaired Welch rule is reported beside it."""
+    b = [r.metrics[exp.metric] for r in res[exp.baseline]]
+    t = [r.metrics[exp.metric] for r in res[exp.technique]]
+    n = min(len(b), len(t))
+    welch = compare(b, t, exp.direction, exp.min_effect)
+    if n < 2:
+        return Verdict(INCONCLUSIVE, f"needs ≥2 paired seeds (got {n})", mean_std(b), mean_std(t))
+    d = np.asarray(b[:n]) - np.asarray(t[:n])
+    if exp.direction == "higher":
+        d = -d
+    m, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+    v = REPRODUCED if m > 2 * se else NOT_REPRODUCED if m < -2 * se else INCONCLUSIVE
+    rule = (f"paired over {n} seeds (same init and batches): mean gain {m:.4g}, 2·SE {2 * se:.4g}, per seed "
+            f"{', '.join(f'{x:.3g}' for x in d)} -> {v}; unpaired Welch: {welch.rule}")
+    return Verdict(v, rule, mean_std(b), mean_std(t), {"paired_gain": m, "paired_se": se, "welch": welch.verdict})
+
+
 EXPERIMENTS.register("rho1_slm", Experiment(
     name="rho1_slm", paper="Rho-1: Not All Tokens Are What You Need",
     claim="selective LM (top 60% excess-loss tokens) beats causal LM on the target domain at equal tokens",
     metric="target_val_loss", direction="lower", arms=["clm", "slm"], baseline="clm", technique="slm",
-    run=_rho1_arm, plots=["val_loss", "train_loss"],
+    run=_rho1_arm, verdict=paired_verdict, plots=["val_loss", "train_loss"],
     description=("Mixed corpus code + docs + bible_web; a reference LM trained on bible_web's training split "
                  "only (same size, 200 steps); then CLM vs SLM (k=60%, online reference) for the same 200 "
                  "steps × 16 × 64 tokens; metric: held-out loss on bible_web.")))
@@ -325,17 +345,20 @@ def build_wrap_cache(out: Optional[Path] = None, backend: str = "smollm2") -> Pa
 def _wrap_cache_windows(tokenizer, seq_len: int) -> tuple[np.ndarray, dict]:
     import json
 
-    from lmlab.data.rephrase import read_rephrased, summarize
+    from lmlab.data.rephrase import read_rephrased, summarize, trim_repetition
 
     d = wrap_cache_dir()
     man = d / f"manifest-{WRAP_CACHE['style']}.json"
     if not man.exists() or summarize(d, WRAP_CACHE["style"], json.loads(man.read_text())["n_shards"])["done_shards"] \
             < json.loads(man.read_text())["n_shards"]:
         build_wrap_cache(d)
-    rows = read_rephrased(d, WRAP_CACHE["style"])
     stats = summarize(d, WRAP_CACHE["style"], json.loads(man.read_text())["n_shards"])
+    # SmolLM2-135M's greedy rephrases often end in a loop; keep each up to its first repeated sentence
+    texts = [trim_repetition(r["text"]) for r in read_rephrased(d, WRAP_CACHE["style"])]
+    texts = [t for t in texts if len(t.split()) >= 5]
+    stats = dict(stats, used_after_trim=len(texts), used_words=sum(len(t.split()) for t in texts))
     eos = tokenizer.eos_id
-    return pack([tokenizer.encode(r["text"]) + [eos] for r in rows], seq_len), stats
+    return pack([tokenizer.encode(t) + [eos] for t in texts], seq_len), stats
 
 
 def _wrap_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
