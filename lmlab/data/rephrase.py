@@ -9,9 +9,10 @@ The prompts are the paper's (system text + style instruction, the Vicuna-style "
 Mistral-7B-Instruct was prompted with). Every prompt in a batch starts with the same system + style text, so
 an engine with a shared-prefix path (Hydragen) computes that prefix once.
 
-Chunks: the paper rephrases at most 300 tokens at a time (longer inputs lost information in the rephrase);
-`chunk_text` splits documents on sentence, then word boundaries so each chunk is ≤ max_tokens under the
-rephraser's tokenizer.
+Chunks: WRAP rephrases at most 300 tokens at a time, since longer inputs lost information in the rephrase
+(the 300 is the catalogue's figure as recalled from the paper; the stored public record searched here did
+not quote it verbatim, and the follow-up of Pieler et al. 2024 uses ≤ 350). `chunk_text` splits documents on
+sentence, then word boundaries so each chunk is ≤ max_tokens under the rephraser's tokenizer.
 
 Resumable and idempotent: a shard is a pure function of (inputs, settings); it is written to a temporary
 file and renamed into place, so a shard file exists only when complete. A rerun skips every existing shard
