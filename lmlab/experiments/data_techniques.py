@@ -253,7 +253,7 @@ def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     elif arm == "slm":
         from lmlab.train.objectives_slm import SelectiveLM
 
-        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref)
+        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref, dynamics_every=50)  # logs L->L … in metrics.jsonl
         r = train_arm(base, seed, out, data=data, objective=obj)
     else:
         raise ValueError(f"unknown arm {arm!r}")
