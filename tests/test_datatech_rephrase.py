@@ -327,3 +327,17 @@ def test_export_domain_for_the_data_pipeline(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "wrap" / "wrap_hard.jsonl").read_text().splitlines()]
     assert n == len(rows) == len(R.read_rephrased(tmp_path / "o")) > 0
     assert all(r["style"] == "hard" and "#" in r["id"] and r["text"] for r in rows)
+
+
+def test_trim_repetition_cuts_degenerate_loops(tmp_path):
+    t = "In the beginning God made light. The earth was empty. And God created God. And God created God. And God"
+    assert R.trim_repetition(t) == "In the beginning God made light. The earth was empty. And God created God."
+    assert R.trim_repetition("No loop here. None at all!") == "No loop here. None at all!"
+
+    class Loopy(FakeBackend):
+        def _one(self, prompt):
+            return "A fine new sentence about it. Then more words follow here. Again. Again. Again."
+
+    docs = [{"id": f"d{i}", "text": f"Short source text number {i} about the river."} for i in range(4)]
+    R.rephrase_corpus(docs, Loopy(), tmp_path, _settings(trim_repetition=True), progress=False)
+    assert {r["text"] for r in R.read_rephrased(tmp_path)} == {"A fine new sentence about it. Then more words follow here. Again."}

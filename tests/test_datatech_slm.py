@@ -99,8 +99,9 @@ def test_objective_online_offline_and_clm_agree():
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(0, 40, (6, 13), generator=g).numpy()
     batch = {"input_ids": torch.as_tensor(windows[:, :-1]), "targets": torch.as_tensor(windows[:, 1:])}
-    on = S.SelectiveLM(ratio=0.6, mode="online", reference=ref, dynamics_every=1)
-    l_on, m_on = on(model, batch, 0)
+    on = S.SelectiveLM(ratio=0.6, mode="online", reference=ref, dynamics_every=3)
+    assert not any("/dyn/" in k for k in on(model, batch, 0)[1])  # only on every 3rd step (step+1 = 3, 6…)
+    l_on, m_on = on(model, batch, 2)
     scores = S.score_windows(ref, windows)
     off = S.SelectiveLM(ratio=0.6, mode="offline", scores={"windows": windows, "scores": scores})
     # offline looks rows up by content, so any batch order works

@@ -110,3 +110,28 @@ def test_vocab_ids():
     kg = W.synthetic_kg(n_entities=10, n_base=2, seed=0)
     v = W.KGVocab(kg)
     assert v.walk_ids([3, 1, 4]) == [3, 10 + 1, 4, v.dot] and v.size == 10 + len(kg.relations) + 2
+
+
+def test_experiment_corpora_have_equal_token_budgets_and_valid_walks():
+    from lmlab.experiments import data_techniques as D
+
+    c = dict(D.WALKS["quick"], steps=20, batch=4)
+    kg, train_kg, held, voc, win_w = D._walks_corpus("walks", 0, c)
+    _, _, _, _, win_t = D._walks_corpus("triples", 0, c)
+    assert win_w.shape == win_t.shape and win_w.shape[1] == c["seq_len"] + 1
+    assert win_w.shape[0] * win_w.shape[1] >= (c["steps"] * c["batch"]) * (c["seq_len"] + 1)
+    # decode the walk stream back into sentences: every sentence is a walk on the *training* graph
+    stream = win_w.reshape(-1).tolist()
+    sent, n_checked = [], 0
+    for tok in stream[stream.index(voc.dot) + 1:]:
+        if tok == voc.dot:
+            ents = sent[0::2]
+            rels = [r - voc.E for r in sent[1::2]]
+            walk = [x for pair in zip(ents, rels + [None]) for x in pair if x is not None]
+            assert W.is_valid_walk(train_kg, walk)
+            n_checked += 1
+            sent = []
+        else:
+            sent.append(tok)
+    assert n_checked > 50
+    assert not set(held) & train_kg.triples

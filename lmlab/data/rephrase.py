@@ -9,9 +9,10 @@ The prompts are the paper's (system text + style instruction, the Vicuna-style "
 Mistral-7B-Instruct was prompted with). Every prompt in a batch starts with the same system + style text, so
 an engine with a shared-prefix path (Hydragen) computes that prefix once.
 
-Chunks: the paper rephrases at most 300 tokens at a time (longer inputs lost information in the rephrase);
-`chunk_text` splits documents on sentence, then word boundaries so each chunk is ≤ max_tokens under the
-rephraser's tokenizer.
+Chunks: WRAP rephrases at most 300 tokens at a time, since longer inputs lost information in the rephrase
+(the 300 is the catalogue's figure as recalled from the paper; the stored public record searched here did
+not quote it verbatim, and the follow-up of Pieler et al. 2024 uses ≤ 350). `chunk_text` splits documents on
+sentence, then word boundaries so each chunk is ≤ max_tokens under the rephraser's tokenizer.
 
 Resumable and idempotent: a shard is a pure function of (inputs, settings); it is written to a temporary
 file and renamed into place, so a shard file exists only when complete. A rerun skips every existing shard
@@ -198,6 +199,20 @@ def quality_reason(source: str, output: str, min_words: int = 5, min_ratio: floa
 
 
 FILTER_REASONS = ("empty", "too_short", "refusal", "copy")
+_SENT = re.compile(r"(?<=[.!?])\s+")
+
+
+def trim_repetition(text: str) -> str:
+    """Cut a degenerate greedy loop: keep sentences up to the first one that repeats an earlier sentence
+    (small rephrasers often end in "And God created God. And God created God. ...")."""
+    seen, kept = set(), []
+    for sent in _SENT.split(text.strip()):
+        key = " ".join(_WORDISH.findall(sent.lower()))
+        if key and key in seen:
+            break
+        seen.add(key)
+        kept.append(sent)
+    return " ".join(kept)
 
 
 # ---- the job -----------------------------------------------------------------------------------------------
@@ -215,6 +230,7 @@ class RephraseSettings:
     min_words: int = 5
     max_copy_similarity: float = 0.9
     max_chunks: int = 0           # 0 = all; else only the first N chunks (a small slice of a corpus)
+    trim_repetition: bool = False  # cut outputs at their first repeated sentence (degenerate greedy loops)
 
     def gen(self, shard: int) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -268,6 +284,8 @@ def rephrase_shard(backend, chunks: Sequence[dict], settings: RephraseSettings, 
             raise RuntimeError(f"backend returned {len(outs)} outputs for {len(batch)} prompts")
         for c, o in zip(batch, outs):
             text = (o[0] if isinstance(o, (list, tuple)) else o).strip()
+            if settings.trim_repetition:
+                text = trim_repetition(text)
             stats["in_tokens"] += count(c["text"])
             stats["out_tokens"] += count(text)
             why = quality_reason(c["text"], text, settings.min_words,
@@ -474,7 +492,8 @@ def resolve_backend(spec: str):
 def _run_cli(a) -> int:
     settings = RephraseSettings(style=a.style, max_tokens=a.max_tokens, shard_size=a.shard_size,
                                 batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                                temperature=a.temperature, seed=a.seed, chat=a.chat, max_chunks=a.max_chunks)
+                                temperature=a.temperature, seed=a.seed, chat=a.chat, max_chunks=a.max_chunks,
+                                trim_repetition=a.trim_repetition)
     docs = read_documents(a.inp)
     if a.limit:
         docs = docs[:a.limit]
@@ -503,6 +522,7 @@ def register_rephrase(dsub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N documents")
     p.add_argument("--max-chunks", type=int, default=0, help="only the first N chunks")
+    p.add_argument("--trim-repetition", action="store_true", help="cut outputs at their first repeated sentence")
     p.add_argument("--chat", action="store_true", help="send chat messages (backend template) not raw prompts")
     p.add_argument("--ray", action="store_true", help="distribute shards with Ray Data (pip install lmlab[dist])")
     p.add_argument("--ray-workers", type=int, default=2)

@@ -109,7 +109,7 @@ EXPERIMENTS.register("model_collapse_tails", Experiment(
 # Reasoning paths — an LM pre-trained on random walks vs on the triples alone, same tokens.
 # ============================================================================================================
 WALKS = {"quick": dict(n_entities=150, n_base=4, edge_prob=0.6, heldout=0.3, walk_len=4, seq_len=32,
-                       steps=300, batch=32, d_model=64, n_layer=2, n_head=4, lr=4e-3),
+                       steps=600, batch=32, d_model=64, n_layer=2, n_head=4, lr=4e-3),
          "full": dict(n_entities=2000, n_base=8, edge_prob=0.5, heldout=0.2, walk_len=8, seq_len=128,
                       steps=5000, batch=64, d_model=256, n_layer=4, n_head=8, lr=1e-3)}
 
@@ -183,7 +183,7 @@ EXPERIMENTS.register("reasoning_paths", Experiment(
     metric="heldout_acc", direction="higher", arms=["triples", "walks"], baseline="triples", technique="walks",
     run=_walks_arm, plots=["val_loss", "train_loss"],
     description=("Synthetic KG (150 entities, 4 base relations, 4 composed relations r_{4+i} = r_i ∘ r_{i+1}); "
-                 "30% of the composed triples held out. A 2-layer LM trained at equal tokens on random walks "
+                 "30% of the composed triples held out. A 2-layer LM (d=64) trained 600 steps × 32 × 32 tokens on random walks "
                  "(transition 1/out-degree, ≤4 edges) or on the training triples; metric: True/False accuracy "
                  "on held-out queries (20 pairs per query, true tail vs a negative tail, 80% plausible), "
                  "predicting True for the likelier tail.")))
@@ -253,7 +253,7 @@ def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     elif arm == "slm":
         from lmlab.train.objectives_slm import SelectiveLM
 
-        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref)
+        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref, dynamics_every=50)  # logs L->L … in metrics.jsonl
         r = train_arm(base, seed, out, data=data, objective=obj)
     else:
         raise ValueError(f"unknown arm {arm!r}")
@@ -261,11 +261,31 @@ def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     return r
 
 
+def paired_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
+    """Paired rule, valid because arms with the same seed share the model init and the exact batch order:
+    d_s = baseline_s − technique_s (lower-is-better metric); reproduced if mean(d) > 2·SE(d), not reproduced
+    if mean(d) < −2·SE(d), else inconclusive. The unpaired Welch rule is reported beside it."""
+    b = [r.metrics[exp.metric] for r in res[exp.baseline]]
+    t = [r.metrics[exp.metric] for r in res[exp.technique]]
+    n = min(len(b), len(t))
+    welch = compare(b, t, exp.direction, exp.min_effect)
+    if n < 2:
+        return Verdict(INCONCLUSIVE, f"needs ≥2 paired seeds (got {n})", mean_std(b), mean_std(t))
+    d = np.asarray(b[:n]) - np.asarray(t[:n])
+    if exp.direction == "higher":
+        d = -d
+    m, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+    v = REPRODUCED if m > 2 * se else NOT_REPRODUCED if m < -2 * se else INCONCLUSIVE
+    rule = (f"paired over {n} seeds (same init and batches): mean gain {m:.4g}, 2·SE {2 * se:.4g}, per seed "
+            f"{', '.join(f'{x:.3g}' for x in d)} -> {v}; unpaired Welch: {welch.rule}")
+    return Verdict(v, rule, mean_std(b), mean_std(t), {"paired_gain": m, "paired_se": se, "welch": welch.verdict})
+
+
 EXPERIMENTS.register("rho1_slm", Experiment(
     name="rho1_slm", paper="Rho-1: Not All Tokens Are What You Need",
     claim="selective LM (top 60% excess-loss tokens) beats causal LM on the target domain at equal tokens",
     metric="target_val_loss", direction="lower", arms=["clm", "slm"], baseline="clm", technique="slm",
-    run=_rho1_arm, plots=["val_loss", "train_loss"],
+    run=_rho1_arm, verdict=paired_verdict, plots=["val_loss", "train_loss"],
     description=("Mixed corpus code + docs + bible_web; a reference LM trained on bible_web's training split "
                  "only (same size, 200 steps); then CLM vs SLM (k=60%, online reference) for the same 200 "
                  "steps × 16 × 64 tokens; metric: held-out loss on bible_web.")))
@@ -325,17 +345,20 @@ def build_wrap_cache(out: Optional[Path] = None, backend: str = "smollm2") -> Pa
 def _wrap_cache_windows(tokenizer, seq_len: int) -> tuple[np.ndarray, dict]:
     import json
 
-    from lmlab.data.rephrase import read_rephrased, summarize
+    from lmlab.data.rephrase import read_rephrased, summarize, trim_repetition
 
     d = wrap_cache_dir()
     man = d / f"manifest-{WRAP_CACHE['style']}.json"
     if not man.exists() or summarize(d, WRAP_CACHE["style"], json.loads(man.read_text())["n_shards"])["done_shards"] \
             < json.loads(man.read_text())["n_shards"]:
         build_wrap_cache(d)
-    rows = read_rephrased(d, WRAP_CACHE["style"])
     stats = summarize(d, WRAP_CACHE["style"], json.loads(man.read_text())["n_shards"])
+    # SmolLM2-135M's greedy rephrases often end in a loop; keep each up to its first repeated sentence
+    texts = [trim_repetition(r["text"]) for r in read_rephrased(d, WRAP_CACHE["style"])]
+    texts = [t for t in texts if len(t.split()) >= 5]
+    stats = dict(stats, used_after_trim=len(texts), used_words=sum(len(t.split()) for t in texts))
     eos = tokenizer.eos_id
-    return pack([tokenizer.encode(r["text"]) + [eos] for r in rows], seq_len), stats
+    return pack([tokenizer.encode(t) + [eos] for t in texts], seq_len), stats
 
 
 def _wrap_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
@@ -377,13 +400,14 @@ def _wrap_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
 
 
 def _wrap_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
-    """compare() on mean held-out perplexity, real vs real + SmolLM2 rephrases. Reported beside it (extra):
+    """compare() on held-out perplexity exp(mean over domains of the loss) (the geometric mean of the
+    per-domain perplexities, so one hard domain does not swamp the rest), real vs real + SmolLM2 rephrases. Reported beside it (extra):
     the stand-in real vs real + WEB (medium), the style ablation easy (BBE) vs medium (WEB), per-domain losses."""
-    ppl = lambda arm: [r.metrics["mean_val_ppl"] for r in res.get(arm, [])]  # noqa: E731
+    ppl = lambda arm: [r.metrics["val_ppl"] for r in res.get(arm, [])]  # noqa: E731
     v = compare(ppl("real"), ppl("real_wrap"), "lower")
     for arm in exp.arms:
         if res.get(arm):
-            v.extra[f"{arm}_mean_ppl"] = mean_std(ppl(arm))
+            v.extra[f"{arm}_val_ppl"] = mean_std(ppl(arm))
             for k in res[arm][0].metrics:
                 if k.startswith("val_loss/"):
                     v.extra[f"{arm}/{k}"] = mean_std([r.metrics[k] for r in res[arm]])
@@ -399,9 +423,9 @@ def _wrap_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
 EXPERIMENTS.register("wrap_rephrase", Experiment(
     name="wrap_rephrase", paper="Rephrasing the Web (WRAP)",
     claim="real + rephrased data (1:1) beats real data alone on mean held-out perplexity at equal tokens",
-    metric="mean_val_ppl", direction="lower", arms=["real", "real_wrap", "real_medium", "real_easy"],
+    metric="val_ppl", direction="lower", arms=["real", "real_wrap", "real_medium", "real_easy"],
     baseline="real", technique="real_wrap", run=_wrap_arm, verdict=_wrap_verdict, plots=["val_loss"],
     description=("real = KJV Bible; real_wrap = KJV + SmolLM2-135M-Instruct medium-style rephrases of 64 KJV "
                  "chunks (≤128 tokens) made by `lmlab data rephrase` (cached build step; the synthetic half "
                  "repeats); stand-ins: KJV + the same chapters in WEB (medium) or BBE (easy). Equal budget "
-                 "200 steps × 16 × 64 tokens; metric: mean held-out perplexity over KJV, WEB, BBE, docstrings.")))
+                 "200 steps × 16 × 64 tokens; metric: held-out perplexity exp(mean loss over KJV, WEB, BBE, docstrings).")))

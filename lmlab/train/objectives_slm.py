@@ -236,7 +236,7 @@ class SelectiveLM:
             l0 = per_token_loss(_logits(model, idx), tgt)
             thr = self.dyn_threshold if self.dyn_threshold is not None else float(l0[tgt != IGNORE].median())
             self._probe = (idx, tgt, l0, thr)
-        if step % self.dynamics_every:
+        if (step + 1) % self.dynamics_every:  # the trainer logs after optimizer step `step + 1`
             return {}
         idx, tgt, l0, thr = self._probe
         now = per_token_loss(_logits(model, idx), tgt)
