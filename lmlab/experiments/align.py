@@ -116,7 +116,7 @@ def _odin_verdict(exp: Experiment, results: dict) -> Verdict:
 
 
 EXPERIMENTS.register("odin_vs_bt", Experiment(
-    name="odin_vs_bt", paper="ODIN: Disentangled Reward Mitigates Hacking in RLHF (Chen et al. 2024)",
+    name="odin_vs_bt", headline=True, paper="ODIN: Disentangled Reward Mitigates Hacking in RLHF (Chen et al. 2024)",
     claim="ODIN's quality head is ≈ uncorrelated with length while BT's reward is not; accuracy is kept",
     metric="abs_len_corr", direction="lower", arms=["bt", "odin"], baseline="bt", technique="odin",
     run=_odin_run, verdict=_odin_verdict, plots=["len_corr", "gold_acc"],
@@ -272,7 +272,7 @@ def _dpo_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
 
 
 EXPERIMENTS.register("dpo_winrate", Experiment(
-    name="dpo_winrate", paper="Direct Preference Optimization (Rafailov et al. 2023)",
+    name="dpo_winrate", headline=True, paper="Direct Preference Optimization (Rafailov et al. 2023)",
     claim="DPO raises the gold win-rate over the SFT policy on held-out prompts",
     metric="heldout_winrate", direction="higher", arms=["sft", "dpo"], baseline="sft", technique="dpo",
     run=_dpo_run, plots=["dpo_loss"], min_effect=0.02,
@@ -345,7 +345,7 @@ def _dpf_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
 
 
 EXPERIMENTS.register("dpf_forbidden", Experiment(
-    name="dpf_forbidden", paper="Direct Principle Feedback (Castricato et al. 2024)",
+    name="dpf_forbidden", headline=True, paper="Direct Principle Feedback (Castricato et al. 2024)",
     claim="DPO on (revision ≻ original) pairs lowers the forbidden-entity mention rate",
     metric="mention_rate", direction="lower", arms=["sft", "dpf"], baseline="sft", technique="dpf",
     run=_dpf_run, plots=["dpo_loss"], min_effect=0.02,

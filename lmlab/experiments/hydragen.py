@@ -142,7 +142,7 @@ def verdict(exp: Experiment, results: dict[str, list[ArmResult]]) -> Verdict:
 
 
 EXPERIMENTS.register("hydragen", Experiment(
-    name="hydragen",
+    name="hydragen", headline=True,
     paper="Hydragen: High-Throughput LLM Inference with Shared Prefixes (Juravsky et al., 2024)",
     claim="Hydragen speedup grows with batch size and prefix length",
     metric="speedup_max", direction="higher", baseline="batch", technique="prefix",

@@ -17,7 +17,8 @@ SIZES = {"small": {"d_model": 32, "n_layer": 1, "n_head": 2},
 def _bigger(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     model = dict(SIZES[arm]) if scale == "quick" else {"d_model": 256 if arm == "small" else 768,
                                                      "n_layer": 2 if arm == "small" else 12}
-    cfg = run_config(scale, {"model": model, "train": {"steps": 150 if scale == "quick" else 5000}},
+    cfg = run_config(scale, {"model": model, "train": {"steps": 100 if scale == "quick" else 5000,
+                                                       "eval_interval": 50 if scale == "quick" else 500}},
                      name=f"bigger_model/{arm}")
     return train_arm(cfg, seed, out)
 
@@ -30,7 +31,7 @@ EXPERIMENTS.register("bigger_model", Experiment(
 
 
 def _longer(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
-    steps = {"short": 40, "long": 200}[arm] if scale == "quick" else {"short": 1000, "long": 10000}[arm]
+    steps = {"short": 30, "long": 150}[arm] if scale == "quick" else {"short": 1000, "long": 10000}[arm]
     cfg = run_config(scale, {"model": {"d_model": 64, "n_layer": 2, "n_head": 4} if scale == "quick" else {},
                              "train": {"steps": steps, "eval_interval": max(steps // 4, 1)}},
                      name=f"longer_training/{arm}")
@@ -41,4 +42,4 @@ EXPERIMENTS.register("longer_training", Experiment(
     name="longer_training", paper="Scaling laws (sanity)", claim="longer training lowers held-out loss",
     metric="val_loss", direction="lower", arms=["short", "long"], baseline="short", technique="long",
     run=_longer, headline=True, plots=["val_loss", "train_loss"],
-    description="Same model and LR schedule shape; 40 vs 200 optimizer steps at quick scale."))
+    description="Same model and LR schedule shape; 30 vs 150 optimizer steps at quick scale."))
