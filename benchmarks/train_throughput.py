@@ -1,7 +1,9 @@
 """Training throughput: lmlab Decoder vs HF transformers LlamaForCausalLM with identical shapes.
 
-Both models run forward+backward+AdamW on the same random batch in the same process, interleaved
-(A, B, A, B, …) so machine noise hits both equally. Prints tokens/s for each and the ratio.
+Both models run forward+backward on the same random batch in the same process, interleaved (A, B, A, B, …)
+so machine noise hits both equally. Prints tokens/s for each and the ratio. The default clock is the
+process CPU time with one thread, which other jobs on a shared machine do not inflate; `--clock wall
+--threads N` measures wall time instead.
 
     python benchmarks/train_throughput.py [--d 256 --layers 4 --heads 8 --seq 256 --batch 8 --steps 10]
 """
@@ -35,16 +37,16 @@ def build_pair(args):
 
 
 def step_fn(model, kind, x):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    """One forward+backward of the next-token loss (gradients cleared first)."""
+    model.train()
 
     def step():
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         if kind == "lmlab":
             loss = model(x[:, :-1], targets=x[:, 1:]).loss
-        else:
+        else:  # transformers shifts the labels itself
             loss = model(input_ids=x[:, :-1], labels=x[:, :-1]).loss
         loss.backward()
-        opt.step()
 
     return step
 
@@ -60,27 +62,40 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time both models under torch.compile (what `train.compile=true` does for lmlab)")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     ours, hf, n = build_pair(args)
     x = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
     steps = {"lmlab": step_fn(ours, "lmlab", x), "transformers": step_fn(hf, "hf", x)}
+    if args.compile:
+        steps["lmlab+compile"] = step_fn(torch.compile(ours), "lmlab", x)
+        steps["transformers+compile"] = step_fn(torch.compile(hf), "hf", x)
     for _ in range(args.warmup):
         for s in steps.values():
             s()
     times = {k: [] for k in steps}
     for _ in range(args.steps):
         for k, s in steps.items():
-            t = time.perf_counter()
+            t = clock()
             s()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(clock() - t)
     toks = args.batch * args.seq
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"device=cpu threads={torch.get_num_threads()} torch={torch.__version__} params={n:,} "
+    print(f"device=cpu clock={args.clock} threads={torch.get_num_threads()} torch={torch.__version__} params={n:,} "
           f"d={args.d} layers={args.layers} heads={args.heads} seq={args.seq} batch={args.batch}")
     for k, v in med.items():
         print(f"{k:13s} {toks / v:10.0f} tokens/s  (median step {v * 1000:.1f} ms over {args.steps})")
     print(f"ratio lmlab/transformers = {med['transformers'] / med['lmlab']:.2f}x")
+    if args.compile:
+        print(f"ratio lmlab+compile/transformers+compile = "
+              f"{med['transformers+compile'] / med['lmlab+compile']:.2f}x")
+        print(f"ratio lmlab+compile/transformers (eager) = {med['transformers'] / med['lmlab+compile']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -120,18 +120,6 @@ class Attention(nn.Module):
         self.o_proj._is_residual_out = True
         self.dropout = cfg.dropout
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One matmul against the stacked Q/K/V weights when training and all three are plain Linear layers
-        (one read of x, one larger GEMM); separate calls otherwise (decode, or an adapter such as LoRA)."""
-        projs = (self.q_proj, self.k_proj, self.v_proj)
-        # Training only: the concatenated weight is rebuilt per call, which pays off for many tokens with
-        # gradients, not for a decode step.
-        if self.training and torch.is_grad_enabled() and all(type(p) is nn.Linear for p in projs):
-            w = torch.cat([p.weight for p in projs])
-            bias = torch.cat([p.bias for p in projs]) if self.q_proj.bias is not None else None
-            return F.linear(x, w, bias).split([p.out_features for p in projs], dim=-1)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-
     def init_state(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> KVCache:
         # A full-length cache even with a sliding window: the mask enforces the window.
         return KVCache.empty(batch, self.n_kv, max_len, self.head_dim, device, dtype)
@@ -139,10 +127,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, state: Optional[KVCache] = None,
                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[KVCache]]:
         b, t, _ = x.shape
-        q, k, v = self._qkv(x)
-        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (b, h, t, d)
-        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)    # (b, k, t, d)
-        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (b, h, t, d)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)   # (b, k, t, d)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         start = state.length if state is not None else 0
         if positions is None:
             positions = torch.arange(start, start + t, device=x.device)[None]  # (1, t)

@@ -21,13 +21,7 @@ class SwiGLU(nn.Module):
         self.down._is_residual_out = True  # scaled init, see models/decoder.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = type(self.gate) is nn.Linear and type(self.up) is nn.Linear and self.gate.bias is None
-        if plain and self.training and torch.is_grad_enabled():
-            # training: one GEMM against the stacked gate/up weights (decode and adapters use separate calls)
-            g, u = F.linear(x, torch.cat([self.gate.weight, self.up.weight])).chunk(2, dim=-1)
-        else:
-            g, u = self.gate(x), self.up(x)
-        return self.down(F.silu(g) * u)
+        return self.down(F.silu(self.gate(x)) * self.up(x))
 
     def flops_per_token(self) -> int:
         return 2 * 3 * self.gate.in_features * self.gate.out_features
