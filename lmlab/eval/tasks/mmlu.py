@@ -51,6 +51,14 @@ def find_package_file(dist_dir: str, rel: str) -> Path:
             p = Path(base) / dist_dir / rel
             if p.is_file():
                 return p
+    import site
+    from importlib import metadata            # the wheel's RECORD, also for site dirs missing from sys.path
+    for dist in metadata.distributions(path=list(sys.path) + site.getsitepackages()):
+        for f in dist.files or []:
+            if str(f).replace("\\", "/") == f"{dist_dir}/{rel}":
+                p = Path(dist.locate_file(f))
+                if p.is_file():
+                    return p
     raise FileNotFoundError(f"{dist_dir}/{rel} not found on sys.path (is the {dist_dir} wheel installed?)")
 
 
