@@ -11,15 +11,20 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "train": "lmlab.train.cli:register",
-    "reproduce": "lmlab.experiments.cli:register_reproduce",
-    "list": "lmlab.experiments.cli:register_list",
+    "eval": "lmlab.eval.cli:register",
+    "generate": "lmlab.infer.cli:register_generate",
+    "serve": "lmlab.infer.cli:register_serve",
     "data": "lmlab.cli:register_data",
     "tokenizer": "lmlab.data.cli:register_tokenizer",
-    "eval": "lmlab.eval.cli:register",
+    "align": "lmlab.align.cli:register",
+    "probe": "lmlab.eval.probes:register",
+    "reproduce": "lmlab.experiments.cli:register_reproduce",
+    "list": "lmlab.experiments.cli:register_list",
 }
 
 DATA_COMMANDS: dict[str, str] = {
     "embedded": "lmlab.data.cli:register_embedded",
+    "rephrase": "lmlab.data.rephrase:register_rephrase",
 }
 
 

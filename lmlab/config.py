@@ -91,6 +91,7 @@ class DataConfig(_Base):
     max_train_tokens: Optional[int] = Field(None, ge=1)
     max_val_tokens_per_domain: int = Field(65536, ge=1)
     data_dir: Optional[str] = Field(None, description="cache dir (default: $LMLAB_DATA or ~/.cache/lmlab)")
+    embedded_chars: Optional[int] = Field(None, ge=1000, description="embedded corpus: characters per domain (None = default)")
     mix: dict[str, float] = Field(default_factory=dict, description="domain -> sampling weight")
     seed: int = 0
 

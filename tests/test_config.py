@@ -84,9 +84,13 @@ def test_cli_bad_config_no_traceback(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "train.lr" in r.stderr
 
 
+# Sub-folders whose YAML files follow another schema, each validated by its own test.
+OWN_SCHEMA = {"align": "tests/test_align_cli.py::test_every_config_validates"}
+
+
 def test_every_shipped_config_validates():
     root = Path(__file__).resolve().parents[1] / "configs"
-    files = sorted(root.rglob("*.yaml"))
+    files = sorted(f for f in root.rglob("*.yaml") if f.relative_to(root).parts[0] not in OWN_SCHEMA)
     assert files, "configs/ has no YAML files"
     for f in files:
         load_config(f)

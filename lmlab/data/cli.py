@@ -39,7 +39,8 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
     _print_source_issues(stats.to_dict())
     print(f"vocab_size={tok.vocab_size} eos_id={tok.eos_id} saved to {args.out}/tokenizer.json")
     print(f"sample: {args.sample!r} -> {len(ids)} tokens {ids[:24]}")
-    print(f"pieces: {[tok.decode([i]) for i in ids[:24]]}")
+    if hasattr(tok.backend, "id_to_token"):
+        print(f"pieces: {[tok.backend.id_to_token(i) for i in ids[:24]]}")
     assert tok.decode(ids) == args.sample
     return 0
 
@@ -60,6 +61,7 @@ def register_embedded(dsub) -> None:
                                     "characters and tokens per domain and split.")
     p.add_argument("--out", default=None, help="data dir (default: $LMLAB_DATA or ~/.cache/lmlab)")
     p.add_argument("--domains", nargs="+", default=None, help="subset of: code docs bible_kjv bible_web bible_bbe")
+    p.add_argument("--max-chars", type=int, default=None, help="characters per domain (default 2,000,000)")
     p.add_argument("--vocab-size", type=int, default=4096, help="embedded BPE size used to count tokens")
     p.add_argument("--no-tokens", action="store_true", help="skip tokenizing (documents and characters only)")
     p.set_defaults(func=run_embedded)
@@ -73,12 +75,15 @@ def run_embedded(args: argparse.Namespace) -> int:
     from lmlab.data import embedded, get_tokenizer
 
     t0 = time.perf_counter()
-    texts, sources = embedded.embedded_corpus(args.domains, args.out)
+    if args.max_chars:
+        embedded.DEFAULT_MAX_CHARS = args.max_chars  # also keys the embedded tokenizer's cache
+    texts, sources = embedded.embedded_corpus(args.domains, args.out, max_chars=embedded.DEFAULT_MAX_CHARS)
     built = time.perf_counter() - t0
     tok = None
     if not args.no_tokens:
         tok = get_tokenizer(DataConfig(data_dir=args.out, vocab_size=args.vocab_size))
-    table = Table(title=f"embedded corpus {embedded.VERSION} ({embedded.embedded_dir(args.out)})")
+    table = Table(title=f"embedded corpus {embedded.VERSION} "
+                        f"({embedded.embedded_dir(args.out, embedded.DEFAULT_MAX_CHARS)})")
     for col in ("domain", "split", "documents", "characters", "tokens", "chars/token"):
         table.add_column(col, justify="left" if col in ("domain", "split") else "right")
     for d, v in texts.items():

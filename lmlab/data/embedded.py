@@ -14,7 +14,7 @@ The result is cached under `<data_dir>/embedded/<key>/` with a `sources.json` na
 from __future__ import annotations
 
 import ast
-import hashlib
+import functools
 import inspect
 import json
 import os
@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from lmlab.config import ConfigError
 from lmlab.data.sources import cache_lock, default_data_dir, hash_unit
 
-VERSION = "embedded-v1"
+VERSION = "embedded-v2"
 DOMAINS = ("code", "docs", "bible_kjv", "bible_web", "bible_bbe")
 DEFAULT_MAX_CHARS = 2_000_000
 DEFAULT_VAL_FRACTION = 0.05
@@ -67,6 +68,19 @@ def _cap(docs: list[tuple[str, str]], max_chars: int) -> list[tuple[str, str]]:
     return sorted(chosen)
 
 
+def _select(docs: list[tuple[str, str]], prefix: str, max_chars: int, val_fraction: float) -> dict:
+    """Split by id hash, then cap train at (1-f)·max_chars and val at f·max_chars (>= 1 doc each)."""
+    parts: dict[str, list] = {"train": [], "val": []}
+    for doc_id, text in docs:  # pieces "file#i" are split by their file id
+        parts[_split(f"{prefix}/{doc_id.split('#')[0]}", val_fraction)].append((doc_id, text))
+    out: dict[str, list] = {}
+    for split, budget in (("train", max_chars * (1 - val_fraction)), ("val", max_chars * val_fraction)):
+        chosen = _cap(parts[split], max(1, int(budget)))
+        out[split] = [t for _, t in chosen]
+        out[f"{split}_ids"] = [i for i, _ in chosen]
+    return out
+
+
 def _cut(text: str, limit: int) -> list[str]:
     """Cut at line boundaries into pieces of at most ~limit characters (no character lost)."""
     if len(text) <= limit:
@@ -83,23 +97,45 @@ def _cut(text: str, limit: int) -> list[str]:
     return pieces
 
 
-# ------------------------------------------------------------------------------------------------ code
-def code_documents() -> tuple[list[tuple[str, str]], dict]:
-    root = Path(sysconfig.get_paths()["stdlib"])
+def _collect(candidates: list[tuple[str, Path]], prefix: str, to_text, max_chars: int,
+             val_fraction: float) -> list[tuple[str, str]]:
+    """Read candidate files in id-hash order until both splits have their character budget.
+
+    A file's pieces ("id#0", "id#1", ...) share the file's split, so no file straddles train and val.
+    """
+    need = {"train": max_chars * (1 - val_fraction), "val": max_chars * val_fraction}
     docs = []
-    for f in sorted(root.rglob("*.py")):
-        rel = f.relative_to(root)
-        if any(part in SKIP_DIRS or part.startswith("test_") for part in rel.parts[:-1]) or rel.name.startswith("test_"):
+    for doc_id, f in sorted(candidates, key=lambda t: hash_unit(t[0])):
+        if need["train"] <= 0 and need["val"] <= 0:
+            break
+        split = _split(f"{prefix}/{doc_id}", val_fraction)
+        if need[split] <= 0:
             continue
         try:
-            text = f.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
+            text = to_text(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError, MemoryError):
             continue
         if not text.strip():
             continue
         for i, piece in enumerate(_cut(text, MAX_DOC_CHARS)):
-            docs.append((f"{rel.as_posix()}#{i}", piece))
-    return docs, {"python": sys.version.split()[0], "stdlib": str(root)}
+            docs.append((f"{doc_id}#{i}", piece))
+            need[split] -= len(piece)
+    return docs
+
+
+def _skipped(rel: Path) -> bool:
+    return any(part in SKIP_DIRS or part.startswith("test") for part in rel.parts[:-1]) or \
+        rel.name.startswith("test_")
+
+
+# ------------------------------------------------------------------------------------------------ code
+def code_documents(max_chars: int = DEFAULT_MAX_CHARS, val_fraction: float = DEFAULT_VAL_FRACTION,
+                   ) -> tuple[list[tuple[str, str]], dict]:
+    """Standard-library source files (one file = one document, cut at MAX_DOC_CHARS)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [(f.relative_to(root).as_posix(), f) for f in root.rglob("*.py") if not _skipped(f.relative_to(root))]
+    docs = _collect(files, "code", lambda t: t, max_chars, val_fraction)
+    return docs, {"python": sys.version.split()[0], "stdlib": str(root), "candidate_files": len(files)}
 
 
 # ------------------------------------------------------------------------------------------------ docs
@@ -116,39 +152,26 @@ def _docstrings(source: str) -> list[str]:
     return out
 
 
-def docs_documents(max_chars: int) -> tuple[list[tuple[str, str]], dict]:
-    """Docstrings per module, parsing files in id-hash order until ~max_chars are collected."""
+def docs_documents(max_chars: int = DEFAULT_MAX_CHARS, val_fraction: float = DEFAULT_VAL_FRACTION,
+                   ) -> tuple[list[tuple[str, str]], dict]:
+    """Docstrings (>= 40 chars) of one module = one document, from the packages in DOC_PACKAGES."""
     import importlib.util
 
     files: list[tuple[str, Path]] = []
     versions = {}
     for pkg in DOC_PACKAGES:
-        spec = importlib.util.find_spec(pkg) if pkg not in sys.modules else sys.modules[pkg].__spec__
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             continue
         root = Path(list(spec.submodule_search_locations)[0])
         versions[pkg] = _pkg_version({"yaml": "pyyaml", "sklearn": "scikit-learn", "attr": "attrs"}.get(pkg, pkg))
-        for f in root.rglob("*.py"):
-            rel = f.relative_to(root)
-            if any(part in SKIP_DIRS or part.startswith("test") for part in rel.parts):
-                continue
-            files.append((f"{pkg}/{rel.as_posix()}", f))
-    files.sort(key=lambda t: hash_unit(t[0]))
-    docs, total = [], 0
-    for doc_id, f in files:
-        if total >= max_chars * 1.05:
-            break
-        try:
-            strings = _docstrings(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
-            continue
-        if not strings:
-            continue
-        text = "\n\n".join(strings)
-        for i, piece in enumerate(_cut(text, MAX_DOC_CHARS)):
-            docs.append((f"{doc_id}#{i}", piece))
-            total += len(piece)
-    return docs, {"packages": versions}
+        files += [(f"{pkg}/{f.relative_to(root).as_posix()}", f) for f in root.rglob("*.py")
+                  if not _skipped(f.relative_to(root))]
+    docs = _collect(files, "docs", lambda t: "\n\n".join(_docstrings(t)), max_chars, val_fraction)
+    return docs, {"packages": versions, "candidate_files": len(files)}
 
 
 # ----------------------------------------------------------------------------------------------- bible
@@ -190,30 +213,34 @@ def parse_bible(bible) -> dict[int, str]:
     return out
 
 
-def bible_documents(names: list[str], max_chars: int, val_fraction: float) -> tuple[dict, dict]:
-    """Chapter documents for each translation in `names`, over the verses present in all three."""
+@functools.lru_cache(maxsize=None)
+def parsed_bible(name: str) -> dict[int, str]:
+    """Parsed verses of one of BIBLE_VERSIONS' translations (cached for the process)."""
     import importlib
 
-    verses = {}
-    for name in BIBLE_VERSIONS:
-        mod = importlib.import_module(BIBLE_DISTS[name].replace("-", "_") + ".plain_text_bible")
-        verses[name] = parse_bible(mod.bible)
+    return parse_bible(importlib.import_module(BIBLE_DISTS[name].replace("-", "_") + ".plain_text_bible").bible)
+
+
+def bible_documents(names: list[str], max_chars: int, val_fraction: float) -> tuple[dict, dict]:
+    """Chapter documents for each translation in `names`, over the verses present in all three."""
+    verses = {name: parsed_bible(name) for name in BIBLE_VERSIONS}
     common = set.intersection(*(set(v) for v in verses.values()))
     chapters: dict[int, list[int]] = {}
     for vid in sorted(common):
         chapters.setdefault(vid // 1000, []).append(vid)
-    # one selection for all translations: chapter size = its longest translation
+    # one selection for all translations: a chapter's size is that of its longest translation
     sized = [(f"{ch:08d}", " " * max(sum(len(verses[n][v]) + 1 for v in vids) for n in verses))
              for ch, vids in chapters.items()]
-    keep = [int(i) for i, _ in _cap(sized, max_chars)]
+    sel = _select(sized, "bible", max_chars, val_fraction)
     result = {}
     for name in names:
-        d = {"train": [], "val": [], "train_ids": [], "val_ids": []}
-        for ch in keep:
-            split = _split(f"bible/{ch:08d}", val_fraction)
-            d[split].append("\n".join(verses[name][v] for v in chapters[ch]))
-            d[f"{split}_ids"].append([int(v) for v in chapters[ch]])
+        d: dict[str, list] = {}
+        for split in ("train", "val"):
+            chs = [int(i) for i in sel[f"{split}_ids"]]
+            d[split] = ["\n".join(verses[name][v] for v in chapters[ch]) for ch in chs]
+            d[f"{split}_ids"] = [[int(v) for v in chapters[ch]] for ch in chs]
         result[name] = d
+    keep = sel["train_ids"] + sel["val_ids"]
     info = {"verses_common": len(common), "chapters_kept": len(keep),
             "verses_parsed": {n: len(v) for n, v in verses.items()},
             "packages": {BIBLE_DISTS[n]: _pkg_version(BIBLE_DISTS[n]) for n in BIBLE_VERSIONS}
@@ -227,26 +254,23 @@ def build_embedded(domains: Optional[list[str]] = None, max_chars: int = DEFAULT
     domains = list(domains or DOMAINS)
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
-        raise ValueError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
+        raise ConfigError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
     out: dict[str, dict] = {}
     sources: dict[str, dict] = {"version": VERSION, "max_chars": max_chars, "val_fraction": val_fraction}
     for name in domains:
         t0 = time.perf_counter()
         if name in ("code", "docs"):
-            docs, info = code_documents() if name == "code" else docs_documents(max_chars)
-            d = {"train": [], "val": [], "train_ids": [], "val_ids": []}
-            for doc_id, text in _cap(docs, max_chars):
-                s = _split(f"{name}/{doc_id}", val_fraction)
-                d[s].append(text)
-                d[f"{s}_ids"].append(doc_id)
-            out[name], sources[name] = d, info
-        elif name not in out:
+            fn = code_documents if name == "code" else docs_documents
+            docs, info = fn(max_chars, val_fraction)
+            out[name], sources[name] = _select(docs, name, max_chars, val_fraction), info
+            info["build_s"] = round(time.perf_counter() - t0, 2)
+        elif name not in out:  # the three translations are built together (one chapter selection)
             want = [n for n in domains if n in BIBLE_VERSIONS]
             res, info = bible_documents(want, max_chars, val_fraction)
             out.update(res)
+            info["build_s"] = round(time.perf_counter() - t0, 2)
             for n in want:
                 sources[n] = dict(info)
-        sources.setdefault(name, {})["build_s"] = round(time.perf_counter() - t0, 2)
     return {k: out[k] for k in domains}, sources
 
 
@@ -262,7 +286,7 @@ def embedded_corpus(domains: Optional[list[str]] = None, data_dir: Optional[str 
     want = list(domains or DOMAINS)
     unknown = [d for d in want if d not in DOMAINS]
     if unknown:
-        raise ValueError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
+        raise ConfigError(f"embedded domain {unknown[0]!r} unknown (known: {', '.join(DOMAINS)})")
     root = embedded_dir(data_dir, max_chars, val_fraction)
     if not (root / "sources.json").exists():
         with cache_lock(root):

@@ -14,15 +14,27 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from lmlab.config import ConfigError
 from lmlab.data.sources import hash_unit
 
 
 @dataclass
 class TokenizedDocs:
-    """Documents as one flat id array plus per-document lengths (doc i = ids[offsets[i]:offsets[i+1]])."""
+    """Documents as one flat id array plus per-document lengths (doc i = ids[offsets[i]:offsets[i+1]]).
 
-    ids: np.ndarray      # (total,) uint32
-    lengths: np.ndarray  # (n_docs,) int64
+    `chars` (characters per document) and `ranks` (a hash in [0, 1) per document, used to pick a
+    validation document deterministically when none hashed to val) travel along for accounting.
+    """
+
+    ids: np.ndarray                      # (total,) uint32
+    lengths: np.ndarray                  # (n_docs,) int64
+    chars: Optional[np.ndarray] = None   # (n_docs,) int64
+    ranks: Optional[np.ndarray] = None   # (n_docs,) float64
+
+    def __post_init__(self) -> None:
+        n = len(self.lengths)
+        self.chars = np.zeros(n, np.int64) if self.chars is None else np.asarray(self.chars, np.int64)
+        self.ranks = np.zeros(n, np.float64) if self.ranks is None else np.asarray(self.ranks, np.float64)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -30,6 +42,54 @@ class TokenizedDocs:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def take(self, idx: Sequence[int]) -> "TokenizedDocs":
+        idx = np.asarray(idx, dtype=np.int64)
+        offs = self.offsets
+        parts = [self.ids[offs[i]:offs[i + 1]] for i in idx]
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+        return TokenizedDocs(ids, self.lengths[idx], self.chars[idx], self.ranks[idx])
+
+    def save(self, path) -> None:
+        np.savez(path, ids=self.ids, lengths=self.lengths, chars=self.chars, ranks=self.ranks)
+
+    @classmethod
+    def load(cls, path) -> "TokenizedDocs":
+        with np.load(path) as z:
+            return cls(z["ids"], z["lengths"], z["chars"], z["ranks"])
+
+
+class TokenStream:
+    """Accumulates encoded documents one at a time (streaming tokenization) into a `TokenizedDocs`."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._lengths: list[int] = []
+        self._chars: list[int] = []
+        self._ranks: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def add(self, ids: Sequence[int], n_chars: int = 0, rank: float = 0.0) -> None:
+        self._chunks.append(np.asarray(ids, dtype=np.uint32))
+        self._lengths.append(len(ids))
+        self._chars.append(n_chars)
+        self._ranks.append(rank)
+
+    def docs(self) -> TokenizedDocs:
+        ids = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.uint32)
+        return TokenizedDocs(ids, np.asarray(self._lengths, np.int64), np.asarray(self._chars, np.int64),
+                             np.asarray(self._ranks, np.float64))
+
+
+def ensure_val(train: TokenizedDocs, val: TokenizedDocs) -> tuple[TokenizedDocs, TokenizedDocs, bool]:
+    """If no document hashed to val and train has >= 2, move the lowest-ranked train document to val."""
+    if len(val) or len(train) < 2:
+        return train, val, False
+    i = int(np.argmin(train.ranks))
+    rest = [j for j in range(len(train)) if j != i]
+    return train.take(rest), train.take([i]), True
 
 
 @dataclass
@@ -47,14 +107,12 @@ class PackStats:
 
 def tokenize_documents(tokenizer, texts: Iterable[str], batch_size: int = 256) -> TokenizedDocs:
     """Encode in batches (bounded memory per batch); ids stored as uint32."""
-    chunks: list[np.ndarray] = []
-    lengths: list[int] = []
+    stream = TokenStream()
     batch: list[str] = []
 
     def flush() -> None:
-        for ids in tokenizer.encode_batch(batch):
-            chunks.append(np.asarray(ids, dtype=np.uint32))
-            lengths.append(len(ids))
+        for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+            stream.add(ids, len(text))
         batch.clear()
 
     for t in texts:
@@ -63,8 +121,7 @@ def tokenize_documents(tokenizer, texts: Iterable[str], batch_size: int = 256) -
             flush()
     if batch:
         flush()
-    ids = np.concatenate(chunks) if chunks else np.zeros(0, np.uint32)
-    return TokenizedDocs(ids, np.asarray(lengths, dtype=np.int64))
+    return stream.docs()
 
 
 def split_of(key: str, val_fraction: float) -> str:
@@ -111,10 +168,10 @@ def mix_rows(avail: dict[str, int], mix: dict[str, float], total: Optional[int])
     if mix:
         unknown = [k for k in mix if k not in avail]
         if unknown:
-            raise ValueError(f"data.mix: domain {unknown[0]!r} unknown (domains: {', '.join(names)})")
+            raise ConfigError(f"data.mix: domain {unknown[0]!r} unknown (domains: {', '.join(names)})")
         weights = np.array([float(mix.get(d, 0.0)) for d in names])
         if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"data.mix={mix}: weights must be >= 0 with a positive sum")
+            raise ConfigError(f"data.mix={mix}: weights must be >= 0 with a positive sum")
     else:
         weights = np.array([float(avail[d]) for d in names])
         if total is None:
@@ -131,14 +188,14 @@ def mix_rows(avail: dict[str, int], mix: dict[str, float], total: Optional[int])
     return {d: int(rows[i]) for i, d in enumerate(names)}
 
 
-def take_rows(windows: np.ndarray, n: int, seed: int, salt: int = 0) -> tuple[np.ndarray, int]:
+def take_rows(windows: np.ndarray, n: int, seed: int, salt: int = 0, name: str = "?") -> tuple[np.ndarray, int]:
     """First n rows of the (already shuffled) windows; beyond what exists, repeat fresh permutations.
     Returns (rows, repeated_count)."""
     have = len(windows)
     if n <= have:
         return windows[:n], 0
     if have == 0:
-        raise ValueError("cannot draw training rows from a domain with no windows")
+        raise ConfigError(f"data.mix: domain {name!r} has no training window to draw {n} rows from")
     reps = [windows]
     k = 1
     while sum(len(r) for r in reps) < n:

@@ -7,6 +7,8 @@ every edge case is counted in `stats` (a `SourceStats`):
 - bytes that are not valid UTF-8        -> decoded one U+FFFD per bad byte; `non_utf8_files`, `non_utf8_bytes`
 - lines longer than `max_line_chars`    -> the document is cut into pieces of at most that many characters;
                                            `huge_lines`, `split_pieces`
+- lone surrogates (from JSON "\\ud800") -> replaced by U+FFFD; `invalid_surrogates`
+- a UTF-8 byte-order mark               -> removed; `bom_files`
 - malformed .jsonl lines                -> `malformed_lines`, `malformed_line_numbers` ("file:line")
 - rows without a string `text_field`    -> `missing_field`, `missing_field_line_numbers`
 - files with an unknown extension       -> `skipped_files`
@@ -28,11 +30,14 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import parse_qsl
 
+from lmlab.config import ConfigError
+
 MAX_LINE_CHARS = 100_000
 MAX_RECORDED_LINES = 100  # line numbers kept per kind in stats (counts are always complete)
 TEXT_EXT = (".txt", ".md", ".rst", ".text", ".py")
 JSONL_EXT = (".jsonl", ".ndjson")
 _BAD_BYTE = re.compile("[\udc80-\udcff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -47,7 +52,7 @@ class SourceStats:
     files: int = 0
     documents: int = 0  # documents emitted (pieces of split documents count one each)
     empty_documents: int = 0
-    empty_files: list[str] = field(default_factory=list)
+    empty_locations: list[str] = field(default_factory=list)  # "file" or "file:line" of each empty one
     non_utf8_files: int = 0
     non_utf8_bytes: int = 0
     huge_lines: int = 0
@@ -58,6 +63,8 @@ class SourceStats:
     missing_field: int = 0
     missing_field_line_numbers: list[str] = field(default_factory=list)
     blank_lines: int = 0
+    invalid_surrogates: int = 0
+    bom_files: int = 0
     skipped_files: list[str] = field(default_factory=list)
     chars: int = 0
     chars_out: int = 0
@@ -146,11 +153,22 @@ def bound_pieces(text: str, limit: int, stats: SourceStats) -> list[str]:
     return pieces
 
 
+def _clean_surrogates(text: str, stats: SourceStats) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        n = len(_SURROGATE.findall(text))
+        stats.invalid_surrogates += n
+        return _SURROGATE.sub("\ufffd", text)
+
+
 def _emit(text: str, domain: str, key: str, stats: SourceStats, where: str, limit: int) -> Iterator[Document]:
+    text = _clean_surrogates(text, stats)
     stats.chars += len(text)
     if not text:
         stats.empty_documents += 1
-        stats._note("empty_files", where)
+        stats._note("empty_locations", where)
         return
     for piece in bound_pieces(text, limit, stats):
         stats.documents += 1
@@ -179,6 +197,9 @@ def iter_txt(path: Path, domain: str, stats: SourceStats, limit: int = MAX_LINE_
     stats.files += 1
     with _open_bytes(path) as fh:
         raw = fh.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+        stats.bom_files += 1
     text, bad = decode_bytes(raw, stats)
     stats.non_utf8_files += bad > 0
     yield from _emit(text, domain, text_key(text), stats, str(path), limit)
@@ -191,6 +212,9 @@ def iter_jsonl(path: Path, domain: str, stats: SourceStats, text_field: str = "t
     with _open_bytes(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+                stats.bom_files += 1
             line, bad = decode_bytes(raw, stats)
             any_bad |= bad > 0
             if not line.strip():
@@ -219,7 +243,7 @@ def iter_parquet(path: Path, domain: str, stats: SourceStats, text_field: str = 
     pf = pq.ParquetFile(str(path))
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise ValueError(f"parquet file {str(path)!r} has no column {text_field!r} (columns: {', '.join(names)})")
+        raise ConfigError(f"parquet file {str(path)!r} has no column {text_field!r} (columns: {', '.join(names)})")
     row = 0
     for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
         for text in batch.column(0).to_pylist():
@@ -234,7 +258,7 @@ def iter_parquet(path: Path, domain: str, stats: SourceStats, text_field: str = 
 def _iter_hf(ds: Any, name: str, domain: str, stats: SourceStats, text_field: str, limit: int) -> Iterator[Document]:
     cols = list(ds.column_names or [])
     if cols and text_field not in cols:
-        raise ValueError(f"dataset {name!r} has no column {text_field!r} (columns: {', '.join(cols)})")
+        raise ConfigError(f"dataset {name!r} has no column {text_field!r} (columns: {', '.join(cols)})")
     row = 0
     for batch in ds.iter(batch_size=1000):
         for text in batch[text_field]:
@@ -264,7 +288,7 @@ def parse_hf_source(source: str) -> tuple[str, Optional[str], dict]:
     spec = source[3:] if source.startswith("hf:") else source
     spec, _, query = spec.partition("?")
     name, _, config = spec.partition(":")
-    kwargs: dict[str, Any] = dict(parse_qsl(query))
+    kwargs: dict[str, Any] = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in parse_qsl(query)}
     if "data_files" in kwargs and "," in kwargs["data_files"]:
         kwargs["data_files"] = kwargs["data_files"].split(",")
     return name, config or None, kwargs
@@ -280,7 +304,7 @@ def iter_load_dataset(name: str, domain: str, stats: SourceStats, text_field: st
         ds = datasets.load_dataset(name, config, **kwargs)
     except Exception as e:  # noqa: BLE001 - report one line naming the dataset
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"datasets.load_dataset({name!r}) failed: {first}") from None
+        raise ConfigError(f"datasets.load_dataset({name!r}) failed: {first}") from None
     stats.files += 1
     if isinstance(ds, datasets.DatasetDict):
         for s in sorted(ds.keys()):
@@ -291,6 +315,10 @@ def iter_load_dataset(name: str, domain: str, stats: SourceStats, text_field: st
 
 def _iter_file(path: Path, domain: str, stats: SourceStats, text_field: str, limit: int) -> Iterator[Document]:
     _, ext = _strip_ext(path.name)
+    if ext in JSONL_EXT + (".parquet",) and path.is_file() and path.stat().st_size == 0:
+        stats.files += 1
+        stats._note("empty_locations", str(path))  # no records: nothing to read (a .txt counts as an empty document)
+        return
     if is_saved_dataset(path):
         yield from iter_saved_dataset(path, domain, stats, text_field, limit)
     elif ext in JSONL_EXT:
@@ -321,6 +349,15 @@ def source_domain(path: Path) -> str:
     return _strip_ext(path.name)[0] or "default"
 
 
+def dir_domain(rel: Path) -> str:
+    """Domain of a file found inside a source directory: its first-level sub-directory; at the top level,
+    a record file's stem (.jsonl, .parquet, saved dataset), or "default" for text files (one document each)."""
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    stem, ext = _strip_ext(rel.name)
+    return "default" if ext in TEXT_EXT else (stem or "default")
+
+
 def split_sources(source: str) -> list[str]:
     if source.startswith("hf:") or Path(source).expanduser().exists() or "," not in source:
         return [source]
@@ -331,7 +368,7 @@ def iter_documents(source: str | Path, text_field: str = "text", stats: Optional
                    max_line_chars: int = MAX_LINE_CHARS, domain: Optional[str] = None,
                    dataset_kwargs: Optional[dict] = None) -> Iterator[Document]:
     """Stream documents from a source string (see module doc). Domains: a file's stem; inside a directory,
-    the first-level sub-directory's name (files at the top: "default"); `hf:` datasets: "default"."""
+    see `dir_domain`; `hf:` datasets: "default"."""
     stats = stats if stats is not None else SourceStats()
     for src in split_sources(str(source)):
         if src.startswith("hf:"):
@@ -346,9 +383,7 @@ def iter_documents(source: str | Path, text_field: str = "text", stats: Optional
             yield from _iter_file(path, domain or source_domain(path), stats, text_field, max_line_chars)
             continue
         for f in _walk(path):
-            rel = f.relative_to(path)
-            dom = domain or (rel.parts[0] if len(rel.parts) > 1 else "default")
-            yield from _iter_file(f, dom, stats, text_field, max_line_chars)
+            yield from _iter_file(f, domain or dir_domain(f.relative_to(path)), stats, text_field, max_line_chars)
 
 
 def fingerprint_source(source: str) -> str:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from lmlab.config import ConfigError
+
 EOS_TOKEN = "<|endoftext|>"
 
 
@@ -32,7 +34,7 @@ class Tokenizer:
             self.eos_id = backend.convert_tokens_to_ids(self.eos_token) if self.eos_token else None
             self.vocab_size = len(backend)
         if self.eos_id is None:
-            raise ValueError(f"tokenizer {name!r} has no end-of-text token (looked for {self.eos_token!r})")
+            raise ConfigError(f"tokenizer {name!r} has no end-of-text token (looked for {self.eos_token!r})")
         self.bos_id: Optional[int] = None
         self.pad_id: int = self.eos_id
 
@@ -104,7 +106,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
     from tokenizers import Tokenizer as _T, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 257:
-        raise ValueError(f"vocab_size={vocab_size}: must be >= 257 (256 bytes + <|endoftext|>)")
+        raise ConfigError(f"vocab_size={vocab_size}: must be >= 257 (256 bytes + <|endoftext|>)")
     tok = _T(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -133,17 +135,17 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             try:
                 from transformers import AutoTokenizer
             except ImportError as e:  # pragma: no cover
-                raise ValueError(f"tokenizer dir {str(p)!r} has no tokenizer.json and transformers is missing") from e
+                raise ConfigError(f"tokenizer dir {str(p)!r} has no tokenizer.json and transformers is missing") from e
             try:
                 hf = AutoTokenizer.from_pretrained(str(p))
             except Exception as e:  # noqa: BLE001 - one line naming the dir
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(f"tokenizer dir {str(p)!r}: cannot load ({first})") from None
+                raise ConfigError(f"tokenizer dir {str(p)!r}: cannot load ({first})") from None
             return Tokenizer(hf, meta.get("eos_token"), name=p.name)
     from tokenizers import Tokenizer as _T
 
     try:
         tok = _T.from_file(str(p))
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"tokenizer file {str(p)!r}: cannot load ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise ConfigError(f"tokenizer file {str(p)!r}: cannot load ({str(e).splitlines()[0] if str(e) else e})") from None
     return Tokenizer(tok, meta.get("eos_token"), name=p.parent.name or p.stem)

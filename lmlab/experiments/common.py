@@ -17,7 +17,7 @@ QUICK = {
 }
 FULL = {
     "model": {"d_model": 512, "n_layer": 8, "n_head": 8, "max_seq_len": 512},
-    "data": {"seq_len": 512, "vocab_size": 16384, "max_val_tokens_per_domain": 262144},
+    "data": {"seq_len": 512, "vocab_size": 16384, "max_val_tokens_per_domain": 262144, "embedded_chars": 10_000_000},
     "train": {"steps": 5000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 200, "eval_interval": 500,
               "eval_batches": 32, "log_interval": 50, "progress": True},
 }

@@ -135,6 +135,11 @@ class Attention(nn.Module):
             positions = torch.arange(start, start + t, device=x.device)[None]  # (1, t)
         cos, sin = rope_cache(positions, self.head_dim, self.theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        attend = getattr(state, "attend", None)
+        if attend is not None:  # a cache that computes attention itself (engine: padding, shared prefixes)
+            y = attend(q, k, v)  # (b, h, t, d)
+            y = y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)
+            return F.dropout(self.o_proj(y), self.dropout, self.training), state
         if state is not None:
             k, v = state.append(k, v)
         q_pos = torch.arange(start, start + t, device=x.device)

@@ -1,0 +1,165 @@
+"""Direct preference optimisation (DPO) and small variants (IPO, hinge); Direct Principle Feedback pairs.
+
+Notation: b = pairs in a batch, t = tokens. π = policy, π_ref = frozen reference.
+Per pair the only inputs are four sequence log-probs (summed over completion tokens):
+    Δ = [log π(y_w|x) − log π_ref(y_w|x)] − [log π(y_l|x) − log π_ref(y_l|x)]
+    sigmoid (DPO, Rafailov et al. 2023, eq. 7):  −log σ(β·Δ)           (label smoothing ε: conservative DPO)
+    hinge   (SLiC):                              max(0, 1 − β·Δ)
+    IPO     (Azar et al. 2023, eq. 17):          (Δ̄ − 1/(2β))²  with Δ̄ the per-token-averaged log ratios
+                                                  (TRL's normalisation, confirmed with the IPO authors)
+Reference log-probs are precomputed once (`precompute_ref_logps`), so the reference never sits in memory
+next to the policy during training.
+
+Direct Principle Feedback (Castricato et al. 2024): for a response that mentions a forbidden entity, ask
+any backend for a critique and then a revision; DPO on (revision ≻ original).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0, chosen_len: Optional[torch.Tensor] = None,
+             rejected_len: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+    """Per-pair DPO-family loss (b,) and the implicit rewards β·(log π − log π_ref) for logging."""
+    chosen_lr = policy_chosen - ref_chosen        # (b,)
+    rejected_lr = policy_rejected - ref_rejected  # (b,)
+    delta = chosen_lr - rejected_lr
+    if loss_type == "sigmoid":
+        loss = (-F.logsigmoid(beta * delta) * (1 - label_smoothing)
+                - F.logsigmoid(-beta * delta) * label_smoothing)
+    elif loss_type == "hinge":
+        loss = torch.relu(1 - beta * delta)
+    elif loss_type == "ipo":
+        if chosen_len is None or rejected_len is None:
+            raise ValueError("dpo_loss: loss_type='ipo' needs chosen_len and rejected_len (completion tokens)")
+        d = chosen_lr / chosen_len.clamp(min=1) - rejected_lr / rejected_len.clamp(min=1)
+        loss = (d - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"dpo_loss: loss_type={loss_type!r}: allowed {', '.join(LOSS_TYPES)}")
+    stats = {"rewards/chosen": (beta * chosen_lr).detach(), "rewards/rejected": (beta * rejected_lr).detach(),
+             "rewards/accuracy": (delta > 0).float().detach()}
+    return loss, stats
+
+
+def naive_dpo_sigmoid(pc: float, pr: float, rc: float, rr: float, beta: float) -> float:
+    """−log σ(βΔ) written out in plain floats: log(1 + exp(−βΔ))."""
+    import math
+    d = (pc - rc) - (pr - rr)
+    return math.log1p(math.exp(-beta * d))
+
+
+# ------------------------------------------------------------------------------------ sequence log-probs
+def completion_logps(model, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t log π(x_t | x_<t) over positions where completion_mask is 1.
+
+    input_ids (b, t); completion_mask (b, t) marks completion tokens (the first token is never scored).
+    Works with lmlab's Decoder (returns .logits) and with HF models (returns .logits).
+    """
+    logits = model(input_ids).logits[:, :-1].float()              # (b, t-1, v)
+    logp = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None])[..., 0]  # (b, t-1)
+    return (logp * completion_mask[:, 1:].to(logp.dtype)).sum(-1)
+
+
+@dataclass
+class PairBatch:
+    """Chosen rows first then rejected rows, both right-padded to the same length."""
+    input_ids: torch.Tensor         # (2b, t)
+    completion_mask: torch.Tensor   # (2b, t)
+    attention_pad: torch.Tensor     # (2b, t) 1 = real token
+
+    @property
+    def n_pairs(self) -> int:
+        return self.input_ids.shape[0] // 2
+
+
+def collate_pairs(pairs: Sequence[tuple[list[int], list[int], list[int]]], pad_id: int = 0) -> PairBatch:
+    """pairs of (prompt_ids, chosen_ids, rejected_ids) -> PairBatch (right padding; causal model so the
+    padding after the completion never influences the scored tokens)."""
+    rows, masks = [], []
+    for side in (1, 2):
+        for p in pairs:
+            rows.append(list(p[0]) + list(p[side]))
+            masks.append([0] * len(p[0]) + [1] * len(p[side]))
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    cm = torch.zeros((len(rows), t), dtype=torch.long)
+    pad = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        ids[i, :len(r)] = torch.tensor(r)
+        cm[i, :len(m)] = torch.tensor(m)
+        pad[i, :len(r)] = 1
+    return PairBatch(ids, cm, pad)
+
+
+@torch.no_grad()
+def precompute_ref_logps(ref_model, batches: Sequence[PairBatch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for b in batches:
+        lp = completion_logps(ref_model, b.input_ids, b.completion_mask)
+        out.append(lp.chunk(2))
+    return out
+
+
+def train_dpo(policy, ref_model, pairs: Sequence[tuple[list[int], list[int], list[int]]], *, beta: float = 0.1,
+              loss_type: str = "sigmoid", lr: float = 1e-4, epochs: int = 1, batch_size: int = 8,
+              pad_id: int = 0, seed: int = 0, log=None) -> list[dict]:
+    """Plain DPO loop: reference log-probs precomputed once, AdamW on the policy, one metrics dict per step."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(pairs), generator=g).tolist()
+    batches = [collate_pairs([pairs[i] for i in order[s:s + batch_size]], pad_id)
+               for s in range(0, len(order), batch_size)]
+    ref = precompute_ref_logps(ref_model, batches)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    history = []
+    for ep in range(epochs):
+        for b, (rc, rr) in zip(batches, ref):
+            lp = completion_logps(policy, b.input_ids, b.completion_mask)
+            pc, pr = lp.chunk(2)
+            lens = b.completion_mask.sum(-1).float().chunk(2)
+            loss, st = dpo_loss(pc, pr, rc, rr, beta, loss_type, chosen_len=lens[0], rejected_len=lens[1])
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+            m = {"epoch": ep, "loss": loss.mean().item(), **{k: v.mean().item() for k, v in st.items()}}
+            history.append(m)
+            if log:
+                log(m)
+    return history
+
+
+# ------------------------------------------------------------------------------ Direct Principle Feedback
+CRITIQUE_PROMPT = ("Here is a response:\n{response}\n\nThe response must not mention {entity}. "
+                   "Point out where it does and how it could be avoided.")
+REVISION_PROMPT = ("Response:\n{response}\n\nCritique:\n{critique}\n\nRewrite the response following the "
+                   "critique so that it does not mention {entity}. Give only the rewritten response.")
+
+
+def mentions(text: str, entity: str) -> bool:
+    return entity.lower() in text.lower()
+
+
+def build_dpf_pairs(backend, items: Sequence[dict], gen=None, max_tries: int = 2) -> list[dict]:
+    """items: {"prompt", "response", "entity"}. Returns {"prompt", "chosen"=revision, "rejected"=original}
+    for every response that mentions its forbidden entity and whose revision no longer does."""
+    from lmlab.infer.backend import GenerationConfig
+
+    gen = gen or GenerationConfig(max_new_tokens=128)
+    todo = [it for it in items if mentions(it["response"], it["entity"])]
+    out = []
+    for it in todo:
+        for _ in range(max_tries):
+            crit = backend.generate([CRITIQUE_PROMPT.format(**it)], gen)[0][0]
+            rev = backend.generate([REVISION_PROMPT.format(critique=crit, **it)], gen)[0][0].strip()
+            if rev and not mentions(rev, it["entity"]):
+                out.append({"prompt": it["prompt"], "chosen": rev, "rejected": it["response"],
+                            "entity": it["entity"], "critique": crit})
+                break
+    return out

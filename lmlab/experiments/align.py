@@ -1,0 +1,355 @@
+"""Post-training claims on a synthetic preference world with a hidden gold reward (lmlab.align.envs).
+
+ids_vs_bt            Iterative Data Smoothing: the RM overfits less over epochs than Bradley–Terry
+                     (metric: peak − final held-out gold accuracy; lower is better).
+odin_vs_bt           ODIN: quality-head/length correlation ≈ 0 vs BT's clearly positive, accuracy kept.
+contrastive_rewards  PPO with r − mean offline RM score of the prompt vs plain PPO: higher gold reward.
+Every arm of a seed shares the same world, data and initial weights, so arms differ only by the technique.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmlab.experiments.base import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, ArmResult, Experiment, Verdict,
+                                    compare, mean_std)
+from lmlab.registry import EXPERIMENTS
+
+
+def _decoder(vocab: int, d: int, layers: int, seed: int):
+    from lmlab.config import ModelConfig
+    from lmlab.models.decoder import Decoder
+
+    torch.manual_seed(seed)
+    return Decoder(ModelConfig(vocab_size=vocab, d_model=d, n_layer=layers, n_head=2, max_seq_len=32))
+
+
+def _gold_acc(rm, ids, lens, n):
+    with torch.no_grad():
+        q = rm.quality(ids, lens)
+    return (q[:n] > q[n:]).float().mean().item(), q
+
+
+# ------------------------------------------------------------------------------------------------ IDS
+def _ids_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.align.envs import PreferenceWorld
+    from lmlab.align.reward import RewardModel, pad_batch, train_reward_model
+
+    torch.set_num_threads(1)
+    quick = scale == "quick"
+    n_train, epochs, d, layers = (300, 12, 64, 2) if quick else (3000, 20, 256, 4)
+    world = PreferenceWorld(n_prompts=2, n_content=10, label_scale=4.0, seed=seed)
+    c, r, _ = world.preference_pairs(n_train, seed=seed + 100)
+    hc, hr, _ = world.preference_pairs(400, seed=seed + 200, annotated=False)
+    ids, lens = pad_batch(hc + hr)
+    rm = RewardModel(_decoder(world.vocab_size, d, layers, seed))
+    curve = []
+
+    def ev(m, ep):
+        acc, _ = _gold_acc(m, ids, lens, len(hc))
+        curve.append((ep, acc))
+        return acc
+
+    t0 = time.time()
+    train_reward_model(rm, c, r, method=arm, epochs=epochs, batch_size=16, lr=5e-3, ids_beta=0.3, seed=seed,
+                       eval_fn=ev)
+    accs = [a for e, a in curve if e > 0]
+    return ArmResult(metrics={"overfit_drop": max(accs) - accs[-1], "final_gold_acc": accs[-1],
+                              "peak_gold_acc": max(accs), "seconds": time.time() - t0},
+                     curves={"gold_acc": curve})
+
+
+EXPERIMENTS.register("ids_vs_bt", Experiment(
+    name="ids_vs_bt", paper="Iterative Data Smoothing (Zhu, Jordan & Jiao 2024)",
+    claim="an IDS reward model overfits less over epochs than a Bradley–Terry one",
+    metric="overfit_drop", direction="lower", arms=["bt", "ids"], baseline="bt", technique="ids",
+    run=_ids_run, plots=["gold_acc"], min_effect=0.01,
+    description="Synthetic preference world: gold reward = mean per-token weight; annotators BT-noisy "
+                "(scale 4); 300 training pairs; 2-layer d=64 RM trained 12 epochs (lr 5e-3, batch 16); "
+                "held-out accuracy against the gold ranking after every epoch; metric = peak − final accuracy. "
+                "IDS β = 0.3."))
+
+
+# ------------------------------------------------------------------------------------------------ ODIN
+def _odin_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.align.envs import PreferenceWorld
+    from lmlab.align.reward import RewardModel, pad_batch, pearson, train_reward_model
+
+    torch.set_num_threads(1)
+    quick = scale == "quick"
+    n_train, epochs, d, layers = (384, 6, 32, 1) if quick else (4000, 6, 256, 4)
+    world = PreferenceWorld(n_prompts=2, n_content=8, min_len=2, max_len=14, label_scale=3.0, length_bias=0.6,
+                            seed=seed)
+    c, r, _ = world.preference_pairs(n_train, seed=seed + 1)
+    hc, hr, _ = world.preference_pairs(400, seed=seed + 2, annotated=False)   # gold labels, no length bias
+    ids, lens = pad_batch(hc + hr)
+    rm = RewardModel(_decoder(world.vocab_size, d, layers, seed), n_heads=2 if arm == "odin" else 1)
+    curve_c, curve_a = [], []
+
+    def ev(m, ep):
+        acc, q = _gold_acc(m, ids, lens, len(hc))
+        rho = pearson(lens.float(), q).item()
+        curve_c.append((ep, rho))
+        curve_a.append((ep, acc))
+        return rho
+
+    train_reward_model(rm, c, r, method=arm, epochs=epochs, batch_size=32, lr=3e-3, seed=seed, eval_fn=ev)
+    return ArmResult(metrics={"abs_len_corr": abs(curve_c[-1][1]), "len_corr": curve_c[-1][1],
+                              "gold_acc": curve_a[-1][1]},
+                     curves={"len_corr": curve_c, "gold_acc": curve_a})
+
+
+def _odin_verdict(exp: Experiment, results: dict) -> Verdict:
+    corr = compare([r.metrics["abs_len_corr"] for r in results["bt"]],
+                   [r.metrics["abs_len_corr"] for r in results["odin"]], "lower", min_effect=0.1)
+    acc_b = mean_std([r.metrics["gold_acc"] for r in results["bt"]])
+    acc_o = mean_std([r.metrics["gold_acc"] for r in results["odin"]])
+    kept = acc_o[0] >= acc_b[0] - 0.05
+    v = corr.verdict if (kept or corr.verdict != REPRODUCED) else NOT_REPRODUCED
+    rule = (f"|ρ(length, r_Q)|: {corr.rule}; gold accuracy BT {acc_b[0]:.3f}±{acc_b[1]:.3f} vs ODIN "
+            f"{acc_o[0]:.3f}±{acc_o[1]:.3f} (kept if ≥ BT − 0.05: {kept}) -> {v}")
+    return Verdict(v, rule, corr.baseline, corr.technique, {"acc_bt": acc_b, "acc_odin": acc_o})
+
+
+EXPERIMENTS.register("odin_vs_bt", Experiment(
+    name="odin_vs_bt", paper="ODIN: Disentangled Reward Mitigates Hacking in RLHF (Chen et al. 2024)",
+    claim="ODIN's quality head is ≈ uncorrelated with length while BT's reward is not; accuracy is kept",
+    metric="abs_len_corr", direction="lower", arms=["bt", "odin"], baseline="bt", technique="odin",
+    run=_odin_run, verdict=_odin_verdict, plots=["len_corr", "gold_acc"],
+    description="Annotators prefer longer responses (σ(3·Δgold + 0.6·Δlength)); gold quality is "
+                "length-free. Held-out: 400 gold-labelled pairs. 1-layer d=32 RM, 6 epochs; ODIN λ_L = λ_O = 1."))
+
+
+# ------------------------------------------------------------------------------------ contrastive rewards
+def _sft_policy(world, seed: int, steps: int, prompts=None):
+    """A tiny policy SFT-ed on the annotators' response distribution (uniform content, random length)."""
+    from lmlab.align.envs import EOS
+    from lmlab.align.sft import pad_examples, train_sft
+
+    rng = np.random.default_rng(seed + 3)
+    prompts = list(range(world.n_prompts)) if prompts is None else prompts
+    exs = []
+    for _ in range(512):
+        x = int(prompts[rng.integers(len(prompts))])
+        ids = world.encode(x, world.sample_response(rng))
+        exs.append((ids, [-100, -100] + ids[2:]))
+    sx, sy = pad_examples(exs, pad_id=EOS)
+    dec = _decoder(world.vocab_size, 32, 1, seed + 11)
+    train_sft(dec, sx, sy, steps=steps, batch_size=32, lr=3e-3, seed=seed)
+    return dec
+
+
+def _cr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.align.envs import BOS, EOS, PreferenceWorld
+    from lmlab.align.ppo import PolicyWithValue, RLConfig, offline_baseline, rl_train
+    from lmlab.align.reward import RewardModel, train_reward_model
+
+    torch.set_num_threads(1)
+    quick = scale == "quick"
+    world = PreferenceWorld(n_prompts=4, n_content=10, min_len=2, max_len=8, label_scale=3.0, seed=seed)
+    V, P = world.vocab_size, world.n_prompts
+    # 1) an imperfect reward model (BT on 300 noisy pairs)
+    c, r, _ = world.preference_pairs(300 if quick else 3000, seed=seed + 1)
+    rm = RewardModel(_decoder(V, 32, 1, seed + 7))
+    train_reward_model(rm, c, r, method="bt", epochs=4, batch_size=32, lr=3e-3, seed=seed)
+    rm.eval()
+    # 2) the SFT policy: imitates the annotators' response distribution (uniform content, random length)
+    policy_dec = _sft_policy(world, seed, 60 if quick else 600)
+    ref = _decoder(V, 32, 1, seed + 11)
+    ref.load_state_dict(policy_dec.state_dict())
+    policy = PolicyWithValue(policy_dec)
+
+    def rm_score(prompts, responses):
+        rows, lens = [], []
+        for p, y in zip(prompts.tolist(), responses.tolist()):
+            y = y[:y.index(EOS) + 1] if EOS in y else y
+            rows.append(p + y)
+        t = max(len(x) for x in rows)
+        ids = torch.tensor([x + [EOS] * (t - len(x)) for x in rows])
+        with torch.no_grad():
+            return rm.quality(ids, torch.tensor([len(x) for x in rows]))
+
+    def prompt_fn(n, g):
+        x = torch.randint(0, P, (n,), generator=g)
+        return torch.stack([torch.full_like(x, BOS), x + 2], 1)
+
+    # 3) offline baseline: k samples per prompt from the SFT policy, scored by the RM (contrastive arm only,
+    #    but computed in both arms so the random streams stay aligned)
+    k = 8
+    all_prompts = torch.stack([torch.full((P,), BOS), torch.arange(P) + 2], 1)
+    offline = offline_baseline(policy_dec, all_prompts, rm_score, k, 9, eos_id=EOS,
+                               generator=torch.Generator().manual_seed(seed + 5))      # (P, k)
+    baseline = offline.mean(1)                                         # (P,)
+    baseline_fn = (lambda pr: baseline[pr[:, 1] - 2]) if arm == "contrastive" else None
+
+    gold_log, rm_log = [], []
+
+    def reward_fn(prompts, responses):
+        gold_log.append(world.gold_tokens(prompts, responses))
+        s = rm_score(prompts, responses)
+        rm_log.append(s)
+        return s
+
+    cfg = RLConfig(algo="ppo", iterations=40 if quick else 400, prompts_per_iter=16, samples_per_prompt=4,
+                   max_new_tokens=9, eos_id=EOS, lr=1e-3, kl_coef=0.1, ppo_epochs=2, minibatches=2, seed=seed)
+    t0 = time.time()
+    hist = rl_train(policy, ref, prompt_fn, reward_fn, cfg, baseline_fn=baseline_fn)
+    tail = torch.cat(gold_log[-5:])
+    return ArmResult(
+        metrics={"gold_reward": tail.mean().item(), "gold_std": tail.std().item(),
+                 "rm_reward": torch.cat(rm_log[-5:]).mean().item(), "gold_start": gold_log[0].mean().item(),
+                 "kl": float(np.mean([h["kl"] for h in hist[-5:]])), "seconds": time.time() - t0},
+        curves={"gold_reward": [(i, g.mean().item()) for i, g in enumerate(gold_log)],
+                "rm_reward": [(i, s.mean().item()) for i, s in enumerate(rm_log)]})
+
+
+def _cr_verdict(exp: Experiment, results: dict) -> Verdict:
+    v = compare([r.metrics["gold_reward"] for r in results["ppo"]],
+                [r.metrics["gold_reward"] for r in results["contrastive"]], "higher")
+    sd_b = mean_std([r.metrics["gold_reward"] for r in results["ppo"]])[1]
+    sd_t = mean_std([r.metrics["gold_reward"] for r in results["contrastive"]])[1]
+    w_b = mean_std([r.metrics["gold_std"] for r in results["ppo"]])[0]
+    w_t = mean_std([r.metrics["gold_std"] for r in results["contrastive"]])[0]
+    v.rule += (f"; across-seed std of gold reward: PPO {sd_b:.3f} vs contrastive {sd_t:.3f}; "
+               f"within-batch gold std: PPO {w_b:.3f} vs contrastive {w_t:.3f}")
+    v.extra.update({"seed_std_ppo": sd_b, "seed_std_cr": sd_t, "batch_std_ppo": w_b, "batch_std_cr": w_t})
+    return v
+
+
+EXPERIMENTS.register("contrastive_rewards", Experiment(
+    name="contrastive_rewards",
+    paper="Improving RLHF Using Contrastive Rewards (Shen et al. 2024)",
+    claim="PPO on r − mean offline RM score reaches a higher gold reward than PPO on r",
+    metric="gold_reward", direction="higher", arms=["ppo", "contrastive"], baseline="ppo", technique="contrastive",
+    run=_cr_run, verdict=_cr_verdict, plots=["gold_reward", "rm_reward"],
+    description="Preference world with 4 prompts; BT RM on 300 noisy pairs (imperfect proxy); SFT policy "
+                "imitates the annotators' response distribution; k = 8 offline samples per prompt give the "
+                "contrastive baseline; PPO 40 iterations × 64 rollouts, KL 0.02. Metric: gold reward of the "
+                "rollouts of the last 5 iterations."))
+
+
+# ------------------------------------------------------------------------------------------------ DPO
+def _sample_rows(policy, world, prompts: list[int], n: int, seed: int):
+    from lmlab.align.envs import BOS, EOS
+    from lmlab.align.rollout import sample
+
+    p = torch.stack([torch.full((len(prompts),), BOS), torch.tensor(prompts) + 2], 1)
+    ro = sample(policy, p, world.max_len + 1, n=n, eos_id=EOS, generator=torch.Generator().manual_seed(seed))
+    return ro.tokens[:, :2], ro.responses
+
+
+def _dpo_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    """SFT policy on train prompts; DPO on annotated pairs of train prompts; gold win-rate on held-out prompts
+    of the arm's samples against the SFT policy's samples (the SFT arm plays itself: ≈ 0.5)."""
+    from lmlab.align.dpo import train_dpo
+    from lmlab.align.envs import PreferenceWorld
+
+    torch.set_num_threads(1)
+    quick = scale == "quick"
+    world = PreferenceWorld(n_prompts=12, n_content=10, min_len=2, max_len=8, label_scale=4.0, shared=0.7,
+                            seed=seed)
+    train_p, held_p = list(range(8)), list(range(8, 12))
+    sft = _sft_policy(world, seed, 60 if quick else 600, prompts=train_p)
+    policy = _decoder(world.vocab_size, 32, 1, seed + 11)
+    policy.load_state_dict(sft.state_dict())
+    hist = []
+    if arm == "dpo":
+        c, r, _ = world.preference_pairs(512 if quick else 5000, seed=seed + 1, prompts=train_p)
+        pairs = [(ci[:2], ci[2:], ri[2:]) for ci, ri in zip(c, r)]
+        hist = train_dpo(policy, sft, pairs, beta=0.1, lr=1e-3, epochs=2, batch_size=32, seed=seed)
+    pa, ya = _sample_rows(policy, world, held_p, 64, seed + 1000)
+    pb, yb = _sample_rows(sft, world, held_p, 64, seed + 2000)
+    ga, gb = world.gold_tokens(pa, ya), world.gold_tokens(pb, yb)
+    win = ((ga > gb).float() + 0.5 * (ga == gb).float()).mean().item()
+    pt, yt = _sample_rows(policy, world, train_p, 32, seed + 3000)
+    return ArmResult(metrics={"heldout_winrate": win, "heldout_gold": ga.mean().item(),
+                              "train_prompt_gold": world.gold_tokens(pt, yt).mean().item()},
+                     curves={"dpo_loss": [(i, h["loss"]) for i, h in enumerate(hist)]})
+
+
+EXPERIMENTS.register("dpo_winrate", Experiment(
+    name="dpo_winrate", paper="Direct Preference Optimization (Rafailov et al. 2023)",
+    claim="DPO raises the gold win-rate over the SFT policy on held-out prompts",
+    metric="heldout_winrate", direction="higher", arms=["sft", "dpo"], baseline="sft", technique="dpo",
+    run=_dpo_run, plots=["dpo_loss"], min_effect=0.02,
+    description="Tiny lmlab policy (not SmolLM2: a SmolLM2 DPO step takes minutes on this shared 2-core CPU). "
+                "Preference world with 12 prompts whose gold weights share 70% across prompts; SFT and DPO "
+                "(β = 0.1, 512 annotated pairs, 2 epochs) on prompts 0–7; win-rate by gold reward of 256 "
+                "samples on prompts 8–11 against the SFT policy's samples."))
+
+
+# ------------------------------------------------------------------------------------------------ DPF
+class RuleReviser:
+    """Stands in for an LLM backend in DPF at quick scale: critiques name the forbidden word; revisions
+    replace it by a word the prompt's context allows. Real runs pass any lmlab Backend (SmolLM2, OpenAI)."""
+    name = "rule-reviser"
+
+    def __init__(self, replacement: str):
+        self.replacement = replacement
+
+    def generate(self, prompts, gen):
+        out = []
+        for p in prompts:
+            if p.startswith("Response:"):
+                body = p.split("\n")[1]
+                entity = p.split("does not mention ")[1].split(".")[0]
+                out.append([" ".join(self.replacement if w == entity else w for w in body.split())])
+            else:
+                out.append(["The response mentions the forbidden word."])
+        return out
+
+
+def _dpf_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.align.dpo import build_dpf_pairs, train_dpo
+    from lmlab.align.envs import PreferenceWorld
+
+    torch.set_num_threads(1)
+    quick = scale == "quick"
+    world = PreferenceWorld(n_prompts=4, n_content=10, min_len=2, max_len=8, seed=seed)
+    off = world.content_offset()
+    forbidden = 0                                                      # content token "w0"
+    sft = _sft_policy(world, seed, 60 if quick else 600)
+    policy = _decoder(world.vocab_size, 32, 1, seed + 11)
+    policy.load_state_dict(sft.state_dict())
+
+    def to_text(resp):
+        from lmlab.align.envs import EOS
+        resp = resp[:resp.index(EOS)] if EOS in resp else resp
+        return " ".join(f"w{t - off}" if t >= off else f"<{t}>" for t in resp)
+
+    def from_text(text):
+        from lmlab.align.envs import EOS
+        return [int(w[1:-1]) if w.startswith("<") else off + int(w[1:]) for w in text.split()] + [EOS]
+
+    def mention_rate(model, s):
+        p, y = _sample_rows(model, world, list(range(world.n_prompts)), 64, s)
+        return float(np.mean(["w0" in to_text(r).split() for r in y.tolist()]))
+
+    hist, n_pairs = [], 0
+    if arm == "dpf":
+        p, y = _sample_rows(sft, world, list(range(world.n_prompts)), 64, seed + 500)
+        items = [{"prompt": int(pp[1]), "response": to_text(r), "entity": "w0"}
+                 for pp, r in zip(p.tolist(), y.tolist())]
+        items = [it for it in items if "w0" in it["response"].split()]
+        pairs = build_dpf_pairs(RuleReviser(replacement=f"w{1 + seed % (world.n_content - 1)}"), items)
+        n_pairs = len(pairs)
+        tok_pairs = [([0, pr["prompt"]], from_text(pr["chosen"]), from_text(pr["rejected"])) for pr in pairs]
+        hist = train_dpo(policy, sft, tok_pairs, beta=0.1, lr=1e-3, epochs=3, batch_size=16, seed=seed)
+    return ArmResult(metrics={"mention_rate": mention_rate(policy, seed + 4000),
+                              "sft_mention_rate": mention_rate(sft, seed + 4000), "pairs": float(n_pairs)},
+                     curves={"dpo_loss": [(i, h["loss"]) for i, h in enumerate(hist)]})
+
+
+EXPERIMENTS.register("dpf_forbidden", Experiment(
+    name="dpf_forbidden", paper="Direct Principle Feedback (Castricato et al. 2024)",
+    claim="DPO on (revision ≻ original) pairs lowers the forbidden-entity mention rate",
+    metric="mention_rate", direction="lower", arms=["sft", "dpf"], baseline="sft", technique="dpf",
+    run=_dpf_run, plots=["dpo_loss"], min_effect=0.02,
+    description="Tiny lmlab policy over the preference world's words w0..w9; forbidden entity w0. DPF pairs "
+                "come from build_dpf_pairs with a rule-based critique/revision backend (a stand-in for an "
+                "LLM: SmolLM2 generation is minutes per batch on this CPU); DPO β = 0.1, 3 epochs. Metric: "
+                "fraction of 256 samples that mention w0."))

@@ -1,0 +1,280 @@
+"""Backend implementations (see backend.py for the protocol) and `load_backend(spec)`.
+
+    "smollm2"                          embedded SmolLM2-135M-Instruct GGUF, in lmlab's Decoder + Engine
+    "lmlab:/path/to/run_or_ckpt"       an lmlab checkpoint (or an HF Llama dir / GGUF), in the Engine
+    "hf:/path/or/hub-id" | "x.gguf"    the transformers model itself (generate / forward)
+    "openai:http://host:port/v1#model" any OpenAI-compatible endpoint (e.g. `lmlab serve`)
+
+`score(texts)` is the rolling log-likelihood of the whole text: the sum of log p(token_j | tokens_<j) over
+every token after the first (the first has no context unless the tokenizer prepends a BOS token, which is
+then added and the first token scored too).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lmlab.config import ConfigError
+from lmlab.infer.backend import Backend, GenerationConfig
+from lmlab.registry import BACKENDS
+
+
+def _chat_prompt(tok, messages: list[dict]) -> str:
+    fn = getattr(tok, "apply_chat_template", None)
+    if fn is not None:
+        return fn(messages, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
+def _with_bos(tok, ids: list[int]) -> list[int]:
+    """Prepend BOS where the tokenizer would (attribute `add_bos`, default: whenever it has `bos_id`)."""
+    bos = getattr(tok, "bos_id", None)
+    return [bos] + ids if bos is not None and getattr(tok, "add_bos", True) else ids
+
+
+def _load_lmlab_checkpoint(path: str):
+    """An lmlab run dir or checkpoint file -> (Decoder, tokenizer or None)."""
+    from lmlab.config import ModelConfig, RunConfig, read_yaml, validate
+    from lmlab.models.decoder import Decoder
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"lmlab checkpoint {path!r} does not exist")
+    files = [p] if p.is_file() else sorted(p.glob("**/*.pt"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        raise ConfigError(f"lmlab checkpoint {path!r}: no *.pt file inside")
+    ckpt = torch.load(files[-1], map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if cfg is None:
+        for d in (files[-1].parent, files[-1].parent.parent):
+            for name in ("config.yaml", "run.yaml", "resolved_config.yaml"):
+                if (d / name).exists():
+                    cfg = read_yaml(d / name)
+                    break
+            if cfg is not None:
+                break
+    if cfg is None:
+        raise ConfigError(f"lmlab checkpoint {path!r}: no model config (config.yaml beside it or 'config' key)")
+    if hasattr(cfg, "model_dump"):
+        cfg = cfg.model_dump()
+    mcfg = validate(ModelConfig, cfg["model"]) if "model" in cfg else validate(ModelConfig, cfg)
+    model = Decoder(mcfg)
+    model.load_state_dict(state)
+    tok = None
+    if "data" in cfg:
+        try:
+            from lmlab.data import load_data  # lands on main with the data pipeline
+
+            tok = load_data(validate(RunConfig, cfg).data).tokenizer
+        except Exception:  # a model without its tokenizer can still be scored on ids
+            tok = None
+    return model.eval(), tok
+
+
+# --------------------------------------------------------------------------------------------- local
+@BACKENDS.register("lmlab")
+class LocalBackend:
+    """An lmlab Decoder driven by lmlab's Engine (Hydragen on by default)."""
+
+    def __init__(self, model, tokenizer, name: str = "lmlab", hydragen: bool = True):
+        from lmlab.infer.engine import Engine
+
+        if tokenizer is None:
+            raise ConfigError(f"backend {name!r}: a tokenizer is needed for text generation")
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.engine = Engine(model, tokenizer, hydragen=hydragen)
+
+    @classmethod
+    def from_spec(cls, spec: str, **kw) -> "LocalBackend":
+        if spec == "smollm2" or spec.endswith(".gguf") or (Path(spec) / "config.json").exists():
+            from lmlab.models.hf import load_pretrained
+
+            model, tok = load_pretrained(spec)
+            return cls(model, tok, name=Path(spec).stem if spec != "smollm2" else "smollm2", **kw)
+        model, tok = _load_lmlab_checkpoint(spec)
+        return cls(model, tok, name=Path(spec).name, **kw)
+
+    def generate(self, prompts: list[str], gen: GenerationConfig, stream=None) -> list[list[str]]:
+        return self.engine.generate(prompts, gen, stream)
+
+    def chat(self, conversations: list[list[dict]], gen: GenerationConfig, stream=None) -> list[list[str]]:
+        return self.generate([_chat_prompt(self.tokenizer, c) for c in conversations], gen, stream)
+
+    def logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        ctx = [_with_bos(self.tokenizer, self.tokenizer.encode(p)) for p in prompts]
+        tgt = [self.tokenizer.encode(c) for c in continuations]
+        for c, p in zip(ctx, prompts):
+            if not c:
+                raise ValueError("logprobs: empty prompt (no tokens and no BOS to condition on)")
+        return [sum(x) for x in self.engine.token_logprobs(ctx, tgt)]
+
+    def score(self, texts: list[str]) -> list[float]:
+        ids = [_with_bos(self.tokenizer, self.tokenizer.encode(t)) for t in texts]
+        return [sum(x) for x in self.engine.token_logprobs([i[:1] for i in ids], [i[1:] for i in ids])]
+
+
+# ------------------------------------------------------------------------------------------ HF / GGUF
+@BACKENDS.register("hf")
+class HFBackend:
+    """The transformers model as loaded by transformers (a reference for lmlab's own path)."""
+
+    def __init__(self, hf_model, tokenizer, name: str = "hf"):
+        self.name, self.model, self.tokenizer = name, hf_model, tokenizer
+
+    @classmethod
+    def from_spec(cls, spec: str, **kw) -> "HFBackend":
+        from lmlab.models.hf import load_hf
+
+        kw.pop("hydragen", None)  # an engine option; transformers decodes its own way
+        model, tok = load_hf(spec)
+        return cls(model, tok, name=spec, **kw)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], gen: GenerationConfig, stream=None) -> list[list[str]]:
+        from lmlab.infer.engine import validate_gen
+
+        validate_gen(gen)
+        if gen.seed is not None:
+            torch.manual_seed(gen.seed)
+        out = []
+        for p in prompts:
+            ids = torch.tensor([self.tokenizer.encode(p)])
+            kw: dict[str, Any] = dict(max_new_tokens=gen.max_new_tokens, num_return_sequences=gen.n,
+                                      repetition_penalty=gen.repetition_penalty,
+                                      pad_token_id=self.tokenizer.eos_id, eos_token_id=self.tokenizer.eos_id)
+            if gen.temperature > 0:
+                kw.update(do_sample=True, temperature=gen.temperature, top_k=gen.top_k or None, top_p=gen.top_p)
+            else:
+                kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            res = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+            row = []
+            for r in res:
+                toks = [t for t in r[ids.shape[1]:].tolist() if t != self.tokenizer.eos_id]
+                text = self.tokenizer.decode(toks)
+                for s in gen.stop:
+                    j = text.find(s) if s else -1
+                    text = text[:j] if j >= 0 else text
+                row.append(text)
+            out.append(row)
+        return out
+
+    def chat(self, conversations: list[list[dict]], gen: GenerationConfig, stream=None) -> list[list[str]]:
+        return self.generate([_chat_prompt(self.tokenizer, c) for c in conversations], gen)
+
+    @torch.no_grad()
+    def _token_logprobs(self, ctx: list[int], tgt: list[int]) -> float:
+        x = torch.tensor([ctx + tgt])
+        logp = torch.log_softmax(self.model(x).logits[0].float(), -1)
+        pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(tgt))
+        return float(logp[pos, torch.tensor(tgt)].sum())
+
+    def logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        return [self._token_logprobs(_with_bos(self.tokenizer, self.tokenizer.encode(p)), self.tokenizer.encode(c))
+                for p, c in zip(prompts, continuations)]
+
+    def score(self, texts: list[str]) -> list[float]:
+        out = []
+        for t in texts:
+            ids = _with_bos(self.tokenizer, self.tokenizer.encode(t))
+            out.append(self._token_logprobs(ids[:1], ids[1:]))
+        return out
+
+
+# --------------------------------------------------------------------------------------------- openai
+@BACKENDS.register("openai")
+class OpenAIBackend:
+    """Any OpenAI-compatible endpoint. logprobs/score need `echo` + `logprobs` on /v1/completions (lmlab
+    serve and vLLM support them)."""
+
+    def __init__(self, base_url: str, model: str, api_key: Optional[str] = None, timeout: float = 120.0):
+        from openai import OpenAI
+
+        self.name = model
+        self.model = model
+        self.client = OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "none"),
+                             timeout=timeout, max_retries=1)
+
+    @classmethod
+    def from_spec(cls, spec: str, **kw) -> "OpenAIBackend":
+        kw.pop("hydragen", None)
+        url, _, model = spec.partition("#")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"openai backend {spec!r}: expected openai:http(s)://host:port/v1#model")
+        if not model:
+            from openai import OpenAI
+
+            models = OpenAI(base_url=url, api_key=kw.get("api_key") or "none").models.list().data
+            if not models:
+                raise ConfigError(f"openai backend {url}: the endpoint lists no models")
+            model = models[0].id
+        return cls(url, model, **kw)
+
+    def _kw(self, gen: GenerationConfig) -> dict:
+        kw: dict[str, Any] = dict(model=self.model, max_tokens=gen.max_new_tokens, n=gen.n,
+                                  temperature=gen.temperature, top_p=gen.top_p)
+        if gen.stop:
+            kw["stop"] = gen.stop
+        if gen.seed is not None:
+            kw["seed"] = gen.seed
+        extra = {}
+        if gen.top_k:
+            extra["top_k"] = gen.top_k
+        if gen.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = gen.repetition_penalty
+        if extra:
+            kw["extra_body"] = extra
+        return kw
+
+    def generate(self, prompts: list[str], gen: GenerationConfig, stream=None) -> list[list[str]]:
+        out = []
+        for p in prompts:
+            r = self.client.completions.create(prompt=p, **self._kw(gen))
+            out.append([c.text for c in sorted(r.choices, key=lambda c: c.index)])
+        return out
+
+    def chat(self, conversations: list[list[dict]], gen: GenerationConfig, stream=None) -> list[list[str]]:
+        out = []
+        for conv in conversations:
+            r = self.client.chat.completions.create(messages=conv, **self._kw(gen))
+            out.append([c.message.content or "" for c in sorted(r.choices, key=lambda c: c.index)])
+        return out
+
+    def _echo_logprob(self, text: str, start_char: int) -> float:
+        r = self.client.completions.create(model=self.model, prompt=text, max_tokens=0, echo=True, logprobs=0)
+        lp = r.choices[0].logprobs
+        return float(sum(l for l, off in zip(lp.token_logprobs, lp.text_offset) if l is not None and off >= start_char))
+
+    def logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        return [self._echo_logprob(p + c, len(p)) for p, c in zip(prompts, continuations)]
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [self._echo_logprob(t, 0) for t in texts]
+
+
+# ------------------------------------------------------------------------------------------ load_backend
+def load_backend(spec: "str | Backend", **kwargs) -> Backend:
+    """'smollm2' | 'lmlab:PATH' | 'hf:PATH_OR_ID' | 'PATH.gguf' | 'openai:URL#MODEL' -> a Backend.
+    A Backend object passes through unchanged."""
+    if not isinstance(spec, str):
+        if isinstance(spec, Backend):
+            return spec
+        raise ConfigError(f"backend: expected a spec string or a Backend, got {type(spec).__name__}")
+    if spec == "smollm2":
+        return LocalBackend.from_spec("smollm2", **kwargs)
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme in BACKENDS and not scheme.startswith(("http", "/")):
+        if not rest:
+            raise ConfigError(f"backend {spec!r}: nothing after '{scheme}:'")
+        return BACKENDS.get(scheme).from_spec(rest, **kwargs)
+    if spec.endswith(".gguf") or (Path(spec) / "config.json").exists():
+        return HFBackend.from_spec(spec, **kwargs)
+    if Path(spec).exists():
+        return LocalBackend.from_spec(spec, **kwargs)
+    raise ConfigError(f"backend {spec!r}: unknown; use smollm2, lmlab:PATH, hf:PATH, openai:URL#MODEL "
+                      f"(registered schemes: {', '.join(BACKENDS.names())})")

@@ -1,0 +1,399 @@
+"""OpenAI-compatible HTTP server over lmlab's Engine: /v1/models, /v1/completions, /v1/chat/completions,
+SSE streaming, bearer-token auth, request limits.
+
+    lmlab serve --model smollm2                       # 127.0.0.1:8000
+    OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x").chat.completions.create(model="smollm2", ...)
+
+Concurrent requests are batched: a worker thread waits `batch_window_s` after the first queued request,
+then runs every queued request with the same sampling settings as one engine call (up to `max_batch`
+sequences), so n samples and prompts that share a system prompt across requests hit Hydragen's shared
+prefix decode. Streamed tokens travel from the worker to each request's SSE response through an asyncio
+queue. Every bad request gets a 4xx JSON error {"error": {"message", "type", "code"}}; nothing crashes.
+"""
+import json
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from lmlab.infer.backend import GenerationConfig
+
+
+@dataclass
+class ServerLimits:
+    max_tokens: int = 1024            # per request
+    max_prompt_tokens: int = 4096
+    max_concurrency: int = 128        # requests in flight; more get 429
+    max_body_bytes: int = 1 << 20
+    max_n: int = 16
+    batch_window_s: float = 0.01
+    max_batch: int = 64               # sequences per engine call
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
+                 param: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# ------------------------------------------------------------------------------------------- batching
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    gen: GenerationConfig
+    emit: Any                                   # emit(kind, payload) -> thread-safe push to the request
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Batcher:
+    """One worker thread; groups queued requests by sampling settings and runs each group as one batch."""
+
+    def __init__(self, engine, limits: ServerLimits):
+        self.engine, self.limits = engine, limits
+        self.queue: list[_Request] = []
+        self.cv = threading.Condition()
+        self.stopped = False
+        self.batches: list[int] = []            # sequences per engine call (for tests / load reports)
+        self.thread = threading.Thread(target=self._loop, name="lmlab-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, req: _Request) -> None:
+        with self.cv:
+            self.queue.append(req)
+            self.cv.notify()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopped = True
+            self.cv.notify()
+
+    @staticmethod
+    def _key(g: GenerationConfig) -> str:
+        return json.dumps(asdict(g), sort_keys=True)
+
+    def _take(self) -> list[_Request]:
+        with self.cv:
+            while not self.queue and not self.stopped:
+                self.cv.wait()
+            if self.stopped:
+                return []
+        time.sleep(self.limits.batch_window_s)   # let concurrent requests arrive
+        with self.cv:
+            key = self._key(self.queue[0].gen)
+            batch, rest, seqs = [], [], 0
+            for r in self.queue:
+                if self._key(r.gen) == key and seqs + r.gen.n <= max(self.limits.max_batch, r.gen.n) and \
+                        (not batch or seqs + r.gen.n <= self.limits.max_batch):
+                    batch.append(r)
+                    seqs += r.gen.n
+                else:
+                    rest.append(r)
+            self.queue = rest
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            gen = batch[0].gen
+            try:
+                out = self.engine.generate_ids([r.prompt_ids for r in batch], gen,
+                                               stream=lambda i, j, s: batch[i].emit("delta", (j, s)))
+                self.batches.append(len(batch) * gen.n)
+                for r, row in zip(batch, out):
+                    r.emit("done", row)
+            except Exception as e:  # a failed batch answers its requests; the worker lives on
+                for r in batch:
+                    r.emit("error", f"{type(e).__name__}: {e}")
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _num(body: dict, key: str, default, kind=float, lo=None, hi=None, hi_msg=None):
+    v = body.get(key, default)
+    if v is None:
+        v = default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and int(v) != v):
+        raise ApiError(400, f"'{key}' must be a{'n integer' if kind is int else ' number'}, got {v!r}", param=key)
+    v = kind(v)
+    if lo is not None and v < lo:
+        raise ApiError(400, f"'{key}'={v} must be >= {lo}", param=key)
+    if hi is not None and v > hi:
+        raise ApiError(400, hi_msg or f"'{key}'={v} must be <= {hi}", param=key)
+    return v
+
+
+def parse_gen(body: dict, limits: ServerLimits, default_max: int) -> GenerationConfig:
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise ApiError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, f"'seed' must be an integer, got {seed!r}", param="seed")
+    mt = _num(body, "max_tokens", default_max, int, 0, limits.max_tokens,
+              f"'max_tokens'={body.get('max_tokens')} exceeds this server's limit of {limits.max_tokens}")
+    if "max_completion_tokens" in body:
+        mt = _num(body, "max_completion_tokens", default_max, int, 1, limits.max_tokens,
+                  f"'max_completion_tokens' exceeds this server's limit of {limits.max_tokens}")
+    return GenerationConfig(
+        max_new_tokens=mt,
+        temperature=_num(body, "temperature", 1.0, float, 0.0, 2.0),
+        top_p=_num(body, "top_p", 1.0, float, 0.0, 1.0),
+        top_k=_num(body, "top_k", 0, int, 0),
+        repetition_penalty=_num(body, "repetition_penalty", 1.0, float, 0.01, 10.0),
+        n=_num(body, "n", 1, int, 1, limits.max_n), stop=stop, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------ app
+def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None,
+               limits: Optional[ServerLimits] = None):
+    import asyncio
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    limits = limits or ServerLimits()
+    app = FastAPI(title="lmlab", docs_url=None, redoc_url=None)
+    batcher = Batcher(engine, limits)
+    app.state.batcher = batcher
+    state = {"in_flight": 0}
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(404)
+    async def _not_found(request, exc):
+        return JSONResponse(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found").body(),
+                            status_code=404)
+
+    @app.exception_handler(405)
+    async def _bad_method(request, exc):
+        return JSONResponse(ApiError(405, f"method {request.method} not allowed on {request.url.path}").body(),
+                            status_code=405)
+
+    def check_auth(request: Request) -> None:
+        if api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer ") or auth[7:].strip() != api_key:
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                           "authentication_error", "invalid_api_key")
+
+    async def read_json(request: Request) -> dict:
+        check_auth(request)
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > limits.max_body_bytes:
+            raise ApiError(413, f"request body of {cl} bytes exceeds the limit of {limits.max_body_bytes}")
+        raw = await request.body()
+        if len(raw) > limits.max_body_bytes:
+            raise ApiError(413, f"request body exceeds the limit of {limits.max_body_bytes} bytes")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        model = body.get("model")
+        if not model:
+            raise ApiError(400, "missing 'model'", param="model")
+        if model != model_name:
+            raise ApiError(404, f"model {model!r} not found; this server has {model_name!r}", code="model_not_found",
+                           param="model")
+        return body
+
+    def encode(text: str) -> list[int]:
+        ids = tokenizer.encode(text)
+        if len(ids) > limits.max_prompt_tokens:
+            raise ApiError(400, f"prompt has {len(ids)} tokens, over this server's limit of "
+                                f"{limits.max_prompt_tokens}", param="prompt")
+        if not ids:
+            raise ApiError(400, "prompt is empty", param="prompt")
+        return ids
+
+    async def run(prompt_ids: list[list[int]], gen: GenerationConfig, on_delta=None) -> list[list]:
+        """Submit every prompt; await the completions. on_delta(prompt_idx, sample_idx, text) as they come."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        for i, ids in enumerate(prompt_ids):
+            emit = (lambda i_: lambda kind, payload: loop.call_soon_threadsafe(q.put_nowait, (i_, kind, payload)))(i)
+            batcher.submit(_Request(ids, gen, emit))
+        results: list = [None] * len(prompt_ids)
+        pending = len(prompt_ids)
+        while pending:
+            i, kind, payload = await q.get()
+            if kind == "delta":
+                if on_delta is not None:
+                    await on_delta(i, *payload)
+            elif kind == "done":
+                results[i] = payload
+                pending -= 1
+            else:
+                raise ApiError(400, f"generation failed: {payload}")
+        return results
+
+    def admit() -> None:
+        if state["in_flight"] >= limits.max_concurrency:
+            raise ApiError(429, f"too many concurrent requests (limit {limits.max_concurrency})",
+                           "rate_limit_error", "rate_limited")
+        state["in_flight"] += 1
+
+    def usage(rows, prompt_ids) -> dict:
+        p = sum(len(x) for x in prompt_ids)
+        c = sum(len(cmp.token_ids) for row in rows for cmp in row)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_auth(request)
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "lmlab"}]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "in_flight": state["in_flight"]}
+
+    def echo_logprobs(ids: list[int], text: str) -> dict:
+        """Token log-probs of the prompt itself (OpenAI's echo=True, max_tokens=0) for scoring."""
+        lp = engine.token_logprobs([ids[:1]], [ids[1:]])[0] if len(ids) > 1 else []
+        toks = [tokenizer.decode([t]) for t in ids]
+        offsets, pos = [], 0
+        for t in toks:
+            j = text.find(t, pos) if t else -1
+            offsets.append(j if j >= 0 else pos)
+            pos = (j + len(t)) if j >= 0 else pos
+        return {"tokens": toks, "token_logprobs": [None] + lp, "top_logprobs": None, "text_offset": offsets}
+
+    async def generation_response(kind: str, prompts_text: list[str], gen: GenerationConfig, stream: bool,
+                                  echo: bool = False, logprobs: bool = False):
+        prompt_ids = [encode(p) for p in prompts_text]
+        rid = ("cmpl-" if kind == "text" else "chatcmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        obj = "text_completion" if kind == "text" else "chat.completion"
+        if gen.max_new_tokens == 0:
+            if not (kind == "text" and echo):
+                raise ApiError(400, "'max_tokens' must be >= 1 (0 only with echo=true)", param="max_tokens")
+            choices = [{"index": i, "text": t, "finish_reason": "length",
+                        "logprobs": echo_logprobs(ids, t) if logprobs else None}
+                       for i, (ids, t) in enumerate(zip(prompt_ids, prompts_text))]
+            n = sum(len(x) for x in prompt_ids)
+            return {"id": rid, "object": obj, "created": created, "model": model_name, "choices": choices,
+                    "usage": {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}}
+        admit()
+        if not stream:
+            try:
+                rows = await run(prompt_ids, gen)
+            finally:
+                state["in_flight"] -= 1
+            choices = []
+            for i, row in enumerate(rows):
+                for j, c in enumerate(row):
+                    ch = {"index": i * gen.n + j, "finish_reason": c.finish_reason, "logprobs": None}
+                    if kind == "text":
+                        ch["text"] = (prompts_text[i] if echo else "") + c.text
+                    else:
+                        ch["message"] = {"role": "assistant", "content": c.text}
+                    choices.append(ch)
+            return {"id": rid, "object": obj, "created": created, "model": model_name, "choices": choices,
+                    "usage": usage(rows, prompt_ids)}
+
+        chunk_obj = "text_completion" if kind == "text" else "chat.completion.chunk"
+
+        def chunk(index: int, text: Optional[str], finish: Optional[str], first: bool = False) -> dict:
+            if kind == "text":
+                ch = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+            else:
+                delta = {} if text is None else {"content": text}
+                if first:
+                    delta = {"role": "assistant", "content": ""}
+                ch = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return {"id": rid, "object": chunk_obj, "created": created, "model": model_name, "choices": [ch]}
+
+        async def events():
+            out: asyncio.Queue = asyncio.Queue()
+
+            async def on_delta(i, j, text):
+                await out.put(sse(chunk(i * gen.n + j, text, None)))
+
+            async def producer():
+                try:
+                    rows = await run(prompt_ids, gen, on_delta)
+                    for i, row in enumerate(rows):
+                        for j, c in enumerate(row):
+                            await out.put(sse(chunk(i * gen.n + j, None if kind == "chat" else "", c.finish_reason)))
+                except ApiError as e:
+                    await out.put(sse(e.body()))
+                finally:
+                    await out.put(None)
+
+            try:
+                if kind == "chat":
+                    for idx in range(len(prompt_ids) * gen.n):
+                        yield sse(chunk(idx, None, None, first=True))
+                task = asyncio.create_task(producer())
+                while True:
+                    item = await out.get()
+                    if item is None:
+                        break
+                    yield item
+                await task
+                yield "data: [DONE]\n\n"
+            finally:
+                state["in_flight"] -= 1
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_json(request)
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
+        gen = parse_gen(body, limits, default_max=16)
+        lp = body.get("logprobs")
+        return await generation_response("text", prompts, gen, bool(body.get("stream")), bool(body.get("echo")),
+                                         lp is not None and lp is not False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await read_json(request)
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs):
+            raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with string content",
+                           param="messages")
+        gen = parse_gen(body, limits, default_max=limits.max_tokens)
+        from lmlab.infer.backends import _chat_prompt
+
+        prompt = _chat_prompt(tokenizer, [{"role": m["role"], "content": m["content"]} for m in msgs])
+        return await generation_response("chat", [prompt], gen, bool(body.get("stream")))
+
+    return app
+
+
+def serve(spec: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+          limits: Optional[ServerLimits] = None, hydragen: bool = True) -> None:
+    import uvicorn
+
+    from lmlab.config import ConfigError
+    from lmlab.infer.backends import LocalBackend, load_backend
+
+    local = spec == "smollm2" or spec.endswith(".gguf")
+    be = LocalBackend.from_spec(spec, hydragen=hydragen) if local else load_backend(spec, hydragen=hydragen)
+    if not isinstance(be, LocalBackend):
+        raise ConfigError(f"lmlab serve --model {spec!r}: serving needs a local model (smollm2, lmlab:PATH, PATH.gguf)")
+    app = create_app(be.engine, be.name, be.tokenizer, api_key, limits)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {host} without --api-key", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
