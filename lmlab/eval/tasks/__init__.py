@@ -11,6 +11,7 @@ import importlib
 TASKS: dict[str, str] = {
     "mmlu": "lmlab.eval.tasks.mmlu:mmlu_task",
     "mmlu_mc": "lmlab.eval.tasks.mmlu:mmlu_mc_task",
+    "mmlu_cloze": "lmlab.eval.tasks.mmlu:mmlu_cloze_task",
     "gpqa": "lmlab.eval.tasks.gpqa:gpqa_task",
     "math": "lmlab.eval.tasks.math:math_task",
     "mgsm": "lmlab.eval.tasks.mgsm:mgsm_task",

@@ -1,7 +1,8 @@
 """HumanEval (Chen et al.) in the simple-evals format, executed in `lmlab.eval.sandbox`, scored by unbiased pass@k.
 
 Chat mode (instruct models): simple-evals' instruction + the function stub; the code is the LAST ```python block
-that defines the entry point (else the last block, else the whole reply). A block that re-defines the function is
+that defines the entry point (else the last block, else the text before a lone closing fence, else the whole
+reply). A block that re-defines the function is
 run after the prompt (so the prompt's imports stay); a bare body is appended to the stub as in simple-evals.
 Completion mode (base models): the stub is continued and cut at the usual stop strings.
 
@@ -44,7 +45,8 @@ def pass_at_k_binomial(n: int, c: int, k: int) -> float:
 def find_code(completion: str, entry_point: Optional[str] = None) -> str:
     blocks = re.findall(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", completion, re.DOTALL)
     if not blocks:
-        return completion
+        # code first, then a closing fence and prose (the opening fence left out): the code is what precedes it
+        return completion.split("```")[0] if "```" in completion else completion
     if entry_point:
         with_def = [b for b in blocks if re.search(rf"def\s+{re.escape(entry_point)}\s*\(", b)]
         if with_def:

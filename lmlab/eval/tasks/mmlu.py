@@ -51,6 +51,14 @@ def find_package_file(dist_dir: str, rel: str) -> Path:
             p = Path(base) / dist_dir / rel
             if p.is_file():
                 return p
+    import site
+    from importlib import metadata            # the wheel's RECORD, also for site dirs missing from sys.path
+    for dist in metadata.distributions(path=list(sys.path) + site.getsitepackages()):
+        for f in dist.files or []:
+            if str(f).replace("\\", "/") == f"{dist_dir}/{rel}":
+                p = Path(dist.locate_file(f))
+                if p.is_file():
+                    return p
     raise FileNotFoundError(f"{dist_dir}/{rel} not found on sys.path (is the {dist_dir} wheel installed?)")
 
 
@@ -110,3 +118,26 @@ def mmlu_mc_task(path: Optional[str] = None, shuffle_seed: Optional[int] = 0, **
     from lmlab.eval.runner import Task
     return Task("mmlu_mc", load_mmlu(path, shuffle_seed), "loglikelihood", mc_prompt, score_mc, "acc",
                 choices=lambda d: [f" {L}" for L in LETTERS], category=category)
+
+
+def cloze_prompt(doc: dict) -> str:
+    return f"Question: {doc['question'].strip()}\nAnswer:"
+
+
+def score_cloze(doc: dict, lps: list[float]) -> dict[str, float]:
+    """acc: highest total log-likelihood of the answer text; acc_norm: per character (longer answers are not
+    penalised for their length)."""
+    gold = LETTERS.index(doc["correct_answer"].strip().upper())
+    lens = [len(doc["answer_" + L.lower()]) + 1 for L in LETTERS]
+    norm = [lp / n for lp, n in zip(lps, lens)]
+    argmax = lambda xs: max(range(len(xs)), key=xs.__getitem__)  # noqa: E731
+    return {"acc": float(argmax(lps) == gold), "acc_norm": float(argmax(norm) == gold)}
+
+
+def mmlu_cloze_task(path: Optional[str] = None, shuffle_seed: Optional[int] = 0, **_):
+    """Cloze form (the one small models are usually reported with): the answer TEXT is scored after
+    "Question: ...\\nAnswer:", so no letter has to be learnt."""
+    from lmlab.eval.runner import Task
+    return Task("mmlu_cloze", load_mmlu(path, shuffle_seed), "loglikelihood", cloze_prompt, score_cloze,
+                "acc_norm", choices=lambda d: [" " + str(d["answer_" + L.lower()]).strip() for L in LETTERS],
+                category=category)
