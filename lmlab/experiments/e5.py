@@ -85,11 +85,10 @@ def _run(arm: str, seed: int, scale: str, out_dir: Path) -> ArmResult:
                                                                              s["max_len"]).T
     metrics = retrieval_metrics(sim.numpy())
     ref = reference_scores(s["pool"])
-    metrics.update({k: v for k, v in ref.items() if isinstance(v, float)})
+    metrics.update({k: v for k, v in ref.items() if k.startswith(("lexical/", "minilm/"))})
     info = {"params": sum(x.numel() for x in model.parameters()), "seconds": round(time.perf_counter() - t0, 1),
             "tau": TAU, "pairs": f"{SRC} -> {TGT}", "pool": ref["pool"], **{k: v for k, v in s.items()}}
-    if "minilm_skipped" in ref:
-        info["minilm_skipped"] = ref["minilm_skipped"]
+    info.update({k: ref[k] for k in ("minilm_skipped", "minilm_seconds") if k in ref})
     return ArmResult(metrics=metrics, curves=curves, info=info)
 
 
