@@ -65,20 +65,22 @@ def test_best_of_k_and_majority_vote():
 
 def test_short_vstar_loop_verifier_ranks_heldout_correct_above_incorrect():
     torch.set_num_threads(1)
-    task, codec = SortingTask(n=3, hi=4), CharCodec()
+    task, codec = SortingTask(n=4, hi=9), CharCodec()
     rng = random.Random(0)
-    train = [task.sample(rng) for _ in range(96)]
-    test = [task.sample(rng) for _ in range(48)]
-    gen = _tiny(codec.vocab_size, 0, d=32).train()
-    cfg = VStarConfig(iterations=1, k=6, max_new_tokens=6, sft_steps=120, star_steps=40, dpo_epochs=3,
-                      max_pairs_per_prompt=4, seed=0)
-    res = run_vstar(task, gen, codec, train, [(p, p.answer) for p in train[:48]], cfg)
-    assert len(res.pairs) > 50
-    for x, c, r in res.pairs[:20]:     # every stored pair is (correct ≻ incorrect) under the checker
-        p = next(q for q in train if codec.prompt(q) == x)
+    train = [task.sample(rng) for _ in range(1536)]
+    test = [task.sample(rng) for _ in range(128)]
+    torch.manual_seed(0)
+    gen = Decoder(ModelConfig(vocab_size=codec.vocab_size, d_model=64, n_layer=2, n_head=2, max_seq_len=48))
+    cfg = VStarConfig(iterations=1, k=4, max_new_tokens=8, sft_steps=250, star_steps=20, dpo_epochs=4,
+                      max_pairs_per_prompt=1, seed=0)
+    res = run_vstar(task, gen, codec, train, [(p, p.answer) for p in train[:256]], cfg)
+    assert len(res.pairs) > 500
+    by_prompt = {tuple(codec.prompt(q)): q for q in train}
+    for x, c, r in res.pairs:          # every stored pair is (correct ≻ incorrect) under the checker
+        p = by_prompt[tuple(x)]
         assert task.check(p, codec.decode(c)) == 1.0 and task.check(p, codec.decode(r)) == 0.0
+    assert ranking_accuracy(res.verifier, res.ref, res.pairs) > 0.65          # fits its training pairs
     ev = evaluate_selection(task, res, codec, test, cfg, seed=5)
     assert 0 < ev["sample_acc"] < 1
-    assert ev["verifier_rank_acc"] > 0.6, ev
-    assert ranking_accuracy(res.verifier, res.ref, res.pairs) > 0.6
+    assert ev["verifier_rank_acc"] > 0.55, ev                                 # held-out problems: above chance
     assert ev["first"] <= ev["pass_at_k"] and ev["verifier"] <= ev["pass_at_k"]

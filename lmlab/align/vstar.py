@@ -148,8 +148,8 @@ class VStarConfig:
     lr: float = 3e-3
     beta: float = 0.1
     dpo_lr: float = 1e-3
-    dpo_epochs: int = 4
-    max_pairs_per_prompt: int = 4
+    dpo_epochs: int = 6
+    max_pairs_per_prompt: int = 1
     seed: int = 0
 
 

@@ -23,9 +23,10 @@ def _setup(scale: str):
     from lmlab.align.vstar import VStarConfig
 
     quick = scale == "quick"
-    n_train, n_sft, n_test, d, layers = (512, 256, 200, 64, 2) if quick else (4096, 1024, 1000, 128, 4)
+    n_train, n_sft, n_test, d, layers = (2048, 256, 200, 64, 2) if quick else (8192, 1024, 1000, 128, 4)
     cfg = dict(iterations=2, k=8, max_new_tokens=10, sft_steps=300 if quick else 2000,
-               star_steps=150 if quick else 1000, dpo_epochs=4)
+               star_steps=150 if quick else 1000, dpo_epochs=6,
+               max_pairs_per_prompt=1)
     return n_train, n_sft, n_test, d, layers, cfg, VStarConfig
 
 
@@ -75,8 +76,8 @@ EXPERIMENTS.register("vstar", Experiment(
     metric="heldout_acc", direction="higher", arms=["first", "majority", "verifier"], baseline="majority",
     technique="verifier", run=_run, plots=["train_sample_acc", "dpo_loss"],
     description="Sorting 5 digits (exact checker); char-level 2-layer d=64 lmlab Decoder; SFT on 256 gold "
-                "solutions, 2 STaR iterations (k = 8 samples on 512 training problems, fine-tune on SFT ∪ "
-                "correct samples); all iterations' (correct, incorrect) pairs (≤ 4 per problem per iteration) "
-                "train a DPO verifier (β = 0.1, 4 epochs) from the SFT model, which is also π_ref. Held-out: "
+                "solutions, 2 STaR iterations (k = 8 samples per problem, fine-tune on SFT ∪ "
+                "correct samples) on 2048 training problems; all iterations' (correct, incorrect) pairs (1 per "
+                "problem per iteration, ≈ 3000) train a DPO verifier (β = 0.1, 6 epochs) from the SFT model, which is also π_ref. Held-out: "
                 "200 problems, k = 8 samples from the final generator; arms = first sample / majority vote / "
                 "argmax β·(log π_V − log π_ref)."))
