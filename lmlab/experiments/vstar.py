@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from lmlab.experiments.base import ArmResult, Experiment
+import math
+
+from lmlab.experiments.base import ArmResult, Experiment, Verdict, compare, mean_std
 from lmlab.registry import EXPERIMENTS
 
 _CACHE: dict = {}
@@ -69,12 +71,30 @@ def _run(arm: str, seed: int, scale: str, out_dir: Path) -> ArmResult:
                      curves={"train_sample_acc": o["train_acc"], "dpo_loss": o["dpo_loss"]})
 
 
+def _verdict(exp: Experiment, results: dict) -> Verdict:
+    """The default Welch rule decides; the paired per-seed gain (same k samples in both arms) and the
+    first-sample baseline are reported next to it, not used."""
+    maj = [r.metrics["heldout_acc"] for r in results["majority"]]
+    ver = [r.metrics["heldout_acc"] for r in results["verifier"]]
+    v = compare(maj, ver, "higher")
+    diffs = [b - a for a, b in zip(maj, ver)]
+    md, sd = mean_std(diffs)
+    se = sd / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    first = mean_std([r.metrics["heldout_acc"] for r in results["first"]])
+    rank = mean_std([r.metrics["verifier_rank_acc"] for r in results["verifier"]])
+    v.rule += (f"; paired per-seed gain verifier − majority = {md:.4g} ± {sd:.3g} (2·SE_paired = {2 * se:.3g}, "
+               f"{sum(d > 0 for d in diffs)}/{len(diffs)} seeds > 0); first sample {first[0]:.3f}±{first[1]:.3f}; "
+               f"held-out verifier ranking accuracy {rank[0]:.3f}±{rank[1]:.3f}")
+    v.extra.update({"paired_gain": (md, sd), "first": first, "verifier_rank_acc": rank})
+    return v
+
+
 EXPERIMENTS.register("vstar", Experiment(
     name="vstar", paper="V-STaR: Training Verifiers for Self-Taught Reasoners (Hosseini et al. 2024)",
     claim="best-of-k by a DPO verifier trained on correct ≻ incorrect self-generated solutions beats "
           "majority vote over the same k samples",
     metric="heldout_acc", direction="higher", arms=["first", "majority", "verifier"], baseline="majority",
-    technique="verifier", run=_run, plots=["train_sample_acc", "dpo_loss"],
+    technique="verifier", run=_run, verdict=_verdict, plots=["train_sample_acc", "dpo_loss"],
     description="Sorting 5 digits (exact checker); char-level 2-layer d=64 lmlab Decoder; SFT on 256 gold "
                 "solutions, 2 STaR iterations (k = 8 samples per problem, fine-tune on SFT ∪ "
                 "correct samples) on 2048 training problems; all iterations' (correct, incorrect) pairs (1 per "
