@@ -37,22 +37,26 @@ def test_bad_key_is_one_line_error():
 def test_sft_then_dpo_then_rm(tmp_path):
     s = run_stage("sft", _cfg("sft", tmp_path, "steps=15", "lr=1e-2"))
     assert s["final_loss"] < s["first_loss"]
-    assert (tmp_path / "sft/model.pt").exists() and len(_metrics(tmp_path / "sft")) == 15
-    d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft/model.pt'}", "epochs=3", "lr=1e-3"))
+    assert (tmp_path / "sft/model.safetensors").exists() and len(_metrics(tmp_path / "sft")) == 15
+    d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft/model.safetensors'}", "epochs=3", "lr=1e-3"))
     m = _metrics(tmp_path / "dpo")
     assert m[-1]["loss"] < m[0]["loss"]
     r = run_stage("rm", _cfg("rm", tmp_path, "rm_method=odin", "epochs=2",
-                             f"init_from={tmp_path / 'dpo/model.pt'}"))
+                             f"init_from={tmp_path / 'dpo/model.safetensors'}"))
     assert set(r) >= {"train_accuracy", "reward_length_corr"}
     # a reward model's checkpoint seeds a later stage too (its backbone), and junk is refused in one line
     import torch
     from lmlab.align.cli import _build_model
-    rm_sd = torch.load(tmp_path / "rm/model.pt", weights_only=False)["state_dict"]
-    dec = _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'rm/model.pt'}"))
+    from lmlab.train.checkpoint import load_model_file, save_model
+    rm_sd, _ = load_model_file(tmp_path / "rm/model.safetensors")
+    dec = _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'rm'}"))
     assert torch.equal(dec.embed.weight, rm_sd["backbone.embed.weight"])
-    torch.save({"model_config": dec.cfg.model_dump(), "state_dict": {"x": torch.zeros(1)}}, tmp_path / "bad.pt")
+    save_model(torch.nn.Linear(1, 1), tmp_path / "bad.safetensors", {"model_config": dec.cfg.model_dump()})
     with pytest.raises(ConfigError, match="not an lmlab decoder checkpoint"):
-        _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'bad.pt'}"))
+        _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'bad.safetensors'}"))
+    torch.save({"x": torch.zeros(1)}, tmp_path / "pickled.pt")  # pickles are refused, never unpickled
+    with pytest.raises(ConfigError, match="safetensors"):
+        _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'pickled.pt'}"))
 
 
 @pytest.mark.parametrize("stage", ["ppo", "rloo"])

@@ -122,12 +122,14 @@ def test_objective_online_offline_and_clm_agree():
 
 def test_reference_from_checkpoint_file_and_errors(tmp_path):
     ref = _tiny(2)
-    torch.save({"model_config": ref.cfg.model_dump(), "state_dict": ref.state_dict()}, tmp_path / "ref.pt")
-    obj = S.SelectiveLM(ratio=0.5, reference=str(tmp_path / "ref.pt"))
+    from lmlab.train.checkpoint import save_model
+
+    save_model(ref, tmp_path / "ref.safetensors", {"model_config": ref.cfg.model_dump()})
+    obj = S.SelectiveLM(ratio=0.5, reference=str(tmp_path / "ref.safetensors"))
     x = torch.randint(0, 40, (2, 8))
     torch.testing.assert_close(obj.ref(x).logits, ref(x).logits)
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        S.SelectiveLM(reference=str(tmp_path / "nope.pt"))
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        S.SelectiveLM(reference=str(tmp_path / "nope.safetensors"))
     with pytest.raises(ValueError, match="needs objective_args.reference"):
         S.SelectiveLM(mode="online")
     with pytest.raises(ValueError, match="mode"):

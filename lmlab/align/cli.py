@@ -23,7 +23,7 @@ class AlignConfig(_Base):
     name: str = "align"
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(vocab_size=258, d_model=64, n_layer=2, n_head=4,
                                                                    max_seq_len=256))
-    init_from: Optional[str] = Field(None, description="model.pt written by an earlier stage")
+    init_from: Optional[str] = Field(None, description="model.safetensors (or its dir) written by an earlier stage")
     data: Optional[str] = Field(None, description="JSONL: chat rows (sft) or preference rows (rm, dpo)")
     task: Literal["arithmetic", "countdown", "sorting"] = "arithmetic"
     task_args: dict[str, Any] = Field(default_factory=dict)
@@ -104,30 +104,31 @@ def _build_model(cfg: AlignConfig):
     import torch
 
     from lmlab.models.decoder import Decoder
+    from lmlab.train.checkpoint import load_model_file, load_state_into
 
     if cfg.init_from:
         p = Path(cfg.init_from)
         if not p.exists():
             raise FileNotFoundError(f"init_from={p}: no such file")
-        blob = torch.load(p, map_location="cpu", weights_only=False)
-        model = Decoder(ModelConfig(**blob["model_config"]))
-        # checkpoints of a PolicyWithValue ("decoder.") or a RewardModel ("backbone.") hold the same decoder
-        sd = {k.removeprefix("decoder.").removeprefix("backbone."): v for k, v in blob["state_dict"].items()
-              if not k.startswith(("value_head.", "heads."))}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"init_from={p}: not an lmlab decoder checkpoint "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        try:
+            sd, meta = load_model_file(p)
+            model = Decoder(ModelConfig(**meta["model_config"]))
+            # checkpoints of a PolicyWithValue ("decoder.") or a RewardModel ("backbone.") hold the same decoder
+            sd = {k.removeprefix("decoder.").removeprefix("backbone."): v for k, v in sd.items()
+                  if not k.startswith(("value_head.", "heads."))}
+            load_state_into(model, sd, f"init_from={p}")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"init_from={p}: not an lmlab decoder checkpoint ({e})") from None
         return model
     torch.manual_seed(cfg.seed)
     return Decoder(cfg.model)
 
 
 def _save(model, cfg: AlignConfig, out: Path) -> None:
-    import torch
+    from lmlab.train.checkpoint import save_model
 
     mc = getattr(model, "cfg", None) or model.backbone.cfg
-    torch.save({"model_config": mc.model_dump(mode="json"), "state_dict": model.state_dict()}, out / "model.pt")
+    save_model(model, out / "model.safetensors", {"model_config": mc.model_dump(mode="json")})
 
 
 def _prompt_text(messages: list[dict]) -> str:

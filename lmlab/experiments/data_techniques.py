@@ -217,13 +217,14 @@ def rho1_reference(c: dict, scale: str, data, ref_dir: Path):
 
     from lmlab.models.decoder import Decoder
 
-    path = ref_dir / "reference.pt"
+    from lmlab.train.checkpoint import load_model_file, load_state_into, save_model
+
+    path = ref_dir / "reference.safetensors"
     cfg = _rho1_cfg(c, scale, c["ref_steps"], "rho1/reference")
     mcfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
         m = Decoder(mcfg)
-        m.load_state_dict(blob["state_dict"])
+        load_state_into(m, load_model_file(path)[0], f"reference {path}")
         return m
     from lmlab.train.trainer import train
 
@@ -231,11 +232,7 @@ def rho1_reference(c: dict, scale: str, data, ref_dir: Path):
     ref_data = window_data(data.train[data.train_domain == tgt], {c["target"]: data.val[c["target"]]},
                            data.tokenizer.vocab_size, data.tokenizer)
     res = train(cfg.model_copy(update={"model": mcfg}), ref_dir / "run", data=ref_data)
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model_config": mcfg.model_dump(), "state_dict": res.model.state_dict(),
-                "val_loss": res.val_loss}, tmp)
-    tmp.replace(path)
+    save_model(res.model, path, {"model_config": mcfg.model_dump(mode="json"), "val_loss": res.val_loss})
     return res.model
 
 

@@ -122,25 +122,23 @@ def pretrained_backbone(scale: str):
     import torch
 
     from lmlab.models.decoder import Decoder
+    from lmlab.train.checkpoint import load_model_file, load_state_into, save_model
     from lmlab.train.trainer import train
 
     if scale in _BACKBONE:
         return _BACKBONE[scale]
     sc = SCALES[scale]
     cfg = _run_cfg(scale, sc["pre_steps"], 3e-3, 0, f"peft_backbone_{scale}")
-    cache = Path(os.environ.get("LMLAB_CACHE", Path.home() / ".cache" / "lmlab")) / f"peft_backbone_{scale}_v1.pt"
+    cache = Path(os.environ.get("LMLAB_CACHE", Path.home() / ".cache" / "lmlab")) / f"peft_backbone_{scale}_v1.safetensors"
     model = Decoder(cfg.model)
     A, _ = task_pair()
     if cache.exists():
-        model.load_state_dict(torch.load(cache, map_location="cpu"))
+        load_state_into(model, load_model_file(cache)[0], f"backbone cache {cache}")
     else:
         torch.manual_seed(0)
         model = Decoder(cfg.model)
         train(cfg, None, model=model, data=make_data(A, "A", sc, 0))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(cache)
+        save_model(model, cache, {"model_config": cfg.model.model_dump(mode="json")})
     _BACKBONE[scale] = (cfg.model, model.state_dict())
     return _BACKBONE[scale]
 

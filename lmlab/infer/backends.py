@@ -61,7 +61,7 @@ def _load_lmlab_checkpoint(path: str):
         files = [p] if p.is_file() else sorted(p.glob("**/*.pt"), key=lambda f: f.stat().st_mtime)
         if not files:
             raise ConfigError(f"lmlab checkpoint {path!r}: no checkpoints/step_*/ or *.pt inside")
-        ckpt = torch.load(files[-1], map_location="cpu", weights_only=False)
+        ckpt = torch.load(files[-1], map_location="cpu", weights_only=True)  # tensors and plain data only
         weights = ("state", ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt)
         cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
         for d in (files[-1].parent, files[-1].parent.parent):

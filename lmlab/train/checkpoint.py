@@ -57,14 +57,45 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_model_state(model: torch.nn.Module, path: Path | str, strict: bool = True) -> None:
-    sd = load_file(str(path))
+def load_state_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint",
+                    strict: bool = True) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # Tied weights were stored once: anything missing must be an alias of something loaded.
     params = dict(model.state_dict())
-    really_missing = [k for k in missing if not any(params[k].data_ptr() == params[j].data_ptr() for j in sd)]
+    really_missing = [k for k in missing if not any(params[k].data_ptr() == params[j].data_ptr()
+                                                    for j in sd if j in params)]
     if strict and (really_missing or unexpected):
-        raise ValueError(f"checkpoint {path}: missing {really_missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{source}: missing {really_missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_model_state(model: torch.nn.Module, path: Path | str, strict: bool = True) -> None:
+    load_state_into(model, load_file(str(path)), f"checkpoint {path}", strict)
+
+
+def save_model(model: torch.nn.Module, path: Path | str, meta: Optional[dict] = None) -> Path:
+    """A standalone model file: `<name>.safetensors` (weights) + `<name>.json` (e.g. {"model_config": …}),
+    each written atomically. The format for everything that is not a resumable training checkpoint."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(model_state(model), str(tmp))
+    os.replace(tmp, path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta or {}, default=str))
+    return path
+
+
+def load_model_file(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, metadata) of a file written by `save_model`; a directory means `<dir>/model.safetensors`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: expected a .safetensors model file (lmlab never loads pickled weights)")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    return load_file(str(path)), meta
 
 
 def _optim_split(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

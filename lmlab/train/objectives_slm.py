@@ -133,8 +133,8 @@ def save_reference_scores(path, windows: np.ndarray, scores: np.ndarray) -> None
 
 
 def load_reference_model(ref):
-    """A torch module as is; a path to a `torch.save`d module, to {"model_config", "state_dict"}, or to a
-    trainer checkpoint (a run dir, its checkpoints/ dir, or one step_* dir)."""
+    """A torch module as is; a path to a model file written by `lmlab.train.checkpoint.save_model`
+    (.safetensors + .json), or to a trainer checkpoint (a run dir, its checkpoints/ dir, or one step_* dir)."""
     if isinstance(ref, torch.nn.Module):
         return ref
     p = Path(ref)
@@ -156,14 +156,14 @@ def load_reference_model(ref):
         m = Decoder(ModelConfig(**meta["config"]["model"]))
         ckpt.load_model_state(m, step_dir / "model.safetensors")
         return m
-    obj = torch.load(p, map_location="cpu", weights_only=False)
-    if isinstance(obj, torch.nn.Module):
-        return obj
-    if isinstance(obj, dict) and "state_dict" in obj and "model_config" in obj:
-        m = Decoder(ModelConfig(**obj["model_config"]))
-        m.load_state_dict(obj["state_dict"])
-        return m
-    raise ValueError(f"slm reference {ref}: not a module, a {{model_config, state_dict}} dict or a checkpoint")
+    from lmlab.train.checkpoint import load_model_file, load_state_into
+
+    sd, meta = load_model_file(p)
+    if "model_config" not in meta:
+        raise ValueError(f"slm reference {ref}: {p.with_suffix('.json').name} with a model_config is missing")
+    m = Decoder(ModelConfig(**meta["model_config"]))
+    load_state_into(m, sd, f"slm reference {ref}")
+    return m
 
 
 @OBJECTIVES.register("slm")
