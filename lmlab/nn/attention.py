@@ -120,6 +120,17 @@ class Attention(nn.Module):
         self.o_proj._is_residual_out = True
         self.dropout = cfg.dropout
 
+    def project(self, x: torch.Tensor, start: int = 0, positions: Optional[torch.Tensor] = None):
+        """Q (b, h, t, d), K and V (b, k, t, d), with rotary positions start.. (or `positions`) applied."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (b, h, t, d)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)   # (b, k, t, d)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        if positions is None:
+            positions = torch.arange(start, start + t, device=x.device)[None]  # (1, t)
+        cos, sin = rope_cache(positions, self.head_dim, self.theta)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
     def init_state(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> KVCache:
         # A full-length cache even with a sliding window: the mask enforces the window.
         return KVCache.empty(batch, self.n_kv, max_len, self.head_dim, device, dtype)
@@ -127,14 +138,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, state: Optional[KVCache] = None,
                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[KVCache]]:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (b, h, t, d)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)   # (b, k, t, d)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         start = state.length if state is not None else 0
-        if positions is None:
-            positions = torch.arange(start, start + t, device=x.device)[None]  # (1, t)
-        cos, sin = rope_cache(positions, self.head_dim, self.theta)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x, start, positions)
         attend = getattr(state, "attend", None)
         if attend is not None:  # a cache that computes attention itself (engine: padding, shared prefixes)
             y = attend(q, k, v)  # (b, h, t, d)

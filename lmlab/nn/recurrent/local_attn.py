@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from lmlab.nn.attention import Attention, apply_rope, rope_cache
+from lmlab.nn.attention import Attention
 from lmlab.registry import TOKEN_MIXERS
 
 
@@ -71,14 +71,8 @@ class LocalAttention(Attention):
     def forward(self, x: torch.Tensor, state: Optional[WindowKV] = None,
                 positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[WindowKV]]:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (b, h, t, d)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)   # (b, k, t, d)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         start = state.length if state is not None else 0
-        if positions is None:
-            positions = torch.arange(start, start + t, device=x.device)[None]
-        cos, sin = rope_cache(positions, self.head_dim, self.theta)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x, start, positions)  # (b, h, t, d), (b, k, t, d) ×2, rotary applied
         if state is not None:
             k = torch.cat([state.k.to(k.dtype), k], 2)
             v = torch.cat([state.v.to(v.dtype), v], 2)
