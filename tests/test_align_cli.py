@@ -70,3 +70,27 @@ def test_rl_stages_log_metrics(tmp_path, stage):
     for key in ("reward", "kl", "entropy_est", "response_len", "clipfrac", "samples_per_s", "t_generate"):
         assert key in m[-1]
     assert all(0.0 <= r["reward"] <= 1.0 for r in m)
+
+
+@pytest.mark.parametrize("method", ["lora", "spiel", "partial_lora"])
+def test_sft_and_dpo_select_peft_by_config(tmp_path, method):
+    """`peft: {method: …}` in an align config trains only the adapter and saves a plain decoder."""
+    import torch
+    from lmlab.align.cli import _build_model
+    from lmlab.train.checkpoint import load_model_file
+
+    peft = {"lora": "{method: lora, r: 4, alpha: 8}", "spiel": "{method: spiel, density: 0.05}",
+            "partial_lora": "{method: partial_lora, r: 4, alpha: 8}"}[method]
+    s = run_stage("sft", _cfg("sft", tmp_path, "steps=6", "lr=1e-2", f"peft={peft}"))
+    assert s["final_loss"] < s["first_loss"]
+    base = _build_model(_cfg("sft", tmp_path))  # same seed: the untouched initial weights
+    sd, _ = load_model_file(tmp_path / "sft/model.safetensors")
+    assert not any("lora_" in k or "delta" in k for k in sd)
+    changed = [k for k, v in base.state_dict().items() if k in sd and not torch.equal(v, sd[k])]
+    if method == "partial_lora":  # adapter kept apart, base weights untouched
+        assert changed == [] and (tmp_path / "sft/adapter/adapter_model.safetensors").exists()
+    else:                          # adaptation folded into the weights
+        assert changed
+    if method != "partial_lora":
+        d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft'}", "epochs=1", f"peft={peft}"))
+        assert d["stage"] == "dpo"

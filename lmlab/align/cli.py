@@ -54,6 +54,8 @@ class AlignConfig(_Base):
     kl_target: float = Field(6.0, gt=0)
     clip_eps: float = Field(0.2, gt=0)
     tensorboard: bool = True
+    peft: dict[str, Any] = Field(default_factory=dict, description="sft/dpo: parameter-efficient fine-tuning, e.g. "
+                                 "{method: lora, r: 8, alpha: 16, target: [q_proj, v_proj]} (see lmlab.nn.peft)")
 
 
 def load_align_config(path: Optional[str], overrides: list[str]) -> AlignConfig:
@@ -124,11 +126,30 @@ def _build_model(cfg: AlignConfig):
     return Decoder(cfg.model)
 
 
-def _save(model, cfg: AlignConfig, out: Path) -> None:
+def _with_peft(model, cfg: AlignConfig):
+    """Wrap the model with LoRA / Partial LoRA / SpIEL when `peft` is set (sft and dpo stages)."""
+    if not cfg.peft:
+        return model, None
+    from lmlab.nn.peft import apply_peft
+
+    return model, apply_peft(model, cfg.peft)
+
+
+def _save_peft(model, handle, cfg: AlignConfig, out: Path) -> None:
+    """Fold the adaptation into the weights so the next stage loads a plain decoder; Partial LoRA cannot be
+    folded (its update depends on the token mask), so its adapter is saved beside the base weights."""
+    if handle is not None and handle.method == "partial_lora":
+        handle.save(out / "adapter")
+        _save(model, cfg, out, keep=lambda k: "lora_" not in k)
+        return
+    _save(handle.merge() if handle is not None else model, cfg, out)
+
+
+def _save(model, cfg: AlignConfig, out: Path, keep=None) -> None:
     from lmlab.train.checkpoint import save_model
 
     mc = getattr(model, "cfg", None) or model.backbone.cfg
-    save_model(model, out / "model.safetensors", {"model_config": mc.model_dump(mode="json")})
+    save_model(model, out / "model.safetensors", {"model_config": mc.model_dump(mode="json")}, keep=keep)
 
 
 def _prompt_text(messages: list[dict]) -> str:
@@ -182,10 +203,10 @@ def _sft(cfg, tok, log) -> dict:
     chats = load_chat(_need_data(cfg, "sft"))
     exs = [tokenize_chat(m, tok.encode, tok.eos_id) for m in chats]
     x, y = pack(exs, cfg.seq_len, tok.pad_id)
-    model = _build_model(cfg)
+    model, handle = _with_peft(_build_model(cfg), cfg)
     losses = train_sft(model, torch.as_tensor(x), torch.as_tensor(y), steps=cfg.steps, batch_size=cfg.batch_size,
                        grad_accum=cfg.grad_accum, lr=cfg.lr, seed=cfg.seed, log=log)
-    _save(model, cfg, Path(cfg.out_dir))
+    _save_peft(model, handle, cfg, Path(cfg.out_dir))
     return {"stage": "sft", "examples": len(exs), "first_loss": losses[0], "final_loss": losses[-1]}
 
 
@@ -234,10 +255,11 @@ def _dpo(cfg, tok, log) -> dict:
 
     pairs = _pairs_tokens(cfg, tok, "dpo")
     policy = _build_model(cfg)
-    ref = copy.deepcopy(policy).eval()
+    ref = copy.deepcopy(policy).eval()          # the reference stays the plain model
+    policy, handle = _with_peft(policy, cfg)
     hist = train_dpo(policy, ref, pairs, beta=cfg.beta, loss_type=cfg.loss_type, lr=cfg.lr, epochs=cfg.epochs,
                      batch_size=cfg.batch_size, pad_id=tok.pad_id, seed=cfg.seed, log=log)
-    _save(policy, cfg, Path(cfg.out_dir))
+    _save_peft(policy, handle, cfg, Path(cfg.out_dir))
     return {"stage": "dpo", "pairs": len(pairs), "final": hist[-1]}
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmlab.nn.peft import peft_context
+
 IGNORE = -100
 
 
@@ -109,7 +111,9 @@ def sft_step(model, optimizer, micro_batches: Sequence[tuple[torch.Tensor, torch
     optimizer.zero_grad()
     total = 0.0
     for x, y in micro_batches:
-        s, _ = sft_loss_sum(model, x, y)
+        # Partial LoRA (when the model has it) adapts only the positions that produce assistant tokens.
+        with peft_context(model, {"lora_mask": y != IGNORE}):
+            s, _ = sft_loss_sum(model, x, y)
         (s / max(n_tok, 1)).backward()
         total += s.item()
     if grad_clip:
@@ -124,7 +128,7 @@ def train_sft(model, input_ids: torch.Tensor, targets: torch.Tensor, *, steps: i
     if batch_size % grad_accum:
         raise ValueError(f"train_sft: batch_size={batch_size} must be divisible by grad_accum={grad_accum}")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     mb = batch_size // grad_accum
     losses = []
     for step in range(steps):

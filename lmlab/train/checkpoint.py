@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -72,13 +72,14 @@ def load_model_state(model: torch.nn.Module, path: Path | str, strict: bool = Tr
     load_state_into(model, load_file(str(path)), f"checkpoint {path}", strict)
 
 
-def save_model(model: torch.nn.Module, path: Path | str, meta: Optional[dict] = None) -> Path:
+def save_model(model: torch.nn.Module, path: Path | str, meta: Optional[dict] = None,
+               keep: Optional[Callable[[str], bool]] = None) -> Path:
     """A standalone model file: `<name>.safetensors` (weights) + `<name>.json` (e.g. {"model_config": …}),
     each written atomically. The format for everything that is not a resumable training checkpoint."""
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(model_state(model), str(tmp))
+    save_file({k: v for k, v in model_state(model).items() if keep is None or keep(k)}, str(tmp))
     os.replace(tmp, path)
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta or {}, default=str))
     return path
