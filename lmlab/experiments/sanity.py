@@ -18,7 +18,7 @@ def _bigger(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     model = dict(SIZES[arm]) if scale == "quick" else {"d_model": 256 if arm == "small" else 768,
                                                      "n_layer": 2 if arm == "small" else 12}
     cfg = run_config(scale, {"model": model, "train": {"steps": 100 if scale == "quick" else 5000,
-                                                       "eval_interval": 50 if scale == "quick" else 500}},
+                                                       "eval_interval": 20 if scale == "quick" else 500}},
                      name=f"bigger_model/{arm}")
     return train_arm(cfg, seed, out)
 
