@@ -1,6 +1,7 @@
 """`lmlab train CONFIG [key=value ...]`."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def _run(args) -> int:
     cfg = load_config(config, overrides)
     out = args.out or Path(cfg.out_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = train(cfg, out, resume=not args.no_resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(f"done: {res.steps} steps, {res.tokens:,} tokens, val_loss {res.val_loss:.4f} "
           f"({', '.join(f'{k} {v:.3f}' for k, v in res.val_losses.items())}) -> {out}")
     return 0
