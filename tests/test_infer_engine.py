@@ -1,4 +1,6 @@
 """Generation engine on a tiny random Decoder: tree/Hydragen decode equals plain recomputation."""
+import sys
+from pathlib import Path
 import torch
 import pytest
 
@@ -7,17 +9,8 @@ from lmlab.infer.backend import GenerationConfig
 from lmlab.infer.engine import Engine, process_logits
 from lmlab.models.decoder import Decoder
 
-
-class CharTok:
-    """bytes as tokens; id 0 = EOS."""
-    eos_id = 0
-    vocab_size = 256
-
-    def encode(self, s):
-        return list(s.encode())
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i).decode("utf-8", "replace")
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import CharTok  # noqa: E402
 
 
 def tiny(dtype=torch.float64, **kw):

@@ -1,4 +1,6 @@
 """The official openai client against `lmlab serve` (tiny random model), and 4xx answers to bad requests."""
+import sys
+from pathlib import Path
 import importlib.util
 import json
 import socket
@@ -17,19 +19,10 @@ from lmlab.config import ModelConfig  # noqa: E402
 from lmlab.infer.backend import GenerationConfig  # noqa: E402
 from lmlab.models.decoder import Decoder  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import CharTok  # noqa: E402
+
 KEY = "test-key"
-
-
-class CharTok:
-    """bytes as tokens; id 0 = EOS."""
-    eos_id = 0
-    vocab_size = 256
-
-    def encode(self, s):
-        return list(s.encode())
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i).decode("utf-8", "replace")
 
 
 def tiny(dtype):
