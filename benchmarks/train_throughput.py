@@ -6,6 +6,9 @@ process CPU time with one thread, which other jobs on a shared machine do not in
 --threads N` measures wall time instead.
 
     python benchmarks/train_throughput.py [--d 256 --layers 4 --heads 8 --seq 256 --batch 8 --steps 10]
+    python benchmarks/train_throughput.py --device cuda --d 768 --layers 12 --heads 12 --seq 1024  # GPU, bf16
+
+On CUDA both models run under bf16 autocast and the clock is wall time after a device synchronize.
 """
 from __future__ import annotations
 
@@ -39,16 +42,23 @@ def build_pair(args):
 def step_fn(model, kind, x):
     """One forward+backward of the next-token loss (gradients cleared first)."""
     model.train()
+    cuda = x.device.type == "cuda"
 
     def step():
         model.zero_grad(set_to_none=True)
-        if kind == "lmlab":
-            loss = model(x[:, :-1], targets=x[:, 1:]).loss
-        else:  # transformers shifts the labels itself
-            loss = model(input_ids=x[:, :-1], labels=x[:, :-1]).loss
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = _loss(model, kind, x)
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
 
     return step
+
+
+def _loss(model, kind, x):
+    if kind == "lmlab":
+        return model(x[:, :-1], targets=x[:, 1:]).loss
+    return model(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # transformers shifts the labels itself
 
 
 def main() -> None:
@@ -66,12 +76,18 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time both models under torch.compile (what `train.compile=true` does for lmlab)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast, wall clock)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        args.clock = "wall"
+    else:
+        torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     ours, hf, n = build_pair(args)
-    x = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
+    ours, hf = ours.to(dev), hf.to(dev)
+    x = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=dev)
     steps = {"lmlab": step_fn(ours, "lmlab", x), "transformers": step_fn(hf, "hf", x)}
     if args.compile:
         steps["lmlab+compile"] = step_fn(torch.compile(ours), "lmlab", x)
@@ -87,7 +103,8 @@ def main() -> None:
             times[k].append(clock() - t)
     toks = args.batch * args.seq
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"device=cpu clock={args.clock} threads={torch.get_num_threads()} torch={torch.__version__} params={n:,} "
+    where = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu threads={torch.get_num_threads()}"
+    print(f"device={where} clock={args.clock} torch={torch.__version__} params={n:,} "
           f"d={args.d} layers={args.layers} heads={args.heads} seq={args.seq} batch={args.batch}")
     for k, v in med.items():
         print(f"{k:13s} {toks / v:10.0f} tokens/s  (median step {v * 1000:.1f} ms over {args.steps})")
