@@ -63,12 +63,22 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def merge_lse(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:
-    """Exact combination of attention over disjoint key blocks. outs (…, d), lses (…) in fp32."""
-    lse = torch.stack(lses)                                   # (blocks, …)
-    mx = lse.max(dim=0).values.nan_to_num(neginf=0.0)
-    w = torch.exp(lse - mx)                                   # (blocks, …)
-    num = sum(wi[..., None] * oi for wi, oi in zip(w, outs))
-    return num / w.sum(dim=0).clamp_min(1e-30)[..., None]
+    """Exact combination of attention over disjoint key blocks. outs (…, d), lses (…) in fp32; the result
+    is contiguous. Rows whose blocks are all empty (lse −inf everywhere) come out 0.
+
+    Blocks are folded pairwise: with w = exp(lse_a) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_a − lse_b),
+    out = out_b + w · (out_a − out_b) (one `lerp`) and lse = logaddexp(lse_a, lse_b)."""
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (*outs, *lses))
+    out, lse = outs[0], lses[0]
+    for i in range(1, len(outs)):
+        w = torch.sigmoid(lse - lses[i]).nan_to_num(0.0)[..., None]   # nan: both blocks empty, out is 0
+        if grad:
+            out = torch.lerp(outs[i], out, w)
+        else:  # straight into a contiguous buffer (the block outputs may be strided views)
+            out = torch.lerp(outs[i], out, w, out=torch.empty(out.shape, dtype=out.dtype, device=out.device))
+        if i + 1 < len(outs):
+            lse = torch.logaddexp(lse, lses[i])
+    return out.contiguous()
 
 
 def _slots(group: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
@@ -84,17 +94,16 @@ def _slots(group: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
 
 def prefix_attention(q: torch.Tensor, level: PrefixLevel) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of every query to its group's prefix, one batched matmul per group.
-    q (n, h, t, d) -> out (n, h, t, d) fp32, lse (n, h, t)."""
+    q (n, h, t, d) -> out (n, k, r, t, d) fp32 (a strided view where possible), lse (n, k, r, t)."""
     n, h, t, d = q.shape
     g, kv, p, _ = level.k.shape
     r = h // kv
     group = level.group
     if g == 1:  # the whole batch reads one prefix: [1, k, n·r·t, d] @ [1, k, d, p]
-        qg = q.view(n, kv, r, t, d).permute(1, 0, 2, 3, 4).reshape(1, kv, n * r * t, d)
+        qg = q.reshape(n, kv, r, t, d).transpose(0, 1).reshape(1, kv, n * r * t, d)
         mask = None if level.lengths is None else (torch.arange(p, device=q.device) < level.lengths[0])
         out, lse = attention_with_lse(qg, level.k, level.v, mask)
-        out = out.reshape(kv, n, r, t, d).permute(1, 0, 2, 3, 4).reshape(n, h, t, d)
-        return out, lse.reshape(kv, n, r, t).permute(1, 0, 2, 3).reshape(n, h, t)
+        return out.reshape(kv, n, r, t, d).transpose(0, 1), lse.reshape(kv, n, r, t).transpose(0, 1)
     slot, m = _slots(group, g)
     qg = q.new_zeros(g, m, kv, r, t, d)
     qg[group, slot] = q.view(n, kv, r, t, d)
@@ -105,7 +114,7 @@ def prefix_attention(q: torch.Tensor, level: PrefixLevel) -> tuple[torch.Tensor,
     out, lse = attention_with_lse(qg, level.k, level.v, mask)
     out = out.reshape(g, kv, m, r, t, d).permute(0, 2, 1, 3, 4, 5)[group, slot]    # (n, k, r, t, d)
     lse = lse.reshape(g, kv, m, r, t).permute(0, 2, 1, 3, 4)[group, slot]
-    return out.reshape(n, h, t, d), lse.reshape(n, h, t)
+    return out, lse
 
 
 def suffix_mask(s: int, t: int, lengths: Optional[torch.Tensor], q_pos: Optional[torch.Tensor],
@@ -122,7 +131,8 @@ def suffix_mask(s: int, t: int, lengths: Optional[torch.Tensor], q_pos: Optional
 
 def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                      q_pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence attention over its own suffix. q (n, h, t, d), k/v (n, k, s, d)."""
+    """Per-sequence attention over its own suffix. q (n, h, t, d), k/v (n, k, s, d) -> out (n, k, r, t, d)
+    fp32, lse (n, k, r, t)."""
     n, h, t, d = q.shape
     kv, s = k.shape[1], k.shape[2]
     r = h // kv
@@ -132,7 +142,7 @@ def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
         mask = suffix_mask(s, t, lengths, q_pos, n, q.device)              # (n, 1, t, s)
         mask = mask[:, :, None].expand(n, 1, r, t, s).reshape(n, 1, r * t, s)
     out, lse = attention_with_lse(qg, k, v, mask)
-    return out.reshape(n, h, t, d), lse.reshape(n, h, t)
+    return out.reshape(n, kv, r, t, d), lse.reshape(n, kv, r, t)
 
 
 def hydragen_attention(q: torch.Tensor, levels: list[PrefixLevel], k_suf: Optional[torch.Tensor] = None,
@@ -151,7 +161,10 @@ def hydragen_attention(q: torch.Tensor, levels: list[PrefixLevel], k_suf: Option
         o, l = suffix_attention(q, k_suf, v_suf, suf_lengths, suf_q_pos)
         outs.append(o)
         lses.append(l)
-    return merge_lse(outs, lses).to(q.dtype)
+    n, h, t, d = q.shape
+    if not outs:
+        return q.new_zeros(n, h, t, d)
+    return merge_lse(outs, lses).view(n, h, t, d).to(q.dtype)
 
 
 def naive_hydragen_attention(q: torch.Tensor, levels: list[PrefixLevel], k_suf: Optional[torch.Tensor] = None,
