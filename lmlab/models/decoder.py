@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,17 +15,27 @@ from torch import nn
 from lmlab.config import ModelConfig
 from lmlab.nn.block import Block
 from lmlab.nn.norm import RMSNorm
+from lmlab.nn.losses import linear_cross_entropy
 from lmlab.registry import RESIDUALS
 
 
 @dataclass
 class DecoderOutput:
-    logits: torch.Tensor                     # (b, t, v)
+    """`logits` (b, t, v). When the loss was fused with the LM head (training with targets, see
+    Decoder.forward) no logits tensor exists until `logits` is first read, which runs the head then."""
     loss: Optional[torch.Tensor] = None      # mean CLM loss over targets != -100
     aux_loss: Optional[torch.Tensor] = None  # sum of modules' auxiliary losses (unweighted)
     states: Optional[list] = None            # per-layer cache/state after this call
     hidden: Optional[torch.Tensor] = None    # (b, t, d) final-norm hidden states when asked
     metrics: dict = field(default_factory=dict)
+    _logits: Optional[torch.Tensor] = field(default=None, repr=False)
+    _make_logits: Optional[Callable[[], torch.Tensor]] = field(default=None, repr=False)
+
+    @property
+    def logits(self) -> Optional[torch.Tensor]:
+        if self._logits is None and self._make_logits is not None:
+            self._logits, self._make_logits = self._make_logits(), None
+        return self._logits
 
 
 class LowRankHead(nn.Module):
@@ -84,7 +94,11 @@ class Decoder(nn.Module):
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, states: Optional[list] = None,
                 positions: Optional[torch.Tensor] = None, return_hidden: bool = False,
                 reduction: str = "mean") -> DecoderOutput:
-        """idx (b, t) token ids; targets (b, t) with -100 = ignore; states from init_states() for decoding."""
+        """idx (b, t) token ids; targets (b, t) with -100 = ignore; states from init_states() for decoding.
+
+        With targets, a mean loss, gradients on and a plain linear head (training), the head and the
+        cross-entropy run fused (lmlab.nn.losses.linear_cross_entropy): no (b, t, vocab) logits tensor is made
+        unless the caller reads `out.logits`."""
         h = self.residual_cls.expand(self.embed(idx), self.cfg)
         new_states = [] if states is not None else None
         for i, blk in enumerate(self.blocks):
@@ -92,13 +106,20 @@ class Decoder(nn.Module):
             if new_states is not None:
                 new_states.append(s)
         x = self.norm(self.residual_cls.reduce(h, self.cfg))
-        logits = self.head(x)
-        out = DecoderOutput(logits=logits, states=new_states, hidden=x if return_hidden else None)
+        fused = (targets is not None and reduction == "mean" and type(self.head) is nn.Linear
+                 and self.head.bias is None and torch.is_grad_enabled()
+                 and not torch.is_autocast_enabled(x.device.type))
+        logits = None if fused else self.head(x)
+        out = DecoderOutput(_logits=logits, _make_logits=(lambda: self.head(x)) if fused else None,
+                            states=new_states, hidden=x if return_hidden else None)
         aux = [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None]
         if aux:
             out.aux_loss = torch.stack([a.float() for a in aux]).sum()
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+        if fused:
+            out.loss = linear_cross_entropy(x, self.head.weight, targets)
+        elif targets is not None:
+            acc = torch.promote_types(logits.dtype, torch.float32)   # at least fp32; float64 stays float64
+            loss = F.cross_entropy(logits.to(acc).view(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=-100, reduction=reduction)
             out.loss = loss if reduction != "none" else loss.view(targets.shape)
         return out

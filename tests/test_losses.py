@@ -1,0 +1,62 @@
+"""Fused LM head + cross-entropy equals the plain path (logits, then F.cross_entropy): values and gradients."""
+import math
+
+import pytest
+import torch
+
+from lmlab.config import ModelConfig
+from lmlab.models.decoder import Decoder
+from lmlab.nn.losses import linear_cross_entropy, naive_linear_cross_entropy
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 32, 1000])
+def test_fused_equals_naive_float64(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    n, d, v = 45, 12, 37
+    x = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(v, d, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, v, (n,), generator=g)
+    t[::5] = -100                                                   # ignored rows
+    ref = naive_linear_cross_entropy(x, w, t)
+    gx_ref, gw_ref = torch.autograd.grad(ref * 3.0, (x, w))
+    out = linear_cross_entropy(x, w, t, chunk=chunk)
+    gx, gw = torch.autograd.grad(out * 3.0, (x, w))                 # an upstream gradient other than 1
+    assert abs(out.item() - ref.item()) < 1e-12
+    assert (gx - gx_ref).abs().max() < 1e-12 and (gw - gw_ref).abs().max() < 1e-12
+    # and against the definition written out: mean over valid rows of logsumexp − target logit
+    logits = x.detach() @ w.detach().T
+    keep = t != -100
+    by_hand = (torch.logsumexp(logits[keep], 1) - logits[keep, t[keep]]).mean()
+    assert math.isclose(out.item(), by_hand.item(), rel_tol=1e-12)
+
+
+def test_all_targets_ignored_gives_nan_like_cross_entropy():
+    x, w = torch.randn(4, 3), torch.randn(5, 3)
+    t = torch.full((4,), -100)
+    assert torch.isnan(linear_cross_entropy(x, w, t)) and torch.isnan(naive_linear_cross_entropy(x, w, t))
+
+
+def test_row_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="rows of x"):
+        linear_cross_entropy(torch.randn(4, 3), torch.randn(5, 3), torch.zeros(3, dtype=torch.long))
+
+
+def test_decoder_fused_loss_equals_plain_with_tied_head():
+    torch.manual_seed(0)
+    m = Decoder(ModelConfig(vocab_size=97, d_model=32, n_layer=2, n_head=4, max_seq_len=32,
+                            tie_embeddings=True)).double()
+    x = torch.randint(0, 97, (3, 17))
+    tgt = torch.randint(0, 97, (3, 17))
+    tgt[0, :5] = -100
+    fused = m(x, targets=tgt)
+    assert fused._logits is None                                    # no (b, t, vocab) tensor was made
+    g_fused = torch.autograd.grad(fused.loss, list(m.parameters()), retain_graph=True)
+    plain_logits = m(x).logits
+    plain = torch.nn.functional.cross_entropy(plain_logits.reshape(-1, 97), tgt.reshape(-1))
+    g_plain = torch.autograd.grad(plain, list(m.parameters()))
+    assert abs(fused.loss.item() - plain.item()) < 1e-12
+    for a, b in zip(g_fused, g_plain):
+        assert (a - b).abs().max() < 1e-12
+    assert torch.equal(fused.logits, plain_logits)                 # made on first read, same values
+    with torch.no_grad():                                           # evaluation makes the logits directly
+        assert m(x, targets=tgt)._logits is not None
