@@ -197,3 +197,54 @@ def test_granularity_and_shared_experts_shapes_and_flops():
 def test_bad_router_name_is_one_line_error():
     with pytest.raises(ValueError, match="router='nope'"):
         MoE(CFG, router="nope")
+
+
+def test_packed_experts_equal_per_expert_loop_values_and_grads():
+    # Segments of 3, 0 (an idle expert), 5 and 1 rows; float64 against experts.one row by row, and gradcheck.
+    from lmlab.nn.moe.experts import SwiGLUExperts
+    torch.manual_seed(0)
+    ex = SwiGLUExperts(4, 6, 5, std=0.5).double()
+    counts = [3, 0, 5, 1]
+    x = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    owner = [i for i, m in enumerate(counts) for _ in range(m)]
+    want = torch.stack([ex.one(i, x[j]) for j, i in enumerate(owner)])
+    y = ex(x, counts)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    params = [x, ex.w_gate, ex.w_up, ex.w_down]
+    w = torch.randn_like(y)
+    g1 = torch.autograd.grad((y * w).sum(), params)
+    for a, b in zip(g1, torch.autograd.grad((want * w).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert g1[1][1].abs().max() == 0 and g1[1][2].abs().max() > 0   # the idle expert gets a zero gradient
+    assert torch.autograd.gradcheck(lambda *t: ex(t[0], counts), (x,))
+    with pytest.raises(ValueError, match="segment per expert"):
+        ex(x, [3, 6])
+
+
+@pytest.mark.parametrize("router,cf", [("topk_softmax_tc", None), ("topk_softmax_tc", 1.0), ("softmax_ec", None)])
+def test_dropless_experts_see_only_the_assignments(router, cf):
+    # Dropless token choice packs exactly k·s rows per group (no padding to the busiest expert); a fixed
+    # capacity hands the padded (e, g·c, d) slot table to one bmm.
+    m = _layer(router, n_experts=4, top_k=2, capacity_factor=cf, group="sequence")
+    seen = []
+    m.experts.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    r = m.router(m._to_groups(torch.randn(2, 7, 8, dtype=torch.float64)))
+    m(torch.randn(2, 7, 8, dtype=torch.float64))
+    if cf is None and not m.router.expert_choice:
+        assert seen == [(2 * 7 * 2, 8)] and r.dropless
+    else:
+        assert seen == [(4, 2 * r.capacity, 8)] and not r.dropless
+
+
+def test_packed_experts_under_cpu_autocast():
+    # Under autocast the packed experts compute in bf16 and hand fp32 gradients back to fp32 parameters.
+    torch.manual_seed(0)
+    m = MoE(CFG, router="topk_softmax_tc", n_experts=4, top_k=2, capacity_factor=None)
+    x = torch.randn(2, 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    y.float().square().sum().backward()
+    ref = MoE(CFG, router="topk_softmax_tc", n_experts=4, top_k=2, capacity_factor=None)
+    ref.load_state_dict(m.state_dict())
+    torch.testing.assert_close(y.float(), ref(x), rtol=0.05, atol=0.02)
+    assert m.experts.w_gate.grad.dtype == torch.float32 and m.experts.w_gate.grad.abs().sum() > 0

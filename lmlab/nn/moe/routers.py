@@ -74,6 +74,7 @@ class Routing:
     logits: torch.Tensor            # (g, s, e) router logits (fp32+), for aux losses
     probs: torch.Tensor             # (g, s, e) softmax over experts
     k: int = 1                      # nominal experts per token (token choice) for the balance loss
+    dropless: bool = False          # capacity = the busiest expert's load (nothing dropped, no padding needed)
     extra: dict = field(default_factory=dict)
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +93,7 @@ class Routing:
     def load(self) -> torch.Tensor:
         """(e,) fraction of kept assignments per expert."""
         cnt = torch.zeros(self.n_experts, device=self.expert.device, dtype=torch.float32)
-        cnt.index_add_(0, self.expert[self.valid], torch.ones_like(self.expert[self.valid], dtype=torch.float32))
+        cnt.index_add_(0, self.expert.reshape(-1), self.valid.reshape(-1).to(torch.float32))
         return cnt / cnt.sum().clamp(min=1)
 
 
@@ -225,16 +226,23 @@ class _TokenChoice(_Router):
             order = torch.arange(s, device=x.device).expand(g, s)
         idx_o = idx.gather(1, order[..., None].expand(g, s, k))                           # (g, s, k)
         flat_e = idx_o.transpose(1, 2).reshape(g, k * s)                                  # (g, n)
-        onehot = F.one_hot(flat_e, e)                                                     # (g, n, e)
-        slot = ((onehot.cumsum(1) - 1) * onehot).sum(-1)                                  # (g, n)
+        # slot = rank of the assignment among its expert's assignments in filling order: a stable sort by
+        # expert lists each expert's assignments in that order, starting at the expert's offset.
+        n = k * s
+        perm = torch.argsort(flat_e, dim=1, stable=True)                                  # (g, n)
+        per = torch.zeros(g, e, dtype=torch.long, device=x.device).scatter_add_(1, flat_e, torch.ones_like(flat_e))
+        first = per.cumsum(1) - per                                                       # (g, e) offsets
+        rank = torch.arange(n, device=x.device).expand(g, n) - first.gather(1, flat_e.gather(1, perm))
+        slot = torch.empty_like(flat_e).scatter_(1, perm, rank)                           # (g, n)
         token = order[:, None, :].expand(g, k, s).reshape(g, k * s)
         weight = w.gather(1, order[..., None].expand(g, s, k)).transpose(1, 2).reshape(g, k * s)
         cap = tc_capacity(s, k, e, self.cf)
         if cap is None:  # dropless: just enough slots for the busiest expert
-            cap = int(slot.max().item()) + 1
+            cap = int(per.max().item())
         valid = slot < cap
-        r = Routing(token, flat_e, slot, weight * valid, valid, cap, s, e, logits, probs, k)
-        self.update_bias(r.load())
+        r = Routing(token, flat_e, slot, weight * valid, valid, cap, s, e, logits, probs, k, dropless=self.cf is None)
+        if self.training and self.bias_update_rate > 0:
+            self.update_bias(r.load())
         return r
 
     def naive(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +309,10 @@ class TopKSoftmaxTokenChoice(_TokenChoice):
 
     def scores(self, logits):
         idx = (logits + self.select_bias.to(logits)).topk(self.top_k, -1).indices
-        return torch.softmax(logits, -1), idx, torch.softmax(logits.gather(-1, idx), -1)
+        probs = torch.softmax(logits, -1)
+        # softmax over the k chosen logits = their probabilities renormalised (one softmax, not two).
+        pk = probs.gather(-1, idx)
+        return probs, idx, pk / pk.sum(-1, keepdim=True)
 
 
 @register("sinkhorn_tc")
@@ -344,7 +355,8 @@ class _ExpertChoice(_Router):
         valid = top.values.reshape(g, e * cap) > self.min_score()
         weight = probs.transpose(1, 2).gather(2, top.indices).reshape(g, e * cap)      # p[token, expert]
         r = Routing(token, expert, slot, weight * valid, valid, cap, s, e, logits, probs, self.top_k)
-        self.update_bias(r.load())
+        if self.training and self.bias_update_rate > 0:
+            self.update_bias(r.load())
         return r
 
     def min_score(self) -> float:
