@@ -45,7 +45,7 @@ def run_experiment(exp: Experiment, scale: str, seeds: int, out: Path, progress=
             r = _load(res_file)
             if r is None:
                 d.mkdir(parents=True, exist_ok=True)
-                t0 = time.time()
+                t0, c0 = time.time(), time.process_time()
                 try:
                     r = exp.run(arm, seed, scale, d)
                 except Exception as e:  # record the failure, keep going with the other runs
@@ -55,6 +55,7 @@ def run_experiment(exp: Experiment, scale: str, seeds: int, out: Path, progress=
                     r = None
                 if r is not None:
                     r.info.setdefault("seconds", round(time.time() - t0, 2))
+                    r.info.setdefault("cpu_seconds", round(time.process_time() - c0, 2))  # all threads
                     atomic_write_text(res_file, json.dumps(asdict(r), default=float))
             if r is not None:
                 results[arm].append(r)
@@ -85,7 +86,7 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: in
         task = progress.add_task("reproduce", total=total)
         for exp in exps:
             progress.update(task, description=f"{exp.name}")
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             results, failures = run_experiment(exp, scale, seeds, out, progress, task, log=progress.console.print)
             all_failures += failures
             try:
@@ -96,7 +97,8 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: in
             row = {"name": exp.name, "paper": exp.paper, "claim": exp.claim, "metric": exp.metric,
                    "direction": exp.direction, "baseline_arm": exp.baseline, "technique_arm": exp.technique,
                    "baseline": list(v.baseline), "technique": list(v.technique), "verdict": v.verdict,
-                   "rule": v.rule, "seeds": seeds, "seconds": round(time.time() - t0, 1), "extra": v.extra}
+                   "rule": v.rule, "seeds": seeds, "seconds": round(time.time() - t0, 1),
+                   "cpu_seconds": round(time.process_time() - c0, 1), "extra": v.extra}
             rows.append(row)
             atomic_write_text(out / exp.name / "verdict.json", json.dumps(row, indent=2, default=float))
             plots = []
