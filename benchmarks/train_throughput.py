@@ -28,6 +28,7 @@ def build_pair(args):
     mc = ModelConfig(vocab_size=args.vocab, d_model=args.d, n_layer=args.layers, n_head=args.heads,
                      n_kv_head=args.kv_heads, max_seq_len=args.seq, tie_embeddings=True)
     ours = build_model(mc)
+    build_pair.ffn_hidden = mc.ffn_hidden
     hf_cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.d, intermediate_size=mc.ffn_hidden,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.kv_heads or args.heads, max_position_embeddings=args.seq,
@@ -61,6 +62,33 @@ def _loss(model, kind, x):
     return model(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # transformers shifts the labels itself
 
 
+def floor_step(args, device):
+    """The irreducible part of one step for ANY implementation of this model in fp32 eager PyTorch: the
+    matrix products of forward and backward (every linear layer and the LM head: y = x Wᵀ, dx = dy W,
+    dW = dyᵀ x) and the fused attention kernel forward + backward, on the same shapes, with nothing else.
+    HF time / this time bounds the ratio that lean glue code alone can reach."""
+    import torch.nn.functional as F
+
+    n, d, hd = args.batch * args.seq, args.d, args.d // args.heads
+    kv = args.kv_heads or args.heads
+    ffn = build_pair.ffn_hidden
+    shapes = [(d, args.heads * hd), (d, kv * hd), (d, kv * hd), (args.heads * hd, d), (d, ffn), (d, ffn), (ffn, d)]
+    mats = [(torch.randn(n, i, device=device), torch.randn(o, i, device=device), torch.randn(n, o, device=device))
+            for i, o in shapes * args.layers + [(d, args.vocab)]]
+    q = torch.randn(args.batch, args.heads, args.seq, hd, device=device, requires_grad=True)
+    k = torch.randn(args.batch, kv, args.seq, hd, device=device, requires_grad=True)
+    v = torch.randn(args.batch, kv, args.seq, hd, device=device, requires_grad=True)
+    go = torch.randn(args.batch, args.heads, args.seq, hd, device=device)
+
+    def step():
+        for x, w, dy in mats:
+            torch.mm(x, w.t()), torch.mm(dy, w), torch.mm(dy.t(), x)
+        for _ in range(args.layers):
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != args.heads).backward(go)
+
+    return step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, default=256)
@@ -76,6 +104,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time both models under torch.compile (what `train.compile=true` does for lmlab)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the matrix products + attention kernels alone (the bound on any ratio)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast, wall clock)")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -92,6 +122,8 @@ def main() -> None:
     if args.compile:
         steps["lmlab+compile"] = step_fn(torch.compile(ours), "lmlab", x)
         steps["transformers+compile"] = step_fn(torch.compile(hf), "hf", x)
+    if args.floor:
+        steps["floor (GEMMs + attention only)"] = floor_step(args, dev)
     for _ in range(args.warmup):
         for s in steps.values():
             s()
@@ -108,6 +140,10 @@ def main() -> None:
           f"d={args.d} layers={args.layers} heads={args.heads} seq={args.seq} batch={args.batch}")
     for k, v in med.items():
         print(f"{k:13s} {toks / v:10.0f} tokens/s  (median step {v * 1000:.1f} ms over {args.steps})")
+    if args.floor:
+        fl = med["floor (GEMMs + attention only)"]
+        print(f"floor = {fl / med['transformers']:.0%} of the transformers step, {fl / med['lmlab']:.0%} of lmlab's; "
+              f"no implementation of the same math can beat transformers by more than {med['transformers'] / fl:.2f}x")
     print(f"ratio lmlab/transformers = {med['transformers'] / med['lmlab']:.2f}x")
     if args.compile:
         print(f"ratio lmlab+compile/transformers+compile = "
