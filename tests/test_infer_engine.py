@@ -177,3 +177,17 @@ def test_level1_prefill_in_chunks_equals_reference(monkeypatch):
     monkeypatch.setattr(E, "PREFILL_SCORE_BUDGET", 1)     # one prompt per chunk
     out = eng.generate_ids(ps, GenerationConfig(max_new_tokens=5))
     assert [r[0].token_ids for r in out] == [greedy_reference(m, p, 5) for p in ps]
+
+
+def test_categorical_draws_follow_the_distribution():
+    from lmlab.infer.engine import categorical
+
+    probs = torch.tensor([[0.0, 0.5, 0.2, 0.0, 0.3], [1.0, 0.0, 0.0, 0.0, 0.0]]).repeat(4000, 1)
+    draws = categorical(probs, torch.Generator().manual_seed(0))
+    first, second = draws[0::2], draws[1::2]
+    assert set(second.tolist()) == {0}                                  # a one-hot row always gives its token
+    assert not ((first == 0) | (first == 3)).any()                      # zero-probability tokens never drawn
+    freq = torch.bincount(first, minlength=5).double() / first.numel()
+    assert (freq - torch.tensor([0.0, 0.5, 0.2, 0.0, 0.3], dtype=torch.float64)).abs().max() < 0.03  # ~4 SE
+    again = categorical(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)                                    # seeded: reproducible

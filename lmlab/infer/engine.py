@@ -129,12 +129,21 @@ def process_logits(logits: torch.Tensor, gen: GenerationConfig, seen: Optional[t
     return logits
 
 
+def categorical(probs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One draw per row of (N, V) probabilities by inverse CDF: a float64 running sum and one uniform per
+    row, found by binary search. Needs one random number per row where `torch.multinomial` draws one per
+    vocabulary entry (16 × 49152 exponentials took 15 ms of a 160 ms SmolLM2 decode step)."""
+    cdf = probs.to(torch.float64).cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(probs.shape[-1] - 1)
+
+
 def sample(logits: torch.Tensor, gen: GenerationConfig, seen: Optional[torch.Tensor],
            generator: Optional[torch.Generator]) -> torch.Tensor:
     logits = process_logits(logits, gen, seen)
     if gen.temperature <= 0:
         return logits.argmax(-1)
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+    return categorical(torch.softmax(logits, -1), generator)
 
 
 def validate_gen(gen: GenerationConfig) -> None:
