@@ -1,4 +1,4 @@
-"""Fused LM head + cross-entropy equals the plain path (logits, then F.cross_entropy): values and gradients."""
+"""Fused LM head + cross-entropy and the RMSNorm autograd Function equal their plain formulas: values and gradients."""
 import math
 
 import pytest
@@ -60,3 +60,30 @@ def test_decoder_fused_loss_equals_plain_with_tied_head():
     assert torch.equal(fused.logits, plain_logits)                 # made on first read, same values
     with torch.no_grad():                                           # evaluation makes the logits directly
         assert m(x, targets=tgt)._logits is not None
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3, 16)])
+def test_rms_norm_function_equals_formula_float64(shape):
+    from lmlab.nn.norm import naive_rms_norm, rms_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(shape[-1], generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(*shape, generator=g, dtype=torch.float64)
+    a, b = rms_norm(x, w), naive_rms_norm(x, w)
+    assert (a - b).abs().max() < 1e-13
+    ga, gb = torch.autograd.grad((a * up).sum(), (x, w)), torch.autograd.grad((b * up).sum(), (x, w))
+    for p, q in zip(ga, gb):
+        assert (p - q).abs().max() < 1e-12
+    assert torch.autograd.gradcheck(lambda x_, w_: rms_norm(x_, w_), (x, w))
+
+
+def test_rms_norm_bf16_computes_in_fp32():
+    from lmlab.nn.norm import naive_rms_norm, rms_norm
+
+    x = torch.randn(4, 32).bfloat16().requires_grad_()
+    w = torch.randn(32).bfloat16().requires_grad_()
+    out = rms_norm(x, w)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, naive_rms_norm(x, w))
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
