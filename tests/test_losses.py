@@ -1,4 +1,4 @@
-"""Fused LM head + cross-entropy and the RMSNorm autograd Function equal their plain formulas: values and gradients."""
+"""Fused LM head + cross-entropy, the RMSNorm and RoPE autograd Functions: equal to their plain formulas (values, gradients)."""
 import math
 
 import pytest
@@ -87,3 +87,17 @@ def test_rms_norm_bf16_computes_in_fp32():
     assert out.dtype == torch.bfloat16 and torch.equal(out, naive_rms_norm(x, w))
     out.float().sum().backward()
     assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+
+
+def test_rope_function_equals_rotate_half_formula_float64():
+    from lmlab.nn.attention import apply_rope, naive_apply_rope, rope_cache
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, generator=g, dtype=torch.float64).transpose(1, 2).requires_grad_()  # strided
+    cos, sin = rope_cache(torch.arange(3, 8)[None], 8, 10000.0)
+    a, b = apply_rope(x, cos.double(), sin.double()), naive_apply_rope(x, cos.double(), sin.double())
+    assert (a - b).abs().max() < 1e-13
+    up = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    ga, gb = torch.autograd.grad((a * up).sum(), x), torch.autograd.grad((b * up).sum(), x)
+    assert (ga[0] - gb[0]).abs().max() < 1e-13
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos.double(), sin.double()), (x,))

@@ -68,11 +68,13 @@ def test_short_vstar_loop_verifier_ranks_heldout_correct_above_incorrect():
     task, codec = SortingTask(n=4, hi=9), CharCodec()
     rng = random.Random(0)
     train = [task.sample(rng) for _ in range(1536)]
-    test = [task.sample(rng) for _ in range(128)]
+    test = [task.sample(rng) for _ in range(256)]
     torch.manual_seed(0)
     gen = Decoder(ModelConfig(vocab_size=codec.vocab_size, d_model=64, n_layer=2, n_head=2, max_seq_len=48))
+    # two pairs per prompt: with one, held-out ranking accuracy swung 0.45-0.82 across init seeds (3 seeds,
+    # 256 problems); with two it was 0.56-0.72
     cfg = VStarConfig(iterations=1, k=4, max_new_tokens=8, sft_steps=250, star_steps=20, dpo_epochs=4,
-                      max_pairs_per_prompt=1, seed=0)
+                      max_pairs_per_prompt=2, seed=0)
     res = run_vstar(task, gen, codec, train, [(p, p.answer) for p in train[:256]], cfg)
     assert len(res.pairs) > 500
     by_prompt = {tuple(codec.prompt(q)): q for q in train}

@@ -34,8 +34,42 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+def _rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, sign: float) -> torch.Tensor:
+    """Halves x1, x2 -> (x1·c − sign·x2·s, x2·c + sign·x1·s) in four half-size ops into one output."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    out = torch.empty_like(x)
+    o1, o2 = out[..., :h], out[..., h:]
+    torch.mul(x1, c, out=o1).addcmul_(x2, s, value=-sign)
+    torch.mul(x2, c, out=o2).addcmul_(x1, s, value=sign)
+    return out
+
+
+class _RoPEFn(torch.autograd.Function):
+    """x·cos + rotate_half(x)·sin as a rotation of the two halves by +θ; backward rotates by −θ (the
+    transpose). Saves only cos/sin, and makes two passes where the op chain makes five."""
+
+    @staticmethod
+    def forward(ctx, x, c, s):
+        ctx.save_for_backward(c, s)
+        return _rotate(x, c, s, 1.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        c, s = ctx.saved_tensors
+        return _rotate(g, c, s, -1.0), None, None
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (b, heads, t, d); cos/sin: (b or 1, t, d)."""
+    """x: (b, heads, t, d); cos/sin: (b or 1, t, d) in the rotate_half layout (both halves equal).
+    Equals `x * cos + rotate_half(x) * sin` (`naive_apply_rope`)."""
+    h = x.shape[-1] // 2
+    c, s = cos[:, None, :, :h].to(x.dtype), sin[:, None, :, :h].to(x.dtype)
+    return _RoPEFn.apply(x, c, s)
+
+
+def naive_apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Reference: the Llama formula with rotate_half."""
     cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
     return x * cos + rotate_half(x) * sin
 
