@@ -28,7 +28,6 @@ def build_pair(args):
     mc = ModelConfig(vocab_size=args.vocab, d_model=args.d, n_layer=args.layers, n_head=args.heads,
                      n_kv_head=args.kv_heads, max_seq_len=args.seq, tie_embeddings=True)
     ours = build_model(mc)
-    build_pair.ffn_hidden = mc.ffn_hidden
     hf_cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.d, intermediate_size=mc.ffn_hidden,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.kv_heads or args.heads, max_position_embeddings=args.seq,
@@ -62,7 +61,7 @@ def _loss(model, kind, x):
     return model(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # transformers shifts the labels itself
 
 
-def floor_step(args, device):
+def floor_step(args, device, ffn: int):
     """The irreducible part of one step for ANY implementation of this model in fp32 eager PyTorch: the
     matrix products of forward and backward (every linear layer and the LM head: y = x Wᵀ, dx = dy W,
     dW = dyᵀ x) and the fused attention kernel forward + backward, on the same shapes, with nothing else.
@@ -71,7 +70,6 @@ def floor_step(args, device):
 
     n, d, hd = args.batch * args.seq, args.d, args.d // args.heads
     kv = args.kv_heads or args.heads
-    ffn = build_pair.ffn_hidden
     shapes = [(d, args.heads * hd), (d, kv * hd), (d, kv * hd), (args.heads * hd, d), (d, ffn), (d, ffn), (ffn, d)]
     mats = [(torch.randn(n, i, device=device), torch.randn(o, i, device=device), torch.randn(n, o, device=device))
             for i, o in shapes * args.layers + [(d, args.vocab)]]
@@ -123,7 +121,7 @@ def main() -> None:
         steps["lmlab+compile"] = step_fn(torch.compile(ours), "lmlab", x)
         steps["transformers+compile"] = step_fn(torch.compile(hf), "hf", x)
     if args.floor:
-        steps["floor (GEMMs + attention only)"] = floor_step(args, dev)
+        steps["floor (GEMMs + attention only)"] = floor_step(args, dev, ours.cfg.ffn_hidden)
     for _ in range(args.warmup):
         for s in steps.values():
             s()

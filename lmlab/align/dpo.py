@@ -16,7 +16,7 @@ any backend for a critique and then a revision; DPO on (revision ≻ original).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,30 +99,40 @@ def collate_pairs(pairs: Sequence[tuple[list[int], list[int], list[int]]], pad_i
     return PairBatch(ids, cm, pad)
 
 
+LogpsFn = Callable[[torch.nn.Module, int, PairBatch], torch.Tensor]
+
+
+def _completion_logps_of(model, i: int, b: PairBatch) -> torch.Tensor:
+    return completion_logps(model, b.input_ids, b.completion_mask)
+
+
 @torch.no_grad()
-def precompute_ref_logps(ref_model, batches: Sequence[PairBatch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for b in batches:
-        lp = completion_logps(ref_model, b.input_ids, b.completion_mask)
-        out.append(lp.chunk(2))
-    return out
+def precompute_ref_logps(ref_model, batches: Sequence[PairBatch],
+                         logps: LogpsFn = _completion_logps_of) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [logps(ref_model, i, b).chunk(2) for i, b in enumerate(batches)]
 
 
 def train_dpo(policy, ref_model, pairs: Sequence[tuple[list[int], list[int], list[int]]], *, beta: float = 0.1,
               loss_type: str = "sigmoid", lr: float = 1e-4, epochs: int = 1, batch_size: int = 8,
-              pad_id: int = 0, seed: int = 0, log=None) -> list[dict]:
-    """Plain DPO loop: reference log-probs precomputed once, AdamW on the policy, one metrics dict per step."""
+              pad_id: int = 0, seed: int = 0, log=None, logps: Optional[LogpsFn] = None) -> list[dict]:
+    """Plain DPO loop: reference log-probs precomputed once, AdamW on the policy, one metrics dict per step.
+
+    `logps(model, batch_index, batch)` gives each row's summed completion log-prob; the default runs the
+    whole model (`completion_logps`). A caller may swap it, e.g. to reuse a frozen trunk's hidden states
+    for every epoch (lmlab.experiments.dpo_smollm2)."""
+    logps = logps or _completion_logps_of
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(pairs), generator=g).tolist()
+    dev = next(policy.parameters()).device
     batches = [collate_pairs([pairs[i] for i in order[s:s + batch_size]], pad_id)
                for s in range(0, len(order), batch_size)]
-    ref = precompute_ref_logps(ref_model, batches)
+    batches = [PairBatch(b.input_ids.to(dev), b.completion_mask.to(dev), b.attention_pad.to(dev)) for b in batches]
+    ref = precompute_ref_logps(ref_model, batches, logps)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     history = []
     for ep in range(epochs):
-        for b, (rc, rr) in zip(batches, ref):
-            lp = completion_logps(policy, b.input_ids, b.completion_mask)
-            pc, pr = lp.chunk(2)
+        for i, (b, (rc, rr)) in enumerate(zip(batches, ref)):
+            pc, pr = logps(policy, i, b).chunk(2)
             lens = b.completion_mask.sum(-1).float().chunk(2)
             loss, st = dpo_loss(pc, pr, rc, rr, beta, loss_type, chosen_len=lens[0], rejected_len=lens[1])
             opt.zero_grad()

@@ -130,34 +130,22 @@ def top_completion_logps(model, h: torch.Tensor, input_ids: torch.Tensor, comple
 def train_dpo_top(policy, ref_model, pairs: Sequence[tuple[list[int], list[int], list[int]]], n_frozen: int, *,
                   beta: float = 0.1, lr: float = 1e-3, epochs: int = 1, batch_size: int = 8, pad_id: int = 0,
                   seed: int = 0) -> list[dict]:
-    """DPO with only blocks n_frozen.. trainable: the same batches, loss and AdamW as lmlab.align.dpo.train_dpo,
-    with the frozen trunk's hidden states and the reference log-probs computed once per batch."""
-    from lmlab.align.dpo import PairBatch, collate_pairs, dpo_loss
+    """DPO with only blocks n_frozen.. trainable: lmlab.align.dpo.train_dpo (same batches, loss and AdamW) with
+    each batch's frozen-trunk hidden states computed once and reused by the reference pass and every epoch."""
+    from lmlab.align.dpo import train_dpo
 
     frozen = [p for blk in policy.blocks[:n_frozen] for p in blk.parameters()] + list(policy.embed.parameters())
     if any(p.requires_grad for p in frozen):
         raise ValueError(f"train_dpo_top: blocks below {n_frozen} and the embeddings must be frozen")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(pairs), generator=g).tolist()
-    dev = policy.embed.weight.device
-    batches = [collate_pairs([pairs[i] for i in order[s:s + batch_size]], pad_id)
-               for s in range(0, len(order), batch_size)]
-    batches = [PairBatch(b.input_ids.to(dev), b.completion_mask.to(dev), b.attention_pad.to(dev)) for b in batches]
-    hs = [trunk_hidden(policy, b.input_ids, n_frozen) for b in batches]
-    with torch.no_grad():
-        ref = [top_completion_logps(ref_model, h, b.input_ids, b.completion_mask, n_frozen).chunk(2)
-               for h, b in zip(hs, batches)]
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    history = []
-    for ep in range(epochs):
-        for b, h, (rc, rr) in zip(batches, hs, ref):
-            pc, pr = top_completion_logps(policy, h, b.input_ids, b.completion_mask, n_frozen).chunk(2)
-            loss, st = dpo_loss(pc, pr, rc, rr, beta)
-            opt.zero_grad()
-            loss.mean().backward()
-            opt.step()
-            history.append({"epoch": ep, "loss": loss.mean().item(), **{k: v.mean().item() for k, v in st.items()}})
-    return history
+    trunk: dict[int, torch.Tensor] = {}
+
+    def logps(model, i, b):
+        if i not in trunk:
+            trunk[i] = trunk_hidden(policy, b.input_ids, n_frozen)
+        return top_completion_logps(model, trunk[i], b.input_ids, b.completion_mask, n_frozen)
+
+    return train_dpo(policy, ref_model, pairs, beta=beta, lr=lr, epochs=epochs, batch_size=batch_size,
+                     pad_id=pad_id, seed=seed, logps=logps)
 
 
 # ------------------------------------------------------------------------------------------ the experiment

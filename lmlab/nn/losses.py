@@ -72,12 +72,13 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     x2, t2 = x.reshape(-1, d), targets.reshape(-1)
     if x2.shape[0] != t2.shape[0]:
         raise ValueError(f"linear_cross_entropy: {x2.shape[0]} rows of x but {t2.shape[0]} targets")
-    return _LinearCrossEntropy.apply(x2, weight, t2, ignore_index, chunk or default_chunk(weight.shape[0], x2.shape[0]))
+    chunk = chunk or default_chunk(weight.shape[0], x2.shape[0])
+    return _LinearCrossEntropy.apply(x2, weight, t2, ignore_index, chunk)
 
 
 def naive_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                ignore_index: int = -100) -> torch.Tensor:
     """Reference: materialise the logits, then the library cross-entropy."""
     logits = x.reshape(-1, x.shape[-1]) @ weight.t()
-    return F.cross_entropy(logits.float() if logits.dtype != torch.float64 else logits, targets.reshape(-1),
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1),
                            ignore_index=ignore_index)
