@@ -27,7 +27,8 @@ def main() -> None:
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="lmlab-bench-")
 
     from lmlab.config import DataConfig
-    from lmlab.data import embedded, get_tokenizer, load_data
+    from lmlab.data import embedded
+    from lmlab.data.pipeline import get_tokenizer, load_data
 
     cfg = DataConfig(data_dir=data_dir, vocab_size=args.vocab_size, seq_len=args.seq_len)
     rows = []

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
     from lmlab.infer.engine import Engine
     from lmlab.models.hf import decoder_from_hf_model, load_hf
 

@@ -35,7 +35,7 @@ def run_op(batches, prefixes, dev, dtype, reps=7, seed=0, log=print) -> list[dic
 
 def run_e2e(n: int, prompt_tokens: int, new_tokens: int, log=print) -> dict:
     """Decode CPU time per step (one thread; see time_pair for why CPU time) with Hydragen off and on."""
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
     from lmlab.infer.engine import Engine
     from lmlab.models.hf import load_pretrained
 

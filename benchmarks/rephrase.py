@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lmlab.backend import GenerationConfig
 from lmlab.data import rephrase as R
-from lmlab.infer.backend import GenerationConfig
 
 
 def smollm2_path() -> Path:
@@ -124,7 +124,7 @@ def main() -> None:
     backend, which = None, "hf-batched"
     if a.backend == "auto":
         try:
-            from lmlab.infer import load_backend
+            from lmlab.backend import load_backend
 
             backend, which = load_backend("smollm2"), "lmlab.infer smollm2"
         except Exception as e:  # engine not available in this checkout

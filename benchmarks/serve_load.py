@@ -54,7 +54,7 @@ def start_server(model: str, max_tokens: int, window_ms: float):
         engine, name, tok = Engine(m, ByteTok()), "tiny", ByteTok()
         engine.stop_ids = set()
     else:
-        from lmlab.infer.backends import LocalBackend
+        from lmlab.infer.backend_impls import LocalBackend
 
         be = LocalBackend.from_spec(model)
         engine, name, tok = be.engine, be.name, be.tokenizer

@@ -164,7 +164,7 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def format_validation_error(e: ValidationError, model: type[BaseModel], source: str = "config") -> str:
     err = e.errors()[0]
-    loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+    loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(root)"
     value = err.get("input")
     vtxt = json.dumps(value, default=str) if not isinstance(value, dict) else "{…}"

@@ -70,8 +70,8 @@ def test_trainer_runs_bf16_on_cuda(tmp_path, synthetic_data):
 def test_engine_greedy_same_on_cuda_and_cpu():
     from _helpers import CharTok
 
+    from lmlab.backend import GenerationConfig
     from lmlab.config import ModelConfig
-    from lmlab.infer.backend import GenerationConfig
     from lmlab.infer.engine import Engine
     from lmlab.models.decoder import Decoder
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from lmlab.config import DataConfig
-from lmlab.data import embedded, load_data, load_texts
+from lmlab.data import embedded
 from lmlab.data.packing import TokenizedDocs, mix_rows, pack, shuffled_order, split_of, take_rows
+from lmlab.data.pipeline import load_data, load_texts
 from lmlab.data.sources import SourceStats, iter_documents
 from lmlab.data.tokenizer import EOS_TOKEN, load_tokenizer, train_tokenizer
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lmlab.backend import Backend, GenerationConfig
 from lmlab.data import rephrase as R
-from lmlab.infer.backend import Backend, GenerationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -275,11 +275,11 @@ def test_mixing_ratio_and_budget():
 def _cli(argv):
     import argparse
 
-    from lmlab.cli import DATA_COMMANDS
+    from lmlab.cli import DATA_COMMANDS, register_rephrase
 
-    assert DATA_COMMANDS["rephrase"] == "lmlab.data.rephrase:register_rephrase"
+    assert DATA_COMMANDS["rephrase"] == "lmlab.cli:register_rephrase"
     p = argparse.ArgumentParser()
-    R.register_rephrase(p.add_subparsers())
+    register_rephrase(p.add_subparsers())
     a = p.parse_args(["rephrase", *argv])
     return a.func(a)
 

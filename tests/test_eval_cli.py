@@ -1,9 +1,9 @@
-"""`lmlab eval` end to end on a fake backend (patched in where lmlab.infer.load_backend lives)."""
+"""`lmlab eval` end to end on a fake backend (patched in where lmlab.backend.load_backend lives)."""
 import json
 
 import pytest
 
-import lmlab.infer
+import lmlab.backend
 from lmlab.cli import main
 
 
@@ -16,7 +16,7 @@ class LetterBackend:
 
 
 def test_eval_cli_mmlu_loglikelihood(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(lmlab.infer, "load_backend", lambda spec: LetterBackend(), raising=False)
+    monkeypatch.setattr(lmlab.backend, "load_backend", lambda spec: LetterBackend(), raising=False)
     with pytest.raises(SystemExit) as e:
         main(["eval", "--task", "mmlu", "--mode", "loglikelihood", "--model", "fake", "--limit", "50",
               "--out", str(tmp_path), "--no-progress"])

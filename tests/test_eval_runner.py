@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
+from lmlab.backend import Backend, GenerationConfig
 from lmlab.eval.runner import bootstrap_ci, evaluate, task_from_spec
 from lmlab.eval.tasks import get_task
 from lmlab.eval.tasks.mmlu import LETTERS, mc_prompt
-from lmlab.infer.backend import Backend, GenerationConfig
 
 
 class FakeBackend:

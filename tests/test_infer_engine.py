@@ -4,8 +4,8 @@ from pathlib import Path
 import torch
 import pytest
 
+from lmlab.backend import GenerationConfig
 from lmlab.config import ModelConfig
-from lmlab.infer.backend import GenerationConfig
 from lmlab.infer.engine import Engine, process_logits
 from lmlab.models.decoder import Decoder
 
@@ -140,7 +140,7 @@ def test_bad_generation_values():
 def test_load_backend_specs(tmp_path):
     from lmlab.config import ConfigError
     from lmlab.infer import Backend, load_backend
-    from lmlab.infer.backends import LocalBackend, _load_lmlab_checkpoint
+    from lmlab.infer.backend_impls import LocalBackend, _load_lmlab_checkpoint
 
     m, tok = tiny(torch.float32), CharTok()
     be = LocalBackend(m, tok)

@@ -30,8 +30,8 @@ def test_logits_equal_transformers(smol):
 
 
 def test_greedy_generation_equals_transformers_generate(smol):
-    from lmlab.infer.backend import GenerationConfig
-    from lmlab.infer.backends import LocalBackend
+    from lmlab.backend import GenerationConfig
+    from lmlab.infer.backend_impls import LocalBackend
 
     hf, model, tok = smol
     be = LocalBackend(model, tok, name="smollm2")

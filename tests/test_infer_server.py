@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
                                                                                     "httpx")),
                                 reason="needs the serve extra (fastapi, uvicorn, openai, httpx)")
 
+from lmlab.backend import GenerationConfig  # noqa: E402
 from lmlab.config import ModelConfig  # noqa: E402
-from lmlab.infer.backend import GenerationConfig  # noqa: E402
 from lmlab.models.decoder import Decoder  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -101,7 +101,7 @@ def test_concurrent_requests_are_batched(server):
 
 
 def test_openai_backend_scores_through_echo(server):
-    from lmlab.infer.backends import LocalBackend, OpenAIBackend
+    from lmlab.infer.backend_impls import LocalBackend, OpenAIBackend
 
     url, engine, _ = server
     remote = OpenAIBackend(url, "tiny", api_key=KEY)

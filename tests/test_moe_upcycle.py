@@ -5,7 +5,7 @@ import torch
 
 from lmlab.config import ModelConfig, RunConfig, load_config
 from lmlab.models.decoder import Decoder
-from lmlab.nn.moe.upcycle import btx_merge, upcycle
+from lmlab.models.upcycle import btx_merge, upcycle
 
 CFG = ModelConfig(vocab_size=61, d_model=16, n_layer=4, n_head=2, d_ff=24, max_seq_len=32, init_std=0.2)
 

@@ -82,7 +82,7 @@ def test_cli_probe_prints_json_for_a_checkpoint(tmp_path, monkeypatch, capsys):
 
     import numpy as np
 
-    import lmlab.data
+    import lmlab.data.pipeline
     from lmlab.cli import main
     from lmlab.train.checkpoint import save_checkpoint
 
@@ -91,7 +91,7 @@ def test_cli_probe_prints_json_for_a_checkpoint(tmp_path, monkeypatch, capsys):
     model = Decoder(cfg.model)
     save_checkpoint(tmp_path / "ck", 3, model, state={"config": cfg.model_dump(mode="json")})
     rows = np.random.default_rng(0).integers(0, 64, size=(6, 17))
-    monkeypatch.setattr(lmlab.data, "load_data", lambda c: types.SimpleNamespace(val={"a": rows, "b": rows}))
+    monkeypatch.setattr(lmlab.data.pipeline, "load_data", lambda c: types.SimpleNamespace(val={"a": rows, "b": rows}))
     with pytest.raises(SystemExit) as e:
         main(["probe", str(tmp_path / "ck"), "--rows", "2"])
     assert e.value.code == 0

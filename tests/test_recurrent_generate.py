@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmlab.backend import GenerationConfig
 from lmlab.config import ModelConfig
-from lmlab.infer.backend import GenerationConfig
 from lmlab.infer.engine import Engine
 from lmlab.models.decoder import Decoder
 

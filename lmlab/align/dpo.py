@@ -159,7 +159,7 @@ def mentions(text: str, entity: str) -> bool:
 def build_dpf_pairs(backend, items: Sequence[dict], gen=None, max_tries: int = 2) -> list[dict]:
     """items: {"prompt", "response", "entity"}. Returns {"prompt", "chosen"=revision, "rejected"=original}
     for every response that mentions its forbidden entity and whose revision no longer does."""
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
 
     gen = gen or GenerationConfig(max_new_tokens=128)
     todo = [it for it in items if mentions(it["response"], it["entity"])]

@@ -72,7 +72,8 @@ def run_embedded(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from lmlab.config import DataConfig
-    from lmlab.data import embedded, get_tokenizer
+    from lmlab.data import embedded
+    from lmlab.data.pipeline import get_tokenizer
 
     t0 = time.perf_counter()
     if args.max_chars:

@@ -17,7 +17,6 @@ import ast
 import functools
 import inspect
 import json
-import os
 import re
 import sys
 import sysconfig
@@ -27,6 +26,8 @@ from typing import Optional
 
 from lmlab.config import ConfigError
 from lmlab.data.sources import cache_lock, default_data_dir, hash_unit
+from lmlab.io import atomic_write_text
+from lmlab.registry import DATA_SOURCES
 
 VERSION = "embedded-v2"
 DOMAINS = ("code", "docs", "bible_kjv", "bible_web", "bible_bbe")
@@ -279,6 +280,7 @@ def embedded_dir(data_dir: Optional[str | Path] = None, max_chars: int = DEFAULT
     return default_data_dir(data_dir) / "embedded" / f"{VERSION}-c{max_chars}-v{val_fraction:g}"
 
 
+@DATA_SOURCES.register("embedded", help="the offline corpus: Python code, docstrings, three Bible translations")
 def embedded_corpus(domains: Optional[list[str]] = None, data_dir: Optional[str | Path] = None,
                     max_chars: int = DEFAULT_MAX_CHARS, val_fraction: float = DEFAULT_VAL_FRACTION,
                     ) -> tuple[dict, dict]:
@@ -294,8 +296,8 @@ def embedded_corpus(domains: Optional[list[str]] = None, data_dir: Optional[str 
                 texts, sources = build_embedded(list(DOMAINS), max_chars, val_fraction)
                 root.mkdir(parents=True, exist_ok=True)
                 for name, d in texts.items():
-                    _atomic_write(root / f"{name}.json", json.dumps(d, ensure_ascii=False))
-                _atomic_write(root / "sources.json", json.dumps(sources, indent=2, default=str))
+                    atomic_write_text(root / f"{name}.json", json.dumps(d, ensure_ascii=False), fsync=False)
+                atomic_write_text(root / "sources.json", json.dumps(sources, indent=2, default=str), fsync=False)
     sources = json.loads((root / "sources.json").read_text(encoding="utf-8"))
     texts = {name: json.loads((root / f"{name}.json").read_text(encoding="utf-8")) for name in want}
     return texts, sources
@@ -307,9 +309,3 @@ def embedded_texts(domains: Optional[list[str]] = None, data_dir: Optional[str |
     """domain -> {"train": [doc, ...], "val": [doc, ...]} (raw text, cached)."""
     texts, _ = embedded_corpus(domains, data_dir, max_chars, val_fraction)
     return {k: {"train": v["train"], "val": v["val"]} for k, v in texts.items()}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

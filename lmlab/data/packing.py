@@ -10,7 +10,7 @@ EOS, counted as `padding`). Accounting identity, per stream:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -103,25 +103,6 @@ class PackStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def tokenize_documents(tokenizer, texts: Iterable[str], batch_size: int = 256) -> TokenizedDocs:
-    """Encode in batches (bounded memory per batch); ids stored as uint32."""
-    stream = TokenStream()
-    batch: list[str] = []
-
-    def flush() -> None:
-        for text, ids in zip(batch, tokenizer.encode_batch(batch)):
-            stream.add(ids, len(text))
-        batch.clear()
-
-    for t in texts:
-        batch.append(t)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
-    return stream.docs()
 
 
 def split_of(key: str, val_fraction: float) -> str:

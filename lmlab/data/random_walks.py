@@ -147,10 +147,6 @@ def is_valid_walk(kg: KG, walk: Sequence[int]) -> bool:
 
 
 # ---- text ------------------------------------------------------------------------------------------------
-def default_templates(kg: KG) -> dict[str, str]:
-    return {r: "{h} " + r + " {t}." for r in kg.relations}
-
-
 def verbalize_triple(kg: KG, h: int, r: int, t: int, templates: Optional[dict[str, str]] = None) -> str:
     tpl = (templates or {}).get(kg.relations[r], "{h} " + kg.relations[r] + " {t}.")
     return tpl.format(h=kg.entities[h], t=kg.entities[t])

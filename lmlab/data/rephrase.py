@@ -18,25 +18,28 @@ Resumable and idempotent: a shard is a pure function of (inputs, settings); it i
 file and renamed into place, so a shard file exists only when complete. A rerun skips every existing shard
 and a kill loses at most the shard in flight. `manifest.json` pins the settings; a rerun with different
 settings is refused instead of silently mixing outputs.
+
+Every function here takes a Backend object (`lmlab.backend`); turning a spec such as "smollm2" into one is
+the job of the command line (`lmlab data rephrase`, in lmlab/cli.py), so the data layer never imports
+lmlab.infer.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from lmlab.infer.backend import GenerationConfig
+from lmlab.backend import GenerationConfig
+from lmlab.io import atomic_write_text
 
 # ---- the paper's prompts (copied character for character from the catalogue) ------------------------------
 SYSTEM_TEXT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -259,15 +262,6 @@ def shard_path(out_dir: Path, style: str, k: int) -> Path:
     return out_dir / f"{style}-{k:05d}.jsonl"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def rephrase_shard(backend, chunks: Sequence[dict], settings: RephraseSettings, shard: int,
                    count: Callable[[str], int]) -> tuple[list[dict], dict]:
     """Rephrase one shard in batches; returns (kept rows, stats)."""
@@ -301,8 +295,8 @@ def rephrase_shard(backend, chunks: Sequence[dict], settings: RephraseSettings, 
 
 def write_shard(out_dir: Path, style: str, k: int, rows: list[dict], stats: dict) -> None:
     """Stats first, rows last: the .jsonl (the completion marker) appears only when both are whole."""
-    _atomic_write(out_dir / f"{style}-{k:05d}.stats.json", json.dumps(stats, sort_keys=True))
-    _atomic_write(shard_path(out_dir, style, k), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out_dir / f"{style}-{k:05d}.stats.json", json.dumps(stats, sort_keys=True))
+    atomic_write_text(shard_path(out_dir, style, k), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 class Progress:
@@ -345,7 +339,7 @@ def _prepare(docs, out_dir, settings, backend_name, tokenizer):
             raise ValueError(f"{man_path}: output folder holds a run with other inputs or settings "
                              f"(fingerprint {old.get('fingerprint')} != {fp}); use a fresh --out")
     else:
-        _atomic_write(man_path, json.dumps(manifest, indent=1, sort_keys=True))
+        atomic_write_text(man_path, json.dumps(manifest, indent=1, sort_keys=True))
     return out_dir, count, chunks, n_shards
 
 
@@ -473,69 +467,13 @@ def mix_real_synthetic(real: Sequence[str], synthetic: Sequence[str], ratio: flo
     return mix
 
 
-# ---- backend resolution and CLI ----------------------------------------------------------------------------
-def resolve_backend(spec: str):
-    """`py:module:callable` builds a backend by calling that factory (tests, custom engines); anything else
-    goes to `lmlab.infer.load_backend` (smollm2, hf:..., lmlab:..., openai:...)."""
-    if spec.startswith("py:"):
-        import importlib
-
-        mod, _, fn = spec[3:].partition(":")
-        return getattr(importlib.import_module(mod), fn)()
-    try:
-        from lmlab.infer import load_backend
-    except ImportError as e:
-        raise ValueError(f"--backend {spec}: lmlab.infer.load_backend is unavailable ({e})") from e
-    return load_backend(spec)
-
-
-def _run_cli(a) -> int:
-    settings = RephraseSettings(style=a.style, max_tokens=a.max_tokens, shard_size=a.shard_size,
-                                batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                                temperature=a.temperature, seed=a.seed, chat=a.chat, max_chunks=a.max_chunks,
-                                trim_repetition=a.trim_repetition)
-    docs = read_documents(a.inp)
-    if a.limit:
-        docs = docs[:a.limit]
-    if a.ray:
-        summary = rephrase_corpus_ray(docs, lambda: resolve_backend(a.backend), a.out, settings,
-                                      num_workers=a.ray_workers, ray_address=a.ray_address)
-    else:
-        backend = resolve_backend(a.backend)
-        tok = getattr(backend, "tokenizer", None)
-        summary = rephrase_corpus(docs, backend, a.out, settings, tokenizer=tok)
-    print(json.dumps(summary, indent=1, sort_keys=True))
-    return 0
-
-
-def register_rephrase(dsub) -> None:
-    p = dsub.add_parser("rephrase", help="WRAP: rephrase a corpus in the paper's styles into sharded JSONL")
-    p.add_argument("--style", required=True, choices=STYLES)
-    p.add_argument("--backend", required=True, help="smollm2 | hf:DIR | lmlab:DIR | openai:URL#model | py:mod:fn")
-    p.add_argument("--in", dest="inp", required=True, help=".jsonl (id,text) | .txt | folder | embedded:DOMAIN")
-    p.add_argument("--out", required=True, help="output folder (shards, stats, manifest)")
-    p.add_argument("--max-tokens", type=int, default=MAX_CHUNK_TOKENS, help="chunk limit (paper: 300)")
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=384)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="only the first N documents")
-    p.add_argument("--max-chunks", type=int, default=0, help="only the first N chunks")
-    p.add_argument("--trim-repetition", action="store_true", help="cut outputs at their first repeated sentence")
-    p.add_argument("--chat", action="store_true", help="send chat messages (backend template) not raw prompts")
-    p.add_argument("--ray", action="store_true", help="distribute shards with Ray Data (pip install lmlab[dist])")
-    p.add_argument("--ray-workers", type=int, default=2)
-    p.add_argument("--ray-address", default=None)
-    p.set_defaults(func=_run_cli)
-
-
+# ---- export ------------------------------------------------------------------------------------------------
 def export_domain(rephrase_dir, path, style: Optional[str] = None) -> int:
     """Write the kept rephrases as one JSONL file ({"id", "text", "style"}) — a domain for the data pipeline
     (a folder of such files is a multi-domain source; DataConfig.mix sets the real:synthetic ratio)."""
     rows = read_rephrased(rephrase_dir, style)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, "".join(json.dumps({"id": f"{r['source_id']}#{r['chunk']}", "text": r["text"],
-                                            "style": r["style"]}, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps({"id": f"{r['source_id']}#{r['chunk']}", "text": r["text"],
+                                                "style": r["style"]}, ensure_ascii=False) + "\n" for r in rows))
     return len(rows)

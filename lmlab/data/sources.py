@@ -16,6 +16,9 @@ every edge case is counted in `stats` (a `SourceStats`):
 `chars` counts characters read, `chars_out` characters emitted; they are equal (no text lost).
 A source string is: a path (file or directory), several paths joined by ",", or `hf:NAME` for
 `datasets.load_dataset` (optionally `hf:NAME:CONFIG?split=train&data_files=PATH`).
+
+Each reader is registered in `lmlab.registry.DATA_SOURCES` (txt, jsonl, parquet, saved_dataset, hf; the
+embedded corpus registers itself as "embedded"), and files are dispatched to them through the registry.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import parse_qsl
 
 from lmlab.config import ConfigError
+from lmlab.registry import DATA_SOURCES
 
 MAX_LINE_CHARS = 100_000
 MAX_RECORDED_LINES = 100  # line numbers kept per kind in stats (counts are always complete)
@@ -193,7 +197,10 @@ def is_saved_dataset(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- readers
-def iter_txt(path: Path, domain: str, stats: SourceStats, limit: int = MAX_LINE_CHARS) -> Iterator[Document]:
+@DATA_SOURCES.register("txt", help="text files (.txt .md .rst .text .py, also .gz): one file = one document")
+def iter_txt(path: Path, domain: str, stats: SourceStats, limit: int = MAX_LINE_CHARS,
+             text_field: str = "text") -> Iterator[Document]:
+    """A whole text file as one document (`text_field` is unused: a text file has no fields)."""
     stats.files += 1
     with _open_bytes(path) as fh:
         raw = fh.read()
@@ -205,6 +212,7 @@ def iter_txt(path: Path, domain: str, stats: SourceStats, limit: int = MAX_LINE_
     yield from _emit(text, domain, text_key(text), stats, str(path), limit)
 
 
+@DATA_SOURCES.register("jsonl", help="JSON lines (.jsonl .ndjson, also .gz): one document per row's text field")
 def iter_jsonl(path: Path, domain: str, stats: SourceStats, text_field: str = "text",
                limit: int = MAX_LINE_CHARS) -> Iterator[Document]:
     stats.files += 1
@@ -235,6 +243,7 @@ def iter_jsonl(path: Path, domain: str, stats: SourceStats, text_field: str = "t
     stats.non_utf8_files += any_bad
 
 
+@DATA_SOURCES.register("parquet", help="Parquet files: one document per row of the text column")
 def iter_parquet(path: Path, domain: str, stats: SourceStats, text_field: str = "text",
                  limit: int = MAX_LINE_CHARS) -> Iterator[Document]:
     import pyarrow.parquet as pq
@@ -270,6 +279,7 @@ def _iter_hf(ds: Any, name: str, domain: str, stats: SourceStats, text_field: st
             yield from _emit(text, domain, text_key(text), stats, f"{name}:row{row}", limit)
 
 
+@DATA_SOURCES.register("saved_dataset", help="a datasets `save_to_disk` directory (Dataset or DatasetDict)")
 def iter_saved_dataset(path: Path, domain: str, stats: SourceStats, text_field: str = "text",
                        limit: int = MAX_LINE_CHARS) -> Iterator[Document]:
     """A `save_to_disk` Dataset or DatasetDict (all splits, in sorted split order)."""
@@ -294,6 +304,7 @@ def parse_hf_source(source: str) -> tuple[str, Optional[str], dict]:
     return name, config or None, kwargs
 
 
+@DATA_SOURCES.register("hf", help="hf:NAME[:CONFIG][?split=..&data_files=..]: datasets.load_dataset")
 def iter_load_dataset(name: str, domain: str, stats: SourceStats, text_field: str = "text",
                       config: Optional[str] = None, limit: int = MAX_LINE_CHARS, **kwargs: Any) -> Iterator[Document]:
     """`datasets.load_dataset(name, config, split=..., **kwargs)`; hub names go through the HF cache."""
@@ -313,22 +324,20 @@ def iter_load_dataset(name: str, domain: str, stats: SourceStats, text_field: st
         yield from _iter_hf(ds, name, domain, stats, text_field, limit)
 
 
+_KIND_OF_EXT = {**{e: "txt" for e in TEXT_EXT}, **{e: "jsonl" for e in JSONL_EXT}, ".parquet": "parquet"}
+
+
 def _iter_file(path: Path, domain: str, stats: SourceStats, text_field: str, limit: int) -> Iterator[Document]:
     _, ext = _strip_ext(path.name)
     if ext in JSONL_EXT + (".parquet",) and path.is_file() and path.stat().st_size == 0:
         stats.files += 1
         stats._note("empty_locations", str(path))  # no records: nothing to read (a .txt counts as an empty document)
         return
-    if is_saved_dataset(path):
-        yield from iter_saved_dataset(path, domain, stats, text_field, limit)
-    elif ext in JSONL_EXT:
-        yield from iter_jsonl(path, domain, stats, text_field, limit)
-    elif ext == ".parquet":
-        yield from iter_parquet(path, domain, stats, text_field, limit)
-    elif ext in TEXT_EXT:
-        yield from iter_txt(path, domain, stats, limit)
-    else:
+    kind = "saved_dataset" if is_saved_dataset(path) else _KIND_OF_EXT.get(ext)
+    if kind is None:
         stats.skipped_files.append(str(path))
+        return
+    yield from DATA_SOURCES.get(kind)(path, domain, stats, text_field=text_field, limit=limit)
 
 
 def _walk(root: Path) -> Iterator[Path]:

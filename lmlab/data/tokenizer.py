@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from lmlab.config import ConfigError
+from lmlab.io import atomic_file
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -73,9 +74,8 @@ class Tokenizer:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if self._fast:
-            tmp = out / "tokenizer.json.tmp"
-            self.backend.save(str(tmp))
-            tmp.replace(out / "tokenizer.json")
+            with atomic_file(out / "tokenizer.json", fsync=False) as tmp:
+                self.backend.save(str(tmp))
         else:
             self.backend.save_pretrained(str(out))
         (out / "lmlab_tokenizer.json").write_text(json.dumps(

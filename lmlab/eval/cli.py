@@ -9,8 +9,9 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model backend on a benchmark (MMLU, HumanEval, GSM8K, ...)",
-                       description="Tasks: mmlu, mmlu_mc, gpqa, math, mgsm, drop, humaneval, gsm8k, or a task spec "
-                                   ".yaml. Models: smollm2, lmlab:DIR, hf:DIR, PATH.gguf, openai:URL#MODEL.")
+                       description="Tasks: any of `lmlab list eval_tasks` (mmlu, mmlu_mc, gpqa, math, mgsm, drop, "
+                                   "humaneval, gsm8k, ...) or a task spec .yaml. Models: smollm2, lmlab:DIR, "
+                                   "hf:DIR, PATH.gguf, openai:URL#MODEL.")
     p.add_argument("--task", required=True)
     p.add_argument("--model", required=True, help="backend spec, e.g. smollm2")
     p.add_argument("--limit", type=int, help="first N documents (MMLU is shuffled with a fixed seed first)")
@@ -49,24 +50,23 @@ def _task_kwargs(args) -> dict:
 
 
 def run(args) -> int:
+    from lmlab.backend import load_backend
     from lmlab.config import ConfigError
     from lmlab.eval.runner import evaluate
-    from lmlab.eval.tasks import TASKS, get_task
+    from lmlab.eval.tasks import get_task, is_task_spec
+    from lmlab.registry import EVAL_TASKS
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit={args.limit}: must be >= 1")
     if args.task in ("gpqa", "math", "mgsm", "drop", "gsm8k") and not args.data:
         raise ConfigError(f"--task {args.task} needs --data PATH (no copy of this benchmark ships with lmlab)")
-    if args.task not in TASKS and not args.task.endswith((".yaml", ".yml", ".json")):
-        raise ConfigError(f"--task {args.task!r}: unknown; known: {sorted(TASKS)} (or a task spec .yaml)")
-    try:
-        from lmlab.infer import load_backend
-    except ImportError as e:
-        raise ConfigError(f"--model {args.model}: model backends are unavailable ({e})") from None
+    known = args.task in EVAL_TASKS
+    if not known and not is_task_spec(args.task):
+        raise ConfigError(f"--task {args.task!r}: unknown; known: {EVAL_TASKS.names()} (or a task spec .yaml)")
     kw = _task_kwargs(args)
     if args.task == "math" and args.judge:
         kw["judge"] = load_backend(args.judge)
-    task = get_task(args.task, **kw) if args.task in TASKS else get_task(args.task)
+    task = get_task(args.task, **kw) if known else get_task(args.task)
     backend = load_backend(args.model)
     res = evaluate(task, backend, limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress,
                    seed=args.seed)

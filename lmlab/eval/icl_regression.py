@@ -96,7 +96,7 @@ def parse_number(text: str) -> float:
 def llm_predict(backend, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, batch_size: int = 4,
                 max_new_tokens: int = 10) -> np.ndarray:
     """Greedy prediction for each test point; nan where no number came back."""
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=["\n"])
     prompts = [build_prompt(X_train, y_train, x) for x in X_test]
     outs: list[float] = []

@@ -89,7 +89,7 @@ def parse_score(text: str, sections: tuple[str, ...] = REQUIRED_SECTIONS) -> tup
 def judge(backend, prompt: str, response: str, references: list[Reference] = (), retries: int = 3,
           sections: tuple[str, ...] = REQUIRED_SECTIONS, max_new_tokens: int = 768) -> Judgement:
     """Ask `backend` to judge; re-ask (sampling, new seed) up to `retries` more times while the reply is malformed."""
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
     msg = [{"role": "user", "content": build_judge_prompt(prompt, response, references, sections=sections)}]
     raw, err = [], ""
     for attempt in range(retries + 1):

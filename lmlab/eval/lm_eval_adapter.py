@@ -25,7 +25,7 @@ def _lm_class():
         return _CLS
     from lm_eval.api.model import LM  # noqa: optional dependency
 
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
 
     class LMLabLM(LM):
         def __init__(self, backend=None, spec: str | None = None, batch_size: int = 8, **kwargs: Any):
@@ -33,7 +33,7 @@ def _lm_class():
             if backend is None:
                 if spec is None:
                     raise ValueError("LMLabLM: pass a backend or spec=<backend spec>")
-                from lmlab.infer import load_backend
+                from lmlab.backend import load_backend
                 backend = load_backend(spec)
             self.backend, self.bs = backend, int(batch_size)
 

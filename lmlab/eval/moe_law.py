@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NAMES = ("c", "g", "gamma", "a", "alpha", "b", "beta")
-
 
 @dataclass
 class LawFit:

@@ -136,7 +136,7 @@ def register(sub) -> None:
 def _cli(args) -> int:
     import numpy as np
 
-    from lmlab.data import load_data
+    from lmlab.data.pipeline import load_data
 
     model, cfg = load_checkpoint_model(args.checkpoint)
     data = load_data(cfg.data)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from lmlab.infer.backend import GenerationConfig
+from lmlab.backend import GenerationConfig
 
 Kind = Literal["loglikelihood", "loglikelihood_rolling", "generate_until"]
 

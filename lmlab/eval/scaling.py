@@ -168,7 +168,7 @@ def lr_horizon_sweep(base_cfg, lrs: Sequence[float], horizons: Sequence[int], se
     if train_fn is None:
         from lmlab.train.trainer import train as train_fn
     if data is None:
-        from lmlab.data import load_data
+        from lmlab.data.pipeline import load_data
         data = load_data(base_cfg.data)
     out: dict[int, list[tuple[float, float]]] = {}
     for h in horizons:

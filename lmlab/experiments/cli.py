@@ -1,4 +1,4 @@
-"""`lmlab reproduce` and `lmlab list`."""
+"""`lmlab reproduce` (`lmlab list` is in lmlab/cli.py: it shows every layer's registries)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,31 +24,4 @@ def _reproduce(args) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds={args.seeds}: must be >= 1")
     reproduce(args.only, args.scale, args.seeds, args.out, args.all, not args.no_progress)
-    return 0
-
-
-def register_list(sub) -> None:
-    p = sub.add_parser("list", help="list registered components and experiments")
-    p.set_defaults(func=_list)
-
-
-def _list(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from lmlab.registry import ALL
-
-    console = Console()
-    for kind, reg in ALL.items():
-        t = Table(title=kind, show_header=True, header_style="bold")
-        t.add_column("name")
-        t.add_column("what")
-        for name, obj in reg.items():
-            if kind == "experiments":
-                what = f"{obj.claim} [{obj.paper}]" + (" (headline)" if obj.headline else "")
-            else:
-                doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-                what = doc[0] if doc else getattr(obj, "__module__", "")
-            t.add_row(name, what)
-        console.print(t)
     return 0

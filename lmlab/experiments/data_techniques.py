@@ -325,7 +325,7 @@ def build_wrap_cache(out: Optional[Path] = None, backend: str = "smollm2") -> Pa
     Resumable (finished shards are kept), so an interrupted build continues where it stopped."""
     import argparse
 
-    from lmlab.data.rephrase import register_rephrase
+    from lmlab.cli import register_rephrase
 
     out = Path(out or wrap_cache_dir())
     c = WRAP_CACHE

@@ -177,7 +177,7 @@ def _prompts(tok, topics: list[str], n: int, offset: int) -> list[tuple[list[int
 
 def _sample(model, tok, prompts: list[tuple[list[int], str]], n: int, max_new: int, seed: int):
     """n samples per prompt -> per prompt [(response ids incl. EOS when it stopped, text), ...]."""
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
     from lmlab.infer.engine import Engine
 
     gen = GenerationConfig(max_new_tokens=max_new, n=n, seed=seed, **GEN)

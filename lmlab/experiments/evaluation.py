@@ -31,7 +31,7 @@ ICL_BASELINES = ["linear", "knn", "random_forest", "gradient_boosting", "mean"]
 
 @functools.lru_cache(maxsize=2)
 def _backend(spec: str):
-    from lmlab.infer import load_backend
+    from lmlab.backend import load_backend
     return load_backend(spec)
 
 

@@ -285,7 +285,7 @@ def _clone(model):
 
 
 def _btx(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
-    from lmlab.nn.moe.upcycle import btx_merge, upcycle
+    from lmlab.models.upcycle import btx_merge, upcycle
 
     st = _btx_steps(scale)
     seed_model, seed_cfg = _seed_model(seed, scale, out)

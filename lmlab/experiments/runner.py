@@ -16,7 +16,7 @@ from typing import Optional
 from lmlab.experiments.base import INCONCLUSIVE, ArmResult, Experiment, Verdict
 from lmlab.registry import EXPERIMENTS
 from lmlab.report import claims_table, plot_curves, plot_metric
-from lmlab.train.checkpoint import atomic_write_text
+from lmlab.io import atomic_write_text
 
 
 def select(names: Optional[list[str]] = None, all_: bool = False) -> list[Experiment]:

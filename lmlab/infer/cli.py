@@ -27,14 +27,14 @@ def register_generate(sub) -> None:
 
 
 def _backend(args):
-    from lmlab.infer.backends import load_backend
+    from lmlab.backend import load_backend
 
     kw = {"hydragen": False} if args.no_hydragen and not args.model.startswith(("hf:", "openai:")) else {}
     return load_backend(args.model, **kw)
 
 
 def run_generate(args) -> int:
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from lmlab.infer.backend import GenerationConfig
+from lmlab.backend import GenerationConfig
 from lmlab.nn.attention import Attention
 from lmlab.nn.hydragen import PrefixLevel, hydragen_attention
 

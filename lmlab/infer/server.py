@@ -17,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from lmlab.infer.backend import GenerationConfig
+from lmlab.backend import GenerationConfig
 
 
 @dataclass
@@ -374,7 +374,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
             raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with string content",
                            param="messages")
         gen = parse_gen(body, limits, default_max=limits.max_tokens)
-        from lmlab.infer.backends import _chat_prompt
+        from lmlab.infer.backend_impls import _chat_prompt
 
         prompt = _chat_prompt(tokenizer, [{"role": m["role"], "content": m["content"]} for m in msgs])
         return await generation_response("chat", [prompt], gen, bool(body.get("stream")))
@@ -386,8 +386,9 @@ def serve(spec: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, api_
           limits: Optional[ServerLimits] = None, hydragen: bool = True) -> None:
     import uvicorn
 
+    from lmlab.backend import load_backend
     from lmlab.config import ConfigError
-    from lmlab.infer.backends import LocalBackend, load_backend
+    from lmlab.infer.backend_impls import LocalBackend
 
     local = spec == "smollm2" or spec.endswith(".gguf")
     be = LocalBackend.from_spec(spec, hydragen=hydragen) if local else load_backend(spec, hydragen=hydragen)

@@ -6,14 +6,13 @@ Layout of one checkpoint directory `step_000123/`:
     rng.safetensors         torch CPU (and CUDA) RNG states as uint8 tensors
     state.json              step, data position, optimizer scalars/hparams, python/numpy RNG, metrics, config
 
-A checkpoint is written into `<dir>/.tmp-<name>/` and renamed into place (atomic on POSIX), then the
-`latest` pointer is replaced atomically. A kill at any moment leaves the previous checkpoint loadable.
-No pickle anywhere.
+A checkpoint is written into a hidden `<dir>/.<name>.tmp<pid>/` and renamed into place (`lmlab.io.atomic_dir`,
+atomic on POSIX), then the `latest` pointer is replaced atomically. A kill at any moment leaves the previous
+checkpoint loadable. No pickle anywhere.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -23,25 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from lmlab.io import atomic_dir, atomic_file, atomic_write_text  # noqa: F401 (atomic_write_text: used by trainer)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -78,9 +59,8 @@ def save_model(model: torch.nn.Module, path: Path | str, meta: Optional[dict] = 
     each written atomically. The format for everything that is not a resumable training checkpoint."""
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v for k, v in model_state(model).items() if keep is None or keep(k)}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({k: v for k, v in model_state(model).items() if keep is None or keep(k)}, str(tmp))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta or {}, default=str))
     return path
 
@@ -150,28 +130,17 @@ def save_checkpoint(ckpt_dir: Path | str, step: int, model: torch.nn.Module,
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final = ckpt_dir / name
-    tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"))
-    meta: dict[str, Any] = {"step": step, **(state or {})}
-    if optimizer is not None:
-        t, m = _optim_split(optimizer)
-        save_file(t, str(tmp / "optim.safetensors"))
-        meta["optimizer"] = m
-    rt, rm = rng_state()
-    save_file(rt, str(tmp / "rng.safetensors"))
-    meta["rng"] = rm
-    (tmp / "state.json").write_text(json.dumps(meta, default=str), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step: replace
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
+    with atomic_dir(final, fsync=True) as tmp:  # re-saving the same step replaces it
+        save_file(model_state(model), str(tmp / "model.safetensors"))
+        meta: dict[str, Any] = {"step": step, **(state or {})}
+        if optimizer is not None:
+            t, m = _optim_split(optimizer)
+            save_file(t, str(tmp / "optim.safetensors"))
+            meta["optimizer"] = m
+        rt, rm = rng_state()
+        save_file(rt, str(tmp / "rng.safetensors"))
+        meta["rng"] = rm
+        (tmp / "state.json").write_text(json.dumps(meta, default=str), encoding="utf-8")
     atomic_write_text(ckpt_dir / "latest", name)
     # Keep the newest `keep` complete checkpoints.
     done = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())

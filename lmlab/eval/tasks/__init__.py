@@ -1,32 +1,30 @@
-"""Evaluation tasks by name. Each factory returns a `lmlab.eval.runner.Task`; data come from local files in each
-benchmark's public format (MMLU and HumanEval from installed wheels, offline).
+"""Evaluation tasks by name. Each task module registers its factories in `lmlab.registry.EVAL_TASKS`; a
+factory returns a `lmlab.eval.runner.Task`. Data come from local files in each benchmark's public format
+(MMLU and HumanEval from installed wheels, offline).
 
-    from lmlab.eval.tasks import get_task, TASKS
+    from lmlab.eval.tasks import get_task
     task = get_task("mmlu", mode="generate")
+    EVAL_TASKS.names()                              # every registered task (`lmlab list eval_tasks`)
 """
 from __future__ import annotations
 
-import importlib
+from pathlib import Path
 
-TASKS: dict[str, str] = {
-    "mmlu": "lmlab.eval.tasks.mmlu:mmlu_task",
-    "mmlu_mc": "lmlab.eval.tasks.mmlu:mmlu_mc_task",
-    "mmlu_cloze": "lmlab.eval.tasks.mmlu:mmlu_cloze_task",
-    "gpqa": "lmlab.eval.tasks.gpqa:gpqa_task",
-    "math": "lmlab.eval.tasks.math:math_task",
-    "mgsm": "lmlab.eval.tasks.mgsm:mgsm_task",
-    "drop": "lmlab.eval.tasks.drop:drop_task",
-    "humaneval": "lmlab.eval.tasks.humaneval:humaneval_task",
-    "gsm8k": "lmlab.eval.tasks.gsm8k:gsm8k_task",
-}
+from lmlab.registry import EVAL_TASKS
+
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def is_task_spec(name: str) -> bool:
+    """A task given as a spec file (see `lmlab.eval.runner.task_from_spec`) rather than a registered name."""
+    return Path(name).suffix in SPEC_SUFFIXES
 
 
 def get_task(name: str, **kwargs):
-    if name not in TASKS:
-        from pathlib import Path
-        if Path(name).suffix in (".yaml", ".yml", ".json"):
+    """A registered task by name (kwargs go to its factory), or a task spec .yaml/.json file."""
+    if name not in EVAL_TASKS:
+        if is_task_spec(name):
             from lmlab.eval.runner import task_from_spec
             return task_from_spec(name)
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)} (or a task spec .yaml)")
-    mod, _, fn = TASKS[name].partition(":")
-    return getattr(importlib.import_module(mod), fn)(**kwargs)
+        raise ValueError(f"unknown task {name!r}; known: {EVAL_TASKS.names()} (or a task spec .yaml)")
+    return EVAL_TASKS.get(name)(**kwargs)

@@ -18,6 +18,7 @@ from typing import Optional, Union
 import numpy as np
 
 from lmlab.eval.tasks.common import ANSWER_PATTERN, last_match
+from lmlab.registry import EVAL_TASKS
 
 Answer = Union[str, list, tuple]
 _PUNCT = set(string.punctuation)
@@ -119,9 +120,10 @@ PROMPT = ("You will be asked to read a passage and answer a question.\n{fewshot}
           "response.")
 
 
+@EVAL_TASKS.register("drop", help="DROP, reading comprehension: exact match and bag-of-tokens F1")
 def drop_task(path: str, fewshot_path: Optional[str] = None, n_shot: int = 3, max_new_tokens: int = 512, **_):
+    from lmlab.backend import GenerationConfig
     from lmlab.eval.runner import Task, read_jsonl
-    from lmlab.infer.backend import GenerationConfig
     docs = read_jsonl(path)
     shots = ""
     if fewshot_path:

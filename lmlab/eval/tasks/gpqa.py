@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from lmlab.eval.tasks.common import MULTICHOICE_TEMPLATE, extract_choice
+from lmlab.registry import EVAL_TASKS
 
 
 def load_gpqa(path: str, seed: int = 0) -> list[dict]:
@@ -44,8 +45,9 @@ def score(doc: dict, outs: list[str]) -> dict[str, float]:
     return {"acc": sum(g == doc["answer"] for g in got) / len(got)}
 
 
+@EVAL_TASKS.register("gpqa", help="GPQA, simple-evals multiple-choice chain of thought")
 def gpqa_task(path: str, seed: int = 0, max_new_tokens: int = 1024, **_):
+    from lmlab.backend import GenerationConfig
     from lmlab.eval.runner import Task
-    from lmlab.infer.backend import GenerationConfig
     return Task("gpqa", load_gpqa(path, seed), "generate_until", gpqa_prompt, score, "acc",
                 category=lambda d: d["domain"], gen=GenerationConfig(max_new_tokens=max_new_tokens))

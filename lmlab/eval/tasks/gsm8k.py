@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from lmlab.registry import EVAL_TASKS
+
 STRICT = r"#### (\-?[0-9\.\,]+)"
 FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 
@@ -31,9 +33,10 @@ def extract(response: str, mode: str = "flexible") -> Optional[str]:
     return _clean(last)
 
 
+@EVAL_TASKS.register("gsm8k", help="GSM8K, lm-eval-harness few-shot, strict and flexible extraction")
 def gsm8k_task(path: str, fewshot_path: Optional[str] = None, n_shot: int = 5, max_new_tokens: int = 256, **_):
+    from lmlab.backend import GenerationConfig
     from lmlab.eval.runner import Task, read_jsonl
-    from lmlab.infer.backend import GenerationConfig
     docs = read_jsonl(path)
     shots = "".join(f"Question: {e['question']}\nAnswer: {e['answer']}\n\n"
                     for e in (read_jsonl(fewshot_path)[:n_shot] if fewshot_path else []))

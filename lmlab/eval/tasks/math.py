@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from lmlab.eval.tasks.common import ANSWER_PATTERN, last_boxed, last_match
+from lmlab.registry import EVAL_TASKS
 
 QUERY_TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
@@ -112,7 +113,7 @@ def check_equality(a: str, b: str, judge=None) -> bool:
         return False
     if judge is None:
         return normalize_math(a) == normalize_math(b)
-    from lmlab.infer.backend import GenerationConfig
+    from lmlab.backend import GenerationConfig
     reply = judge.chat([[{"role": "user", "content": EQUALITY_TEMPLATE % {"expression1": a, "expression2": b}}]],
                        GenerationConfig(max_new_tokens=8))[0][0]
     return reply.strip().lower().startswith("yes")
@@ -134,9 +135,10 @@ def load_math(path: str) -> list[dict]:
     return docs
 
 
+@EVAL_TASKS.register("math", help="MATH, simple-evals format; judge or normalised-match equivalence")
 def math_task(path: str, judge=None, max_new_tokens: int = 1024, **_):
+    from lmlab.backend import GenerationConfig
     from lmlab.eval.runner import Task
-    from lmlab.infer.backend import GenerationConfig
 
     def score(doc, outs):
         return {"acc": sum(check_equality(extract_answer(o), doc["answer"], judge) for o in outs) / len(outs)}

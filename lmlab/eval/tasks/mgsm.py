@@ -10,6 +10,8 @@ import csv
 import re
 from pathlib import Path
 
+from lmlab.registry import EVAL_TASKS
+
 ANSWER_PREFIX = {"en": "Answer", "es": "Respuesta", "fr": "Réponse", "de": "Antwort", "ru": "Ответ",
                  "zh": "答案", "ja": "答え", "th": "คำตอบ", "sw": "Jibu", "bn": "উত্তর", "te": "సమాధానం"}
 
@@ -46,9 +48,10 @@ def load_mgsm(path: str) -> list[dict]:
     return read_jsonl(p)
 
 
+@EVAL_TASKS.register("mgsm", help="MGSM, multilingual grade-school math in the simple-evals format")
 def mgsm_task(path: str, lang: str = "en", max_new_tokens: int = 512, **_):
+    from lmlab.backend import GenerationConfig
     from lmlab.eval.runner import Task
-    from lmlab.infer.backend import GenerationConfig
     if lang not in ANSWER_PREFIX:
         raise ValueError(f"mgsm: unknown language {lang!r}; known: {sorted(ANSWER_PREFIX)}")
     prefix = ANSWER_PREFIX[lang]

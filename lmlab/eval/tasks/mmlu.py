@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from lmlab.eval.tasks.common import MULTICHOICE_TEMPLATE, extract_choice
+from lmlab.registry import EVAL_TASKS
 
 LETTERS = "ABCD"
 
@@ -93,10 +94,11 @@ def score_generate(doc: dict, outs: list[str]) -> dict[str, float]:
             "format_ok": sum(g is not None for g in got) / len(got)}
 
 
+@EVAL_TASKS.register("mmlu", help="MMLU, simple-evals zero-shot chain of thought (the last 'Answer: X' wins)")
 def mmlu_task(path: Optional[str] = None, max_new_tokens: int = 512, shuffle_seed: Optional[int] = 0,
               mode: str = "generate"):
+    from lmlab.backend import GenerationConfig
     from lmlab.eval.runner import Task
-    from lmlab.infer.backend import GenerationConfig
     if mode == "loglikelihood":
         return mmlu_mc_task(path, shuffle_seed)
     return Task("mmlu", load_mmlu(path, shuffle_seed), "generate_until", mmlu_prompt, score_generate, "acc",
@@ -114,6 +116,7 @@ def score_mc(doc: dict, lps: list[float]) -> dict[str, float]:
     return {"acc": float(max(range(len(lps)), key=lps.__getitem__) == gold)}
 
 
+@EVAL_TASKS.register("mmlu_mc", help="MMLU, log-likelihood of the answer letter (lm-eval style)")
 def mmlu_mc_task(path: Optional[str] = None, shuffle_seed: Optional[int] = 0, **_):
     from lmlab.eval.runner import Task
     return Task("mmlu_mc", load_mmlu(path, shuffle_seed), "loglikelihood", mc_prompt, score_mc, "acc",
@@ -134,6 +137,7 @@ def score_cloze(doc: dict, lps: list[float]) -> dict[str, float]:
     return {"acc": float(argmax(lps) == gold), "acc_norm": float(argmax(norm) == gold)}
 
 
+@EVAL_TASKS.register("mmlu_cloze", help="MMLU, cloze form: log-likelihood of the answer text")
 def mmlu_cloze_task(path: Optional[str] = None, shuffle_seed: Optional[int] = 0, **_):
     """Cloze form (the one small models are usually reported with): the answer TEXT is scored after
     "Question: ...\\nAnswer:", so no letter has to be learnt."""

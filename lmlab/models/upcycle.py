@@ -7,6 +7,8 @@ upcycle(dense):    every (or every other) SwiGLU FFN becomes an MoE layer whose 
                    dense function at initialisation, whatever the router decides.
 btx_merge(models): n domain models branched from one seed: FFN of model i -> expert i of each MoE layer;
                    every other parameter (attention, norms, embeddings) is the mean over the n models.
+
+Both take and return Decoders, so they live in models/ (nn/ never imports models/).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from lmlab.config import ModelConfig
+from lmlab.models.decoder import Decoder
 
 
 def _moe_config(cfg: ModelConfig, n_experts: int, top_k: int, router: str, every_other: bool,
@@ -51,8 +54,6 @@ def _ffn_state(sd: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tenso
 
 def upcycle(dense: Decoder, n_experts: int = 4, top_k: int = 2, router: str = "topk_softmax_tc",
             every_other: bool = False, seed: Optional[int] = None, **moe_args: Any):
-    from lmlab.models.decoder import Decoder  # models build on nn, not the other way round
-
     cfg = _moe_config(dense.cfg, n_experts, top_k, router, every_other, moe_args)
     if seed is not None:
         torch.manual_seed(seed)
@@ -70,8 +71,6 @@ def upcycle(dense: Decoder, n_experts: int = 4, top_k: int = 2, router: str = "t
 
 def btx_merge(models: list, top_k: int = 2, router: str = "topk_softmax_tc",
               seed: Optional[int] = None, **moe_args: Any):
-    from lmlab.models.decoder import Decoder
-
     if len(models) < 2:
         raise ValueError("btx_merge needs at least two domain models")
     base = models[0].cfg

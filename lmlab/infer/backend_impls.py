@@ -1,4 +1,4 @@
-"""Backend implementations (see backend.py for the protocol) and `load_backend(spec)`.
+"""Backend implementations of the protocol in `lmlab.backend` (which also holds `load_backend(spec)`).
 
     "smollm2"                          embedded SmolLM2-135M-Instruct GGUF, in lmlab's Decoder + Engine
     "lmlab:/path/to/run_or_ckpt"       an lmlab checkpoint (or an HF Llama dir / GGUF), in the Engine
@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 import torch
 
+from lmlab.backend import GenerationConfig
 from lmlab.config import ConfigError
-from lmlab.infer.backend import Backend, GenerationConfig
 from lmlab.registry import BACKENDS
 
 
@@ -78,7 +78,7 @@ def _load_lmlab_checkpoint(path: str):
     tok = None
     if "data" in cfg:
         try:
-            from lmlab.data import get_tokenizer
+            from lmlab.data.pipeline import get_tokenizer
 
             tok = get_tokenizer(validate(RunConfig, cfg).data)
         except Exception:  # a model without its tokenizer can still be scored on ids
@@ -266,26 +266,3 @@ class OpenAIBackend:
 
     def score(self, texts: list[str]) -> list[float]:
         return [self._echo_logprob(t, 0) for t in texts]
-
-
-# ------------------------------------------------------------------------------------------ load_backend
-def load_backend(spec: "str | Backend", **kwargs) -> Backend:
-    """'smollm2' | 'lmlab:PATH' | 'hf:PATH_OR_ID' | 'PATH.gguf' | 'openai:URL#MODEL' -> a Backend.
-    A Backend object passes through unchanged."""
-    if not isinstance(spec, str):
-        if isinstance(spec, Backend):
-            return spec
-        raise ConfigError(f"backend: expected a spec string or a Backend, got {type(spec).__name__}")
-    if spec == "smollm2":
-        return LocalBackend.from_spec("smollm2", **kwargs)
-    scheme, sep, rest = spec.partition(":")
-    if sep and scheme in BACKENDS and not scheme.startswith(("http", "/")):
-        if not rest:
-            raise ConfigError(f"backend {spec!r}: nothing after '{scheme}:'")
-        return BACKENDS.get(scheme).from_spec(rest, **kwargs)
-    if spec.endswith(".gguf") or (Path(spec) / "config.json").exists():
-        return HFBackend.from_spec(spec, **kwargs)
-    if Path(spec).exists():
-        return LocalBackend.from_spec(spec, **kwargs)
-    raise ConfigError(f"backend {spec!r}: unknown; use smollm2, lmlab:PATH, hf:PATH, openai:URL#MODEL "
-                      f"(registered schemes: {', '.join(BACKENDS.names())})")
