@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.align.cli import load_align_config, run_stage
+from lmlab.align.config import load_align_config
+from lmlab.align.stages import run_stage
 from lmlab.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +15,7 @@ TINY = ["model.d_model=32", "model.n_layer=1", "model.n_head=2", "model.max_seq_
 
 def _cfg(stage, tmp_path, *extra):
     return load_align_config(str(ROOT / f"configs/align/{stage}.yaml"),
-                             TINY + [f"out_dir={tmp_path / stage}", f"data={ROOT / 'configs/align/examples'}/"
+                             TINY + [f"out_dir={tmp_path / stage}", f"data.path={ROOT / 'configs/align/examples'}/"
                                      + ("chat.jsonl" if stage == "sft" else "prefs.jsonl"), *extra])
 
 
@@ -35,35 +36,35 @@ def test_bad_key_is_one_line_error():
 
 
 def test_sft_then_dpo_then_rm(tmp_path):
-    s = run_stage("sft", _cfg("sft", tmp_path, "steps=15", "lr=1e-2"))
+    s = run_stage("sft", _cfg("sft", tmp_path, "sft.steps=15", "sft.lr=1e-2"))
     assert s["final_loss"] < s["first_loss"]
     assert (tmp_path / "sft/model.safetensors").exists() and len(_metrics(tmp_path / "sft")) == 15
-    d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft/model.safetensors'}", "epochs=3", "lr=1e-3"))
+    d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft/model.safetensors'}", "dpo.epochs=3", "dpo.lr=1e-3"))
     m = _metrics(tmp_path / "dpo")
     assert m[-1]["loss"] < m[0]["loss"]
-    r = run_stage("rm", _cfg("rm", tmp_path, "rm_method=odin", "epochs=2",
+    r = run_stage("rm", _cfg("rm", tmp_path, "rm.method=odin", "rm.epochs=2",
                              f"init_from={tmp_path / 'dpo/model.safetensors'}"))
     assert set(r) >= {"train_accuracy", "reward_length_corr"}
     # a reward model's checkpoint seeds a later stage too (its backbone), and junk is refused in one line
     import torch
-    from lmlab.align.cli import _build_model
+    from lmlab.align.stages import build_model
     from lmlab.train.checkpoint import load_model_file, save_model
     rm_sd, _ = load_model_file(tmp_path / "rm/model.safetensors")
-    dec = _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'rm'}"))
+    dec = build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'rm'}"))
     assert torch.equal(dec.embed.weight, rm_sd["backbone.embed.weight"])
     save_model(torch.nn.Linear(1, 1), tmp_path / "bad.safetensors", {"model_config": dec.cfg.model_dump()})
     with pytest.raises(ConfigError, match="not an lmlab decoder checkpoint"):
-        _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'bad.safetensors'}"))
+        build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'bad.safetensors'}"))
     torch.save({"x": torch.zeros(1)}, tmp_path / "pickled.pt")  # pickles are refused, never unpickled
     with pytest.raises(ConfigError, match="safetensors"):
-        _build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'pickled.pt'}"))
+        build_model(_cfg("dpo", tmp_path, f"init_from={tmp_path / 'pickled.pt'}"))
 
 
 @pytest.mark.parametrize("stage", ["ppo", "rloo"])
 def test_rl_stages_log_metrics(tmp_path, stage):
     cfg = load_align_config(str(ROOT / f"configs/align/{stage}.yaml"),
-                            TINY + [f"out_dir={tmp_path / stage}", "iterations=2", "prompts_per_iter=2",
-                                    "samples_per_prompt=2", "max_new_tokens=3"])
+                            TINY + [f"out_dir={tmp_path / stage}", "rl.iterations=2", "rl.prompts_per_iter=2",
+                                    "rl.samples_per_prompt=2", "rl.max_new_tokens=3"])
     run_stage(stage, cfg)
     m = _metrics(tmp_path / stage)
     assert len(m) == 2
@@ -76,14 +77,14 @@ def test_rl_stages_log_metrics(tmp_path, stage):
 def test_sft_and_dpo_select_peft_by_config(tmp_path, method):
     """`peft: {method: …}` in an align config trains only the adapter and saves a plain decoder."""
     import torch
-    from lmlab.align.cli import _build_model
+    from lmlab.align.stages import build_model
     from lmlab.train.checkpoint import load_model_file
 
     peft = {"lora": "{method: lora, r: 4, alpha: 8}", "spiel": "{method: spiel, density: 0.05}",
             "partial_lora": "{method: partial_lora, r: 4, alpha: 8}"}[method]
-    s = run_stage("sft", _cfg("sft", tmp_path, "steps=6", "lr=1e-2", f"peft={peft}"))
+    s = run_stage("sft", _cfg("sft", tmp_path, "sft.steps=6", "sft.lr=1e-2", f"peft={peft}"))
     assert s["final_loss"] < s["first_loss"]
-    base = _build_model(_cfg("sft", tmp_path))  # same seed: the untouched initial weights
+    base = build_model(_cfg("sft", tmp_path))  # same seed: the untouched initial weights
     sd, _ = load_model_file(tmp_path / "sft/model.safetensors")
     assert not any("lora_" in k or "delta" in k for k in sd)
     changed = [k for k, v in base.state_dict().items() if k in sd and not torch.equal(v, sd[k])]
@@ -92,5 +93,48 @@ def test_sft_and_dpo_select_peft_by_config(tmp_path, method):
     else:                          # adaptation folded into the weights
         assert changed
     if method != "partial_lora":
-        d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft'}", "epochs=1", f"peft={peft}"))
+        d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft'}", "dpo.epochs=1", f"peft={peft}"))
         assert d["stage"] == "dpo"
+
+
+def test_nested_sections_and_old_flat_keys_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"rm\.method=.*choose one of: bt, ids, odin"):
+        load_align_config(None, ["rm.method=foo"])
+    with pytest.raises(ConfigError, match=r"dpo\.loss_type=.*choose one of: hinge, ipo, sigmoid"):
+        load_align_config(None, ["dpo.loss_type=ppo"])
+    with pytest.raises(ConfigError, match=r"rl\.algo=.*choose one of: grpo, ppo, rloo"):
+        load_align_config(None, ["rl.algo=dpo"])
+    for flat, new in (("lr=1", "sft.lr"), ("iterations=2", "rl.iterations"), ("data=x.jsonl", "data.path")):
+        with pytest.raises(ConfigError, match=new) as e:
+            load_align_config(None, [flat])
+        assert "\n" not in str(e.value)
+
+
+def test_align_registries_describe_every_entry():
+    from lmlab.registry import ALIGN_ALGOS, ALIGN_STAGES, REWARD_MODELS
+
+    expect = {ALIGN_STAGES: {"sft", "rm", "dpo", "rl"}, REWARD_MODELS: {"bt", "ids", "odin", "contrastive"},
+              ALIGN_ALGOS: {"sigmoid", "ipo", "hinge", "ppo", "rloo", "grpo", "vstar", "dpf"}}
+    for reg, names in expect.items():
+        assert names <= set(reg.names())
+        for n in reg.names():
+            doc = (reg.get(n).__doc__ or "").strip().splitlines()
+            assert doc and doc[0] == reg.describe(n) and len(doc[0]) > 20, (reg.kind, n)
+
+
+def test_run_files_written_once_and_rl_shorthand(tmp_path):
+    import yaml
+
+    cfg = load_align_config(str(ROOT / "configs/align/ppo.yaml"),
+                            TINY + [f"out_dir={tmp_path / 'g'}", "seed=3", "rl.iterations=1", "rl.prompts_per_iter=2",
+                                    "rl.samples_per_prompt=2", "rl.max_new_tokens=2"])
+    s = run_stage("grpo", cfg)  # an rl algorithm's name = the rl stage with that rl.algo
+    assert s["stage"] == "grpo" and len(_metrics(tmp_path / "g")) == 1
+    written = load_align_config(str(tmp_path / "g/config.yaml"))
+    assert written.rl.algo == "grpo" and written.seed == 3 and written.model.d_model == 32
+    meta = json.loads((tmp_path / "g/meta.json").read_text())
+    assert meta["seed"] == 3 and meta["align_stage"] == "rl" and "versions" in meta
+    assert yaml.safe_load((tmp_path / "g/config.yaml").read_text())["rl"]["algo"] == "grpo"
+    from lmlab.registry import RegistryError
+    with pytest.raises(RegistryError, match="choose one of: dpo, rl, rm, sft"):
+        run_stage("nope", cfg)

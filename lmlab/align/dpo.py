@@ -7,6 +7,7 @@ Per pair the only inputs are four sequence log-probs (summed over completion tok
     hinge   (SLiC):                              max(0, 1 − β·Δ)
     IPO     (Azar et al. 2023, eq. 17):          (Δ̄ − 1/(2β))²  with Δ̄ the per-token-averaged log ratios
                                                   (TRL's normalisation, confirmed with the IPO authors)
+Each variant is a PreferenceLoss registered by name in lmlab.registry.ALIGN_ALGOS (`loss_type`).
 Reference log-probs are precomputed once (`precompute_ref_logps`), so the reference never sits in memory
 next to the policy during training.
 
@@ -21,29 +22,67 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+from lmlab.align.algorithms import algorithm
+from lmlab.registry import ALIGN_ALGOS, RegistryError
+
+
+class PreferenceLoss:
+    """A DPO-family loss per pair from the chosen and rejected log-ratios (the dpo stage's `dpo.loss_type`)."""
+
+    stage = "dpo"
+
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0):
+        self.beta, self.label_smoothing = beta, label_smoothing
+
+    def __call__(self, chosen_lr: torch.Tensor, rejected_lr: torch.Tensor, chosen_len: Optional[torch.Tensor] = None,
+                 rejected_len: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """chosen_lr / rejected_lr: (b,) log π − log π_ref summed over completion tokens; lens: (b,) tokens."""
+        raise NotImplementedError
+
+
+@ALIGN_ALGOS.register("sigmoid")
+class SigmoidLoss(PreferenceLoss):
+    """DPO (Rafailov et al. 2023): −log σ(β·Δ); label smoothing ε gives conservative DPO."""
+
+    def __call__(self, chosen_lr, rejected_lr, chosen_len=None, rejected_len=None):
+        delta = chosen_lr - rejected_lr
+        return (-F.logsigmoid(self.beta * delta) * (1 - self.label_smoothing)
+                - F.logsigmoid(-self.beta * delta) * self.label_smoothing)
+
+
+@ALIGN_ALGOS.register("hinge")
+class HingeLoss(PreferenceLoss):
+    """SLiC-style hinge on preference pairs: max(0, 1 − β·Δ)."""
+
+    def __call__(self, chosen_lr, rejected_lr, chosen_len=None, rejected_len=None):
+        return torch.relu(1 - self.beta * (chosen_lr - rejected_lr))
+
+
+@ALIGN_ALGOS.register("ipo")
+class IPOLoss(PreferenceLoss):
+    """IPO (Azar et al. 2023): (Δ̄ − 1/(2β))² on per-token-averaged log-ratios."""
+
+    def __call__(self, chosen_lr, rejected_lr, chosen_len=None, rejected_len=None):
+        if chosen_len is None or rejected_len is None:
+            raise ValueError("dpo_loss: loss_type='ipo' needs chosen_len and rejected_len (completion tokens)")
+        d = chosen_lr / chosen_len.clamp(min=1) - rejected_lr / rejected_len.clamp(min=1)
+        return (d - 1 / (2 * self.beta)) ** 2
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid",
              label_smoothing: float = 0.0, chosen_len: Optional[torch.Tensor] = None,
              rejected_len: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
-    """Per-pair DPO-family loss (b,) and the implicit rewards β·(log π − log π_ref) for logging."""
+    """Per-pair DPO-family loss (b,) and the implicit rewards β·(log π − log π_ref) for logging.
+    `loss_type` names a PreferenceLoss in lmlab.registry.ALIGN_ALGOS (sigmoid, ipo, hinge, ...)."""
+    try:
+        loss_fn = algorithm("dpo", loss_type)(beta, label_smoothing)
+    except RegistryError as e:
+        raise ValueError(f"dpo_loss: loss_type={loss_type!r}: {e}") from None
     chosen_lr = policy_chosen - ref_chosen        # (b,)
     rejected_lr = policy_rejected - ref_rejected  # (b,)
     delta = chosen_lr - rejected_lr
-    if loss_type == "sigmoid":
-        loss = (-F.logsigmoid(beta * delta) * (1 - label_smoothing)
-                - F.logsigmoid(-beta * delta) * label_smoothing)
-    elif loss_type == "hinge":
-        loss = torch.relu(1 - beta * delta)
-    elif loss_type == "ipo":
-        if chosen_len is None or rejected_len is None:
-            raise ValueError("dpo_loss: loss_type='ipo' needs chosen_len and rejected_len (completion tokens)")
-        d = chosen_lr / chosen_len.clamp(min=1) - rejected_lr / rejected_len.clamp(min=1)
-        loss = (d - 1 / (2 * beta)) ** 2
-    else:
-        raise ValueError(f"dpo_loss: loss_type={loss_type!r}: allowed {', '.join(LOSS_TYPES)}")
+    loss = loss_fn(chosen_lr, rejected_lr, chosen_len, rejected_len)
     stats = {"rewards/chosen": (beta * chosen_lr).detach(), "rewards/rejected": (beta * rejected_lr).detach(),
              "rewards/accuracy": (delta > 0).float().detach()}
     return loss, stats
@@ -156,8 +195,11 @@ def mentions(text: str, entity: str) -> bool:
     return entity.lower() in text.lower()
 
 
+@ALIGN_ALGOS.register("dpf")
 def build_dpf_pairs(backend, items: Sequence[dict], gen=None, max_tries: int = 2) -> list[dict]:
-    """items: {"prompt", "response", "entity"}. Returns {"prompt", "chosen"=revision, "rejected"=original}
+    """Direct Principle Feedback (Castricato et al. 2024): critique-and-revise pairs for DPO, revision ≻ original.
+
+    items: {"prompt", "response", "entity"}. Returns {"prompt", "chosen"=revision, "rejected"=original}
     for every response that mentions its forbidden entity and whose revision no longer does."""
     from lmlab.backend import GenerationConfig
 

@@ -14,6 +14,8 @@ GRPO (Shao et al. 2024):      A_i = (r_i − mean_j r_j) / (std_j r_j + ε).
 Contrastive rewards (Shen et al. 2024): before RL, sample k offline responses per prompt from the SFT
 policy and score them with the RM; during RL the reward is r(x, y) − mean_j r(x, y_j) (the baseline is the
 average offline score of the same prompt).
+PPO, RLOO and GRPO are RLAlgorithm entries of lmlab.registry.ALIGN_ALGOS (`RLConfig.algo`); contrastive rewards
+are listed in REWARD_MODELS.
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
+from lmlab.align.algorithms import algorithm
+from lmlab.registry import ALIGN_ALGOS, REWARD_MODELS, RegistryError
 
 
 # ------------------------------------------------------------------------------------------ pure losses
@@ -104,8 +109,11 @@ def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
 
 
+@REWARD_MODELS.register("contrastive")
 def contrastive_rewards(rewards: torch.Tensor, offline_scores: torch.Tensor) -> torch.Tensor:
-    """rewards (b,) for rollouts of prompts whose offline RM scores are offline_scores (b, k)."""
+    """Contrastive rewards (Shen et al. 2024): the RM score minus the prompt's mean offline RM score, for RL.
+
+    rewards (b,) for rollouts of prompts whose offline RM scores are offline_scores (b, k)."""
     return rewards - offline_scores.mean(-1)
 
 
@@ -131,6 +139,43 @@ class AdaptiveKLController:
         err = min(max(current_kl / self.target - 1, -0.2), 0.2)
         self.value *= 1 + err * n_steps / self.horizon
         return self.value
+
+
+# ---------------------------------------------------------------------------------------- algorithms
+class RLAlgorithm:
+    """An online RL algorithm of `rl_train` (the rl stage's `rl.algo`): how scores become advantages."""
+
+    stage = "rl"
+    critic = False   # a value head (PolicyWithValue), per-token KL-shaped rewards and GAE
+    whiten = False   # whiten the advantages over the batch when RLConfig.whiten_advantages
+
+    @staticmethod
+    def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+        """Sequence rewards (p, k) of k samples per prompt -> advantages (p, k) (algorithms without a critic)."""
+        raise NotImplementedError
+
+
+@ALIGN_ALGOS.register("ppo")
+class PPO(RLAlgorithm):
+    """PPO for RLHF (Schulman et al. 2017; Ziegler et al. 2019): clipped loss, value head, GAE, per-token KL."""
+
+    critic = True
+    whiten = True
+
+
+@ALIGN_ALGOS.register("rloo")
+class RLOO(RLAlgorithm):
+    """RLOO (Ahmadian et al. 2024): leave-one-out baseline over k samples per prompt, no value head."""
+
+    whiten = True
+    group_advantages = staticmethod(rloo_advantages)
+
+
+@ALIGN_ALGOS.register("grpo")
+class GRPO(RLAlgorithm):
+    """GRPO (Shao et al. 2024): advantages (r − mean)/std over the k samples of each prompt, no value head."""
+
+    group_advantages = staticmethod(grpo_advantages)
 
 
 # -------------------------------------------------------------------------------------------- models
@@ -170,7 +215,7 @@ def response_logp(model, tokens: torch.Tensor, prompt_len: int, temperature: flo
 # -------------------------------------------------------------------------------------- training loop
 @dataclass
 class RLConfig:
-    algo: str = "ppo"                 # ppo | rloo | grpo
+    algo: str = "ppo"                 # an RLAlgorithm in ALIGN_ALGOS: ppo | rloo | grpo
     iterations: int = 50
     prompts_per_iter: int = 16
     samples_per_prompt: int = 4       # k (RLOO/GRPO group size)
@@ -203,15 +248,17 @@ def rl_train(policy: nn.Module, ref: nn.Module, prompt_fn: Callable[[int, torch.
     scores; baseline_fn(prompts_rows) -> (b,) subtracted from the score (contrastive rewards).
     PPO needs `policy` to be a PolicyWithValue.
     """
-    if cfg.algo not in ("ppo", "rloo", "grpo"):
-        raise ValueError(f"rl_train: algo={cfg.algo!r}: allowed ppo, rloo, grpo")
-    if cfg.algo == "ppo" and not isinstance(policy, PolicyWithValue):
-        raise ValueError("rl_train: algo='ppo' needs a PolicyWithValue policy")
+    try:
+        algo = algorithm("rl", cfg.algo)
+    except RegistryError as e:
+        raise ValueError(f"rl_train: algo={cfg.algo!r}: {e}") from None
+    if algo.critic and not isinstance(policy, PolicyWithValue):
+        raise ValueError(f"rl_train: algo={cfg.algo!r} needs a PolicyWithValue policy")
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     klc = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     k = cfg.samples_per_prompt
-    if cfg.algo != "ppo" and k < 2:
+    if not algo.critic and k < 2:
         raise ValueError(f"rl_train: algo={cfg.algo!r} needs samples_per_prompt >= 2 (got {k})")
     ref.eval()
     history = []
@@ -228,22 +275,21 @@ def rl_train(policy: nn.Module, ref: nn.Module, prompt_fn: Callable[[int, torch.
         with torch.no_grad():
             raw = reward_fn(rows_prompts, ro.responses).float()           # (b,)
             score = raw - baseline_fn(rows_prompts) if baseline_fn is not None else raw
-            if cfg.algo == "ppo":
+            if algo.critic:
                 old_logp, old_values = policy.logp_and_values(ro.tokens, tp, cfg.temperature)
             else:
                 old_logp = response_logp(policy, ro.tokens, tp, cfg.temperature)
             ref_logp = response_logp(ref, ro.tokens, tp, cfg.temperature)
-            if cfg.algo == "ppo":
+            if algo.critic:
                 rewards, kl = kl_shaped_rewards(score, old_logp, ref_logp, mask, klc.value)
                 adv, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-                if cfg.whiten_advantages:
+                if cfg.whiten_advantages and algo.whiten:
                     adv = masked_whiten(adv, mask) * mask
             else:
                 kl = (old_logp - ref_logp) * mask
                 seq_r = (score - klc.value * kl.sum(1)).view(-1, k)        # (p, k)
-                a = rloo_advantages(seq_r) if cfg.algo == "rloo" else grpo_advantages(seq_r)
-                adv = a.view(-1, 1) * mask
-                if cfg.whiten_advantages and cfg.algo == "rloo":
+                adv = algo.group_advantages(seq_r).view(-1, 1) * mask
+                if cfg.whiten_advantages and algo.whiten:
                     adv = masked_whiten(adv, mask) * mask
         t_score = time.perf_counter() - t0 - t_gen
         b = ro.tokens.shape[0]
@@ -253,7 +299,7 @@ def rl_train(policy: nn.Module, ref: nn.Module, prompt_fn: Callable[[int, torch.
             perm = torch.randperm(b, generator=g)
             for s in range(0, b, mb):
                 i = perm[s:s + mb]
-                if cfg.algo == "ppo":
+                if algo.critic:
                     logp, values = policy.logp_and_values(ro.tokens[i], tp, cfg.temperature)
                     pg, st = ppo_policy_loss(logp, old_logp[i], adv[i], mask[i], cfg.clip_eps)
                     vl = value_loss(values, old_values[i], returns[i], mask[i], cfg.clip_eps)

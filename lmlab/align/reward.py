@@ -14,6 +14,7 @@ ODIN (Chen et al. 2024): two linear heads on shared features, r = r_Q + r_L,
     L = BT(r_Q + r_L) + λ_L·[(1 − ρ(len, r_L)) + |ρ(len, r_Q)|] + λ_O·|ŵ_Q · ŵ_L|
 with ρ the Pearson correlation over the batch (both responses of every pair) and ŵ the unit-normalised
 head weights. RL uses r_Q only.
+Each method is a RewardKind registered by name in lmlab.registry.REWARD_MODELS (`method`, the rm stage's `rm.method`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,34 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmlab.align.algorithms import reward_kind
+from lmlab.registry import REWARD_MODELS, RegistryError
+
+
+# ------------------------------------------------------------------------------------------- kinds
+class RewardKind:
+    """A reward-model training method of `train_reward_model` (the rm stage's `rm.method`)."""
+
+    stage = "rm"
+    heads = 1        # scalar heads the RewardModel needs; head 0 is the reward used downstream
+
+
+@REWARD_MODELS.register("bt")
+class BradleyTerry(RewardKind):
+    """Bradley–Terry: −log σ(r(chosen) − r(rejected)) on hard labels."""
+
+
+@REWARD_MODELS.register("ids")
+class IterativeDataSmoothing(RewardKind):
+    """Iterative Data Smoothing (Zhu et al. 2024): BT on labels that move toward the model's own prediction."""
+
+
+@REWARD_MODELS.register("odin")
+class ODIN(RewardKind):
+    """ODIN (Chen et al. 2024): quality + length heads, length-correlation and orthogonality penalties."""
+
+    heads = 2
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -106,12 +135,14 @@ def train_reward_model(rm: RewardModel, chosen: list[list[int]], rejected: list[
                        method: str = "bt", epochs: int = 3, batch_size: int = 32, lr: float = 1e-3,
                        ids_beta: float = 0.5, lambda_l: float = 1.0, lambda_o: float = 1.0,
                        seed: int = 0, eval_fn=None, weight_decay: float = 0.0) -> dict:
-    """Train with method in {"bt", "ids", "odin"}; `eval_fn(rm, epoch) -> dict` is called after every epoch.
-    Returns {"history": [eval dicts], "labels": final labels (IDS)}."""
-    if method not in ("bt", "ids", "odin"):
-        raise ValueError(f"train_reward_model: method={method!r}: allowed bt, ids, odin")
-    if method == "odin" and rm.heads.out_features < 2:
-        raise ValueError("train_reward_model: method='odin' needs a RewardModel with n_heads=2")
+    """Train with a RewardKind of REWARD_MODELS (bt, ids, odin); `eval_fn(rm, epoch) -> dict` is called after every
+    epoch. Returns {"history": [eval dicts], "labels": final labels (IDS)}."""
+    try:
+        kind = reward_kind(method)
+    except RegistryError as e:
+        raise ValueError(f"train_reward_model: method={method!r}: {e}") from None
+    if rm.heads.out_features < kind.heads:
+        raise ValueError(f"train_reward_model: method={method!r} needs a RewardModel with n_heads={kind.heads}")
     g = torch.Generator().manual_seed(seed)
     n = len(chosen)
     labels = torch.ones(n)

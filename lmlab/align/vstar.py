@@ -29,6 +29,7 @@ from lmlab.align.dpo import completion_logps, train_dpo
 from lmlab.align.envs import Problem
 from lmlab.align.rollout import sample
 from lmlab.align.sft import IGNORE, pad_examples, train_sft
+from lmlab.registry import ALIGN_ALGOS
 
 BOS, EOS = 0, 1
 
@@ -194,9 +195,12 @@ def label(task, codec: CharCodec, problems: Sequence[Problem], samples) -> list[
     return [[task.check(p, codec.decode(y)) for y in ys] for p, ys in zip(problems, samples)]
 
 
+@ALIGN_ALGOS.register("vstar")
 def run_vstar(task, gen, codec: CharCodec, train_problems: Sequence[Problem], sft_items, cfg: VStarConfig,
               log=None) -> VStarResult:
-    """gen: an untrained (or pretrained) Decoder over codec's vocab; sft_items: (problem, gold text) pairs."""
+    """V-STaR (Hosseini et al. 2024): STaR generator iterations, then a DPO verifier for best-of-k.
+
+    gen: an untrained (or pretrained) Decoder over codec's vocab; sft_items: (problem, gold text) pairs."""
     rng = random.Random(cfg.seed)
     finetune(gen, codec, sft_items, cfg.sft_steps, cfg, cfg.seed)
     ref = copy.deepcopy(gen).eval()

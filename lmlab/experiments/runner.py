@@ -73,10 +73,9 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: in
     exps = select(names, all_)
     out = Path(out or Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    from lmlab.train.trainer import run_metadata
-    from lmlab.config import RunConfig
+    from lmlab.train.metrics import run_metadata
 
-    meta = run_metadata(RunConfig(), {"experiments": [e.name for e in exps], "scale": scale, "seeds": seeds})
+    meta = run_metadata(None, {"experiments": [e.name for e in exps], "scale": scale, "seeds": seeds})
     meta.pop("seed", None)
     atomic_write_text(out / "reproduce.json", json.dumps(meta, indent=2))
     rows, all_failures, sections = [], [], []

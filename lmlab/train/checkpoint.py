@@ -79,6 +79,26 @@ def load_model_file(path: Path | str) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(str(path)), meta
 
 
+def load_decoder(path: Path | str) -> torch.nn.Module:
+    """An lmlab Decoder from a `save_model` file (or its directory) whose metadata holds "model_config".
+
+    Files saved from a model that wraps a decoder hold the same weights under a prefix: a PolicyWithValue
+    ("decoder." + value_head) or a RewardModel ("backbone." + heads); the prefix is stripped and the heads
+    dropped, so any align stage's output can seed the next. Anything else raises one-line ValueError."""
+    from lmlab.config import ModelConfig
+    from lmlab.models.decoder import Decoder
+
+    try:
+        sd, meta = load_model_file(path)
+        model = Decoder(ModelConfig(**meta["model_config"]))
+        sd = {k.removeprefix("decoder.").removeprefix("backbone."): v for k, v in sd.items()
+              if not k.startswith(("value_head.", "heads."))}
+        load_state_into(model, sd, str(path))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not an lmlab decoder checkpoint ({e})") from None
+    return model
+
+
 def _optim_split(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}

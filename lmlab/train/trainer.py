@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from lmlab.config import ConfigError, RunConfig
+from lmlab.io import atomic_write_text
 from lmlab.registry import OBJECTIVES
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed
+from lmlab.train.metrics import MetricsLogger, write_run_files
 from lmlab.nn.peft import peft_context  # Partial LoRA reads its token mask from the batch; else a no-op
 from lmlab.train.schedules import lr_at
 
@@ -131,38 +133,6 @@ def _aux_loss(model: torch.nn.Module) -> Optional[torch.Tensor]:
     return torch.stack([a.float() for a in aux]).sum() if aux else None
 
 
-def run_metadata(cfg: RunConfig, extra: Optional[dict] = None) -> dict:
-    import platform
-    import subprocess
-    from importlib import metadata
-
-    versions = {}
-    for pkg in ("lmlab", "torch", "numpy", "tokenizers", "safetensors", "transformers", "pydantic"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True,
-                                    text=True, timeout=5).stdout.strip())
-    except Exception:
-        commit, dirty = None, None
-    return {"seed": cfg.train.seed, "versions": versions, "git_commit": commit, "git_dirty": dirty,
-            "python": platform.python_version(), "host": platform.node(), "torch_threads": torch.get_num_threads(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
-
-
-def write_run_files(out_dir: Path, cfg: RunConfig, extra: Optional[dict] = None) -> None:
-    from lmlab.config import save_config
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-    ckpt.atomic_write_text(out_dir / "meta.json", json.dumps(run_metadata(cfg, extra), indent=2))
-
-
 def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Optional[torch.nn.Module] = None,
           data: Any = None, objective: Any = None, resume: bool = True,
           callback: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
@@ -207,8 +177,8 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
     start_step, bad_in_row, bad_total, history = 0, 0, 0, []
     ckpt_dir = out / "checkpoints" if out else None
     if out and dist_info.main:
-        write_run_files(out, cfg, {"params": sum(p.numel() for p in model.parameters()),
-                                   "data_stats": getattr(data, "stats", {})})
+        write_run_files(out, cfg, tc.seed, {"params": sum(p.numel() for p in model.parameters()),
+                                            "data_stats": getattr(data, "stats", {})})
     if resume and ckpt_dir is not None and (last := ckpt.latest_checkpoint(ckpt_dir)) is not None:
         meta = ckpt.load_checkpoint(last, model, optimizer)
         start_step, stream.position = meta["step"], meta["data_position"]
@@ -216,7 +186,7 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
         if out and (out / "metrics.jsonl").exists():  # drop records written after the checkpoint
             lines = (out / "metrics.jsonl").read_text().splitlines()
             keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
-            ckpt.atomic_write_text(out / "metrics.jsonl", "".join(k + "\n" for k in keep))
+            atomic_write_text(out / "metrics.jsonl", "".join(k + "\n" for k in keep))
 
     run_model = distributed.wrap(model, dist_info, device, tc.parallel)
     if tc.compile:
@@ -224,25 +194,11 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
     use_bf16 = device.type == "cuda" and tc.precision in ("auto", "bf16")
     if tc.precision == "bf16" and device.type != "cuda":
         use_bf16 = False  # bf16 autocast on CPU is slower than fp32 here; kept fp32
-    writer = None
-    if out and tc.tensorboard and dist_info.main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            writer = None
-    metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8") if out and dist_info.main else None
+    metrics = MetricsLogger(out if dist_info.main else None, tc.tensorboard)
 
     def log(rec: dict) -> None:
         history.append(rec)
-        if metrics_file:
-            metrics_file.write(json.dumps(rec) + "\n")
-            metrics_file.flush()
-        if writer:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    writer.add_scalar(k, v, rec["step"])
+        metrics.log(rec["step"], rec)
         if callback:
             callback(rec["step"], rec)
 
@@ -318,10 +274,7 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
             save(tc.steps)
     finally:
         progress.close()
-        if metrics_file:
-            metrics_file.close()
-        if writer:
-            writer.close()
+        metrics.close()
     if not val_losses:
         val_losses = evaluate(model, data.val, micro, tc.eval_batches, device)
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -334,7 +287,7 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
                       tokens=tc.steps * tokens_per_step, steps=tc.steps, bad_steps=bad_total, out_dir=out,
                       seconds=time.time() - t0, history=history)
     if out and dist_info.main:
-        ckpt.atomic_write_text(out / "result.json", json.dumps(
+        atomic_write_text(out / "result.json", json.dumps(
             {"val_loss": vl, "val_losses": val_losses, "tokens": res.tokens, "steps": res.steps,
              "bad_steps": bad_total, "seconds": res.seconds}, indent=2))
     return res
