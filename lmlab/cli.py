@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "align": "lmlab.align.cli:register",
     "probe": "lmlab.eval.probes:register",
     "reproduce": "lmlab.experiments.cli:register_reproduce",
+    "report": "lmlab.experiments.cli:register_report",
     "list": "lmlab.experiments.cli:register_list",
 }
 
