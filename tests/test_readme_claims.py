@@ -34,10 +34,14 @@ def test_catalogue_lists_every_experiment_once():
 
 
 def test_readme_columns_match_catalogue():
-    """Paper, component, test and experiment columns of README.md are those of catalogue.yaml, row by row."""
-    want = _rows(report.catalogue_table(report.load_catalogue(), {}))
+    """Paper, component, test and experiment columns of README.md are those of catalogue.yaml, row by row, and
+    so is the status of every row without an experiment."""
+    cat = report.load_catalogue()
+    want = _rows(report.catalogue_table(cat, {}))
     have = _rows(report.current_block(README.read_text()))
     assert [r[:4] for r in have] == [r[:4] for r in want]
+    assert [h for h, c in zip(have, cat) if not c.get("experiments")] == \
+        [w for w, c in zip(want, cat) if not c.get("experiments")]
 
 
 def test_readme_table_matches_committed_claims():
