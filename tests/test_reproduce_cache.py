@@ -244,3 +244,14 @@ def test_function_closure_follows_names_not_lines(tmp_path, monkeypatch):
     assert RunDeps((pkg.name,)).function_closure(f"{pkg.name}.m", "run")[k] == h0
     (pkg / "m.py").write_text(src.replace('{"a": 1}', '{"a": 2}'))
     assert RunDeps((pkg.name,)).function_closure(f"{pkg.name}.m", "run")[k] != h0
+
+
+def test_shared_caches_are_dropped_when_runs_are_stale(fake):
+    _repro(fake)
+    shared = fake.out / f"A_{fake.tag}" / "_reference"
+    shared.mkdir()
+    (shared / "model.bin").write_text("made by the old code")
+    assert _repro(fake) == [] and shared.exists()               # nothing stale: the cache stays
+    fake.mod.CONFIGS["base"]["lr"] = 5.0
+    assert _repro(fake) == [("A", "base", 0), ("A", "base", 1)]
+    assert not shared.exists()

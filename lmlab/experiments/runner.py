@@ -5,7 +5,9 @@ with its key (see `lmlab.experiments.runkey`): a hash of the arm's resolved conf
 sources the run depends on, the environment, and the commit it ran at. A rerun with the same `--out` reuses a
 run only when its config, environment and every source it depends on are unchanged; any other run is
 deleted and run again, never relabelled. So a crash or Ctrl-C loses at most the run in flight, and after an
-edit exactly the runs that depend on the edited code or config run again.
+edit exactly the runs that depend on the edited code or config run again. Caches an experiment shares between
+its runs live in `<out>/<exp>/_*` (e.g. Rho-1's reference model); they are dropped whenever any run of that
+experiment is stale, since they were made by the same code.
 """
 from __future__ import annotations
 
@@ -100,15 +102,28 @@ def run_experiment(exp: Experiment, scale: str, seeds: int, out: Path, progress=
         counts.setdefault(k, 0)
     results: dict[str, list[ArmResult]] = {a: [] for a in exp.arms}
     failures = []
+    plan: dict[tuple[str, int], tuple] = {}       # (arm, seed) -> (want, saved result or None, why stale)
+    for seed in range(seeds):
+        for arm in exp.arms:
+            try:
+                want = run_key(exp, arm, scale, seed, deps, env)
+                r, key = _load(out / exp.name / arm / f"seed_{seed}" / "arm_result.json")
+                plan[(arm, seed)] = (want, r, why_stale(key, want, deps) if r is not None else None)
+            except Exception as e:
+                plan[(arm, seed)] = (e, None, None)
+    if any(why for _, _, why in plan.values()):
+        # Caches an experiment shares between its runs (`<out>/<exp>/_*`, e.g. Rho-1's reference model) were
+        # made by code or configs that are now stale for at least one run: drop them, the rerun remakes them.
+        for shared in sorted((out / exp.name).glob("_*")):
+            log(f"drop shared cache {shared.relative_to(out)} (runs of {exp.name} are stale)")
+            shutil.rmtree(shared) if shared.is_dir() else shared.unlink()
     for seed in range(seeds):
         for arm in exp.arms:
             d = out / exp.name / arm / f"seed_{seed}"
-            res_file = d / "arm_result.json"
-            r = None
+            want, r, why = plan[(arm, seed)]
             try:
-                want = run_key(exp, arm, scale, seed, deps, env)
-                r, key = _load(res_file)
-                why = why_stale(key, want, deps) if r is not None else None
+                if isinstance(want, Exception):
+                    raise want
                 if why:
                     counts["stale"] += 1
                     log(f"rerun {exp.name}/{arm} seed {seed}: {why}")
