@@ -255,3 +255,9 @@ def test_shared_caches_are_dropped_when_runs_are_stale(fake):
     fake.mod.CONFIGS["base"]["lr"] = 5.0
     assert _repro(fake) == [("A", "base", 0), ("A", "base", 1)]
     assert not shared.exists()
+
+
+def test_comment_only_edit_reruns_nothing(fake):
+    _repro(fake)
+    (fake.pkg / "helper_a.py").write_text("# a comment\ndef value():\n\n    return 1.0  # same code\n")
+    assert _repro(fake) == []

@@ -4,7 +4,8 @@ A run's key has three parts that decide reuse, and one that only labels it:
 
     config   hash of the arm's resolved config (`Experiment.arm_config(arm, scale, seed)` when the
              experiment has it, else experiment name, arm, scale, seed and the run function's name)
-    code     {module or file: sha256} of every source the run depends on (see below)
+    code     {module or file: sha256} of every source the run depends on (see below); a module is hashed by
+             its syntax tree, so comments and layout do not count
     env      python major.minor, torch and numpy versions, device kind
     commit   git commit of the checkout (+ a hash of the source tree when it has uncommitted changes);
              recorded, never compared: an unaffected run stays valid across commits
@@ -148,6 +149,7 @@ class RunDeps:
         self._closure: dict[str, dict[str, str]] = {}
         self._defs: dict[tuple[str, str], dict[str, str]] = {}
         self._bytes: dict[Path, bytes] = {}
+        self._trees: dict[Path, ast.Module] = {}
 
     # -- modules -> files
     def locate(self, mod: str) -> Optional[tuple[Path, bool]]:
@@ -200,9 +202,15 @@ class RunDeps:
         parts = mod.split(".")
         return [".".join(parts[:i]) for i in range(1, len(parts))]
 
+    def _tree(self, p: Path) -> ast.Module:
+        if p not in self._trees:
+            self._trees[p] = ast.parse(self._read(p), filename=str(p))
+        return self._trees[p]
+
     def _file_entry(self, mod: str) -> tuple[str, str]:
+        """A module's hash is its syntax tree's (comments, blank lines and layout do not count)."""
         p, _ = self.locate(mod)
-        return mod, sha256_bytes(self._read(p))
+        return mod, sha256_bytes(ast.dump(self._tree(p), include_attributes=False).encode())
 
     def module_closure(self, mod: str) -> dict[str, str]:
         """{module: sha256 of its file} for `mod`, everything it imports transitively, and their parent
@@ -223,7 +231,7 @@ class RunDeps:
             for parent in self._parents(m):
                 if self.locate(parent):
                     out.setdefault(*self._file_entry(parent))
-            tree = ast.parse(self._read(p), filename=str(p))
+            tree = self._tree(p)
             todo.extend(self._imports([tree], m, is_pkg) - seen)
         self._closure[mod] = out
         return out
@@ -238,8 +246,7 @@ class RunDeps:
         if not loc:
             return None
         p, is_pkg = loc
-        tree = ast.parse(self._read(p), filename=str(p))
-        stmts = tree.body
+        stmts = self._tree(p).body
         defs = [_defined_names(s) for s in stmts]
         if not any(func in d for d in defs):
             return None
