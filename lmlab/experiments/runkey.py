@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -259,8 +260,9 @@ class RunDeps:
                     chosen.add(i)
                     new |= _used_names(s)
             frontier = new - want
-        # `from __future__` changes how the whole module compiles
-        chosen |= {i for i, s in enumerate(stmts) if isinstance(s, ast.ImportFrom) and s.module == "__future__"}
+        # `from __future__` changes how the whole module compiles; a star import binds names we cannot see
+        chosen |= {i for i, s in enumerate(stmts) if isinstance(s, ast.ImportFrom)
+                   and (s.module == "__future__" or any(a.name == "*" for a in s.names))}
         picked = [stmts[i] for i in sorted(chosen)]
         digest = sha256_bytes("\n".join(ast.dump(s, include_attributes=False) for s in picked).encode())
         out = {f"{mod}::{func}": digest}
@@ -276,10 +278,10 @@ class RunDeps:
     def for_callable(self, fn: Any) -> dict[str, str]:
         """Dependencies of a run function: definition-level in its own module when it is a plain top-level
         function, else its whole module."""
+        if isinstance(fn, functools.partial):
+            return self.for_callable(fn.func)
         mod = getattr(fn, "__module__", None)
         name = getattr(fn, "__name__", None)
-        if isinstance(fn, __import__("functools").partial):
-            return self.for_callable(fn.func)
         if not mod or not self.locate(mod):
             return {}
         if name and getattr(fn, "__qualname__", None) == name:

@@ -48,7 +48,10 @@ def arm_config(exp: Experiment, arm: str, scale: str, seed: int) -> dict:
     else the run's identity (the code part then carries everything the run function decides)."""
     fn = getattr(exp, "arm_config", None)
     if callable(fn):
-        cfg = fn(arm, scale, seed)
+        try:
+            cfg = fn(arm, scale, seed)
+        except NotImplementedError:
+            cfg = None
         if cfg is not None:
             return {"arm_config": canonical(cfg), "scale": scale, "seed": seed}
     run = exp.run
