@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "align": "lmlab.align.cli:register",
     "probe": "lmlab.eval.probes:register",
     "reproduce": "lmlab.experiments.cli:register_reproduce",
+    "report": "lmlab.experiments.cli:register_report",
     "list": "lmlab.cli:register_list",
 }
 

@@ -1,9 +1,10 @@
-"""Reports: the claims table (markdown) and plots (PNG) of a `lmlab reproduce` run."""
+"""Reports: the claims table (markdown) and plots (PNG) of a `lmlab reproduce` run, and the README
+catalogue table generated from a committed claims.json (`lmlab report readme`)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -82,3 +83,97 @@ def plot_metric(results: dict[str, list[Any]], metric: str, path: Path, title: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The README catalogue, generated from a committed claims.json (`lmlab report readme`)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "results"            # committed: claims.json + reproduce.json of one full run, catalogue.yaml
+BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
+CATALOGUE_HEAD = "| Paper | Component | Test | Experiment | Status (quick scale) |\n|---|---|---|---|---|\n"
+
+
+def load_catalogue(path: Optional[Path] = None) -> list[dict]:
+    import yaml
+
+    return yaml.safe_load(Path(path or RESULTS_DIR / "catalogue.yaml").read_text())["rows"]
+
+
+def load_claims(path: Optional[Path] = None) -> dict[str, dict]:
+    import json
+
+    return {r["name"]: r for r in json.loads(Path(path or RESULTS_DIR / "claims.json").read_text())}
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def claim_status(r: Optional[dict], name: str) -> str:
+    """One experiment's status from its claims row: verdict, baseline and technique mean ± std, seeds."""
+    if r is None:
+        return f"no result for `{name}` in claims.json"
+    arrow = "↓" if r.get("direction") == "lower" else "↑"
+    b, t = r.get("baseline") or [math.nan, math.nan], r.get("technique") or [math.nan, math.nan]
+    if fmt(*b) == "—" and fmt(*t) == "—":
+        nums = f"{r['rule']}"
+    else:
+        nums = f"{r['baseline_arm']} {fmt(*b)} vs {r['technique_arm']} {fmt(*t)} ({r['metric']} {arrow})"
+    n = r.get("n") or {}
+    seeds = min(n.values()) if n else r.get("seeds")
+    return f"**{r['verdict']}**: {nums}, {seeds} seeds"
+
+
+def catalogue_table(rows: list[dict], claims: dict[str, dict], meta: Optional[dict] = None) -> str:
+    """The whole catalogue block between the markers: a provenance line and the table."""
+    commits = sorted({c.get("commit") or "?" for c in claims.values()})
+    seeds = "/".join(sorted({str(c.get("seeds")) for c in claims.values()}))
+    scale = "/".join(sorted({c.get("scale") or "quick" for c in claims.values()}))
+    listed = {e for r in rows for e in r.get("experiments", [])}
+    which = "--all" if listed <= set(claims) else f"--only … ({len(listed & set(claims))} of {len(listed)} experiments)"
+    when = f" on {meta['time'][:10]}" if meta and meta.get("time") else ""
+    label = ", ".join(f"`{c[:12]}`" + (" with uncommitted changes" if "uncommitted" in c else "") for c in commits)
+    prov = (f"Status below: `lmlab reproduce {which} --scale {scale} --seeds {seeds}` at commit {label}{when} "
+            "(`results/claims.json`; table written by `lmlab report readme`).")
+    lines = []
+    for row in rows:
+        exps = row.get("experiments")
+        if exps:
+            notes = row.get("notes") or {}
+            parts = []
+            for e in exps:
+                s = claim_status(claims.get(e), e)
+                if notes.get(e):
+                    s += f" — {notes[e]}"
+                parts.append((f"`{e}` " if len(exps) > 1 else "") + s)
+            exp_cell = ", ".join(f"`{e}`" for e in exps)
+            status = "; ".join(parts)
+        else:
+            exp_cell, status = row.get("experiment", "—"), row.get("status", "")
+        lines.append(f"| {row['paper']} | {row['component']} | {row['test']} | {exp_cell} | {_cell(status)} |")
+    return f"{BEGIN}\n{prov}\n\n{CATALOGUE_HEAD}" + "\n".join(lines) + f"\n{END}"
+
+
+def replace_block(text: str, block: str) -> str:
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        raise ValueError(f"README has no {BEGIN} … {END} block")
+    return text[:i] + block + text[j + len(END):]
+
+
+def current_block(text: str) -> str:
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        raise ValueError(f"README has no {BEGIN} … {END} block")
+    return text[i:j + len(END)]
+
+
+def readme_block(claims_path: Optional[Path] = None, catalogue_path: Optional[Path] = None) -> str:
+    """The catalogue block for README.md from claims.json (and the reproduce.json beside it) + catalogue.yaml."""
+    import json
+
+    claims_path = Path(claims_path or RESULTS_DIR / "claims.json")
+    meta_path = claims_path.with_name("reproduce.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    return catalogue_table(load_catalogue(catalogue_path), load_claims(claims_path), meta)

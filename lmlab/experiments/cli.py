@@ -1,4 +1,4 @@
-"""`lmlab reproduce` (`lmlab list` is in lmlab/cli.py: it shows every layer's registries)."""
+"""`lmlab reproduce` and `lmlab report` (`lmlab list` is in lmlab/cli.py: it shows every layer's registries)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +12,10 @@ def register_reproduce(sub) -> None:
     p.add_argument("--all", action="store_true", help="every registered experiment")
     p.add_argument("--scale", choices=["quick", "full"], default="quick",
                    help="quick: minutes on a laptop CPU; full: GPU-sized configs")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
-    p.add_argument("--out", type=Path, help="output dir (default reports/<timestamp>); reusing it resumes")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per arm (default: 3, or more where an experiment declares more)")
+    p.add_argument("--out", type=Path, help="output dir (default reports/<timestamp>); reusing it resumes and "
+                                            "reruns exactly the runs whose config or code changed")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_reproduce)
 
@@ -21,7 +23,68 @@ def register_reproduce(sub) -> None:
 def _reproduce(args) -> int:
     from lmlab.experiments.runner import reproduce
 
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds={args.seeds}: must be >= 1")
     reproduce(args.only, args.scale, args.seeds, args.out, args.all, not args.no_progress)
     return 0
+
+
+def register_report(sub) -> None:
+    p = sub.add_parser("report", help="write reports from reproduce results (the README catalogue table)",
+                       description="`lmlab report readme` rewrites the README catalogue between <!-- claims:begin --> "
+                                   "and <!-- claims:end --> from results/claims.json and results/catalogue.yaml.")
+    rsub = p.add_subparsers(dest="report_cmd", metavar="WHAT")
+    rsub.required = True
+    r = rsub.add_parser("readme", help="regenerate (or --check) the README catalogue table from claims.json")
+    r.add_argument("--from", dest="from_dir", type=Path, metavar="RUN_DIR",
+                   help="first copy RUN_DIR/claims.json and RUN_DIR/reproduce.json (a `lmlab reproduce --all` "
+                        "output) into results/")
+    r.add_argument("--claims", type=Path, help="claims.json to read (default results/claims.json)")
+    r.add_argument("--readme", type=Path, help="README to rewrite (default the checkout's README.md)")
+    r.add_argument("--check", action="store_true", help="change nothing; exit 1 when the table is out of date")
+    r.add_argument("--allow-uncommitted", action="store_true",
+                   help="with --from: accept a run made from uncommitted code")
+    r.set_defaults(func=_report_readme)
+
+
+def _report_readme(args) -> int:
+    import json
+    import shutil
+
+    from lmlab import report
+
+    claims = args.claims or report.RESULTS_DIR / "claims.json"
+    readme = args.readme or report.REPO / "README.md"
+    if args.from_dir is not None:
+        src = args.from_dir / "claims.json"
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: not a `lmlab reproduce` output directory")
+        meta = json.loads((args.from_dir / "reproduce.json").read_text())
+        label = meta.get("code_version") or ""
+        if "uncommitted" in label and not args.allow_uncommitted:
+            raise ValueError(f"{args.from_dir} was run from uncommitted code ({label}); commit, rerun "
+                             "(unchanged runs are reused) or pass --allow-uncommitted")
+        missing = [e for r in report.load_catalogue() for e in r.get("experiments", [])
+                   if e not in {c["name"] for c in json.loads(src.read_text())}]
+        if missing:
+            print(f"warning: {len(missing)} catalogue experiments have no result in {src}")
+        report.RESULTS_DIR.mkdir(exist_ok=True)
+        shutil.copyfile(src, claims)
+        shutil.copyfile(args.from_dir / "reproduce.json", claims.with_name("reproduce.json"))
+    if not claims.exists():
+        raise FileNotFoundError(f"{claims}: run `lmlab reproduce --all --seeds 3 --out DIR` at a commit, then "
+                                "`lmlab report readme --from DIR`")
+    block = report.readme_block(claims)
+    text = readme.read_text()
+    if args.check:
+        if report.current_block(text) != block:
+            print(f"{readme}: the catalogue table differs from {claims}; run `lmlab report readme`")
+            return 1
+        print(f"{readme}: the catalogue table matches {claims}")
+        return 0
+    new = report.replace_block(text, block)
+    if new != text:
+        readme.write_text(new)
+    print(f"{readme}: catalogue table {'rewritten' if new != text else 'already up to date'} from {claims}")
+    return 0
+
