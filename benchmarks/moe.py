@@ -70,8 +70,8 @@ def keep_heap() -> None:
 def bench(d: int, h: int, e: int, k: int, tokens: int, router: str, cf, reps: int, naive_tokens: int):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=d, n_head=1, d_ff=h, n_layer=2)
-    moe = MoE(cfg, router=router, n_experts=e, top_k=k, capacity_factor=cf, group="batch")
-    dense = SwiGLU(cfg, d_ff=k * h)
+    moe = MoE.from_config(cfg, router=router, n_experts=e, top_k=k, capacity_factor=cf, group="batch")
+    dense = SwiGLU.from_config(cfg, d_ff=k * h)
     x = torch.randn(1, tokens, d, requires_grad=True)
 
     def expert_loop(xx):

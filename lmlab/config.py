@@ -7,25 +7,138 @@ single line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from lmlab.registry import CHANNEL_MIXERS, RESIDUALS, TOKEN_MIXERS, RegistryError
 
 
 class ConfigError(ValueError):
     """A bad config: the message is one line naming the culprit."""
 
 
+class UnknownNameError(ConfigError, KeyError):
+    """A config names a component no registry knows (a KeyError too, like `RegistryError`)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it plain
+        return str(self.args[0])
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    _section: ClassVar[str] = ""    # where this model sits in a RunConfig ("model", "train", ...)
+
+    def __init__(self, **data: Any) -> None:
+        """Direct construction (`ModelConfig(d_model=7, ...)`) fails with the same one line as a YAML file."""
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise config_error(e, type(self), type(self).__name__, prefix=self._section) from None
+
+    # Tell pydantic this is its own __init__ (as RootModel does): validation of a nested config
+    # (RunConfig.model) then builds it directly and keeps the full error location (model.ffn_args...).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------ component arguments
+@dataclass(frozen=True)
+class Dims:
+    """The model-wide sizes a block component is built with, and where it sits (`layer_idx`).
+
+    Every registered component is built as `cls(dims, args)` (residual policies: `cls(dims, args,
+    sublayer_idx)`): one uniform constructor, so `lmlab.nn.block` needs no per-class knowledge and a new
+    component plugs in by registering itself. A component reads the sizes it needs from here and its own
+    options from `args` (its `Args`); it never sees the whole ModelConfig, another component's arguments
+    or the initialisation scale (initialisation is the decoder's: `Decoder.reset_parameters`).
+    """
+
+    d_model: int
+    n_head: int
+    n_kv_head: int                  # model.n_kv_head resolved: n_head for MHA
+    head_dim: int
+    ffn_hidden: int                 # model.d_ff resolved
+    n_layer: int
+    max_seq_len: int
+    rope_theta: float
+    norm_eps: float
+    dropout: float
+    sliding_window: Optional[int]   # model.sliding_window (attention mixers' default window)
+    layer_idx: int = 0
+
+
+class ArgError(ValueError):
+    """Raised by `ComponentArgs.check`: names the argument (`field`) and says what is wrong."""
+
+    def __init__(self, field: str, why: str):
+        super().__init__(f"{field}: {why}")
+        self.field, self.why = field, why
+
+
+class ComponentArgs(BaseModel):
+    """Base of every component's nested `Args`: the keys `model.<kind>_args.<name>` may hold, typed, with
+    their defaults and ranges. Unknown keys are errors. Cross-field rules that need no model sizes are
+    pydantic validators; rules that need them (e.g. `expand` divides d_model) go in `check(dims)`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def check(self, dims: Dims) -> None:
+        """Raise `ArgError(field, why)` when these arguments do not fit the model's sizes."""
+
+
+class KVHeadsArg(ComponentArgs):
+    """`n_kv_head` of an attention-like mixer. The one rule for it: the mixer's own value, else the model's."""
+
+    n_kv_head: Optional[int] = Field(None, ge=1, description="K/V heads; None = model.n_kv_head")
+
+    def kv_heads(self, dims: Dims) -> int:
+        return self.n_kv_head or dims.n_kv_head
+
+
+class WindowArg(ComponentArgs):
+    """`window` of an attention mixer. The one rule for it: the mixer's own value, else model.sliding_window."""
+
+    window: Optional[int] = Field(None, ge=1, description="sliding window; None = model.sliding_window")
+
+    def window_for(self, dims: Dims) -> Optional[int]:
+        return self.window if self.window is not None else dims.sliding_window
+
+
+# model.<kind> / <kind>_pattern / <kind>_args, and the registry each name is looked up in
+COMPONENT_KINDS = {"mixer": ("layer_pattern", "mixer_args", TOKEN_MIXERS),
+                   "ffn": ("ffn_pattern", "ffn_args", CHANNEL_MIXERS),
+                   "residual": (None, "residual_args", RESIDUALS)}
+
+
+def _line(loc: tuple, value: Any, why: str, kind: str = "component_arg") -> dict:
+    return {"type": PydanticCustomError(kind, "{why}", {"why": why}), "loc": loc, "input": value}
+
+
+def _prefixed(e: ValidationError, prefix: tuple, args_cls: type[BaseModel]) -> list[dict]:
+    """`args_cls`'s validation errors re-rooted at `prefix` (e.g. ('ffn_args', 'moe'))."""
+    out = []
+    for err in e.errors():
+        line = {"type": err["type"], "loc": prefix + tuple(err["loc"]), "input": err.get("input")}
+        if err["type"] == "value_error":  # a validator's ValueError: keep its text, not the exception object
+            line = _line(line["loc"], line["input"], err["msg"].replace("Value error, ", "", 1))
+        elif err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            line = _line(line["loc"], line["input"],
+                         f"unknown key (known keys: {', '.join(sorted(args_cls.model_fields)) or 'none'})")
+        elif "ctx" in err:
+            line["ctx"] = err["ctx"]
+        out.append(line)
+    return out
 
 
 class ModelConfig(_Base):
     """Decoder-only LM: a stack of blocks, each = token mixer + channel mixer + residual policy."""
 
-    vocab_size: int = Field(4096, ge=2)
+    vocab_size: int = Field(4096, ge=2, description="left out: the tokenizer's size when training (see "
+                                                    "resolve_vocab_size); written: must equal it")
     d_model: int = Field(128, ge=1)
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
@@ -49,6 +162,8 @@ class ModelConfig(_Base):
     residual: str = "prenorm"
     residual_args: dict[str, Any] = Field(default_factory=dict)
 
+    _section: ClassVar[str] = "model"
+
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
         if self.d_model % self.n_head:
@@ -56,7 +171,71 @@ class ModelConfig(_Base):
         kv = self.n_kv_head or self.n_head
         if self.n_head % kv:
             raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={kv}")
+        errors = self._component_errors()
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
+
+    def _component_errors(self) -> list[dict]:
+        """Every component name resolves in its registry; every `*_args` entry validates against that
+        component's `Args`; the components in use pass their `Args.check(dims)`. Locations are relative to
+        this model (`ffn_args.moe.top_k`), so errors read `model.ffn_args.moe.top_k` in a RunConfig."""
+        errors: list[dict] = []
+        used: dict[str, set[str]] = {}
+        for kind, (pattern, args_key, reg) in COMPONENT_KINDS.items():
+            named = [((kind,), getattr(self, kind))]
+            if pattern and getattr(self, pattern):
+                named += [((pattern, i), n) for i, n in enumerate(getattr(self, pattern))]
+            for loc, name in named:
+                try:
+                    reg.get(name)
+                except RegistryError as e:
+                    errors.append(_line(loc, name, str(e), "unknown_component"))
+            used[kind] = set(self._in_use(kind))
+        dims = self.dims()
+        for kind, (_, args_key, reg) in COMPONENT_KINDS.items():
+            if kind == "residual":
+                entries = {self.residual: (self.residual_args, (args_key,))}
+            else:
+                entries = {n: (a, (args_key, n)) for n, a in getattr(self, args_key).items()}
+                entries.update({n: ({}, (args_key, n)) for n in sorted(used[kind]) if n not in entries})
+            for name, (raw, loc) in entries.items():
+                try:
+                    cls = reg.get(name)
+                except RegistryError as e:
+                    if kind != "residual" and name not in used[kind]:  # an *_args key naming no component
+                        errors.append(_line(loc, raw, str(e), "unknown_component"))
+                    continue                                           # (else reported with the name above)
+                try:
+                    args = cls.Args.model_validate(raw)
+                except ValidationError as e:
+                    errors += _prefixed(e, loc, cls.Args)
+                    continue
+                if name in used[kind]:
+                    try:
+                        args.check(dims)
+                    except ArgError as e:
+                        errors.append(_line(loc + (e.field,), getattr(args, e.field, None), e.why))
+        return errors
+
+    def _in_use(self, kind: str) -> list[str]:
+        pattern = COMPONENT_KINDS[kind][0]
+        return list(getattr(self, pattern) or [getattr(self, kind)]) if pattern else [self.residual]
+
+    def component_args(self, kind: str, name: Optional[str] = None) -> "ComponentArgs":
+        """The validated `Args` instance of component `name` of `kind` ('mixer', 'ffn' or 'residual'; name
+        defaults to model.mixer / model.ffn / model.residual), built from `model.<kind>_args` (the config
+        itself keeps the dicts, so it serialises as written)."""
+        _, args_key, reg = COMPONENT_KINDS[kind]
+        name = name or (self.residual if kind == "residual" else getattr(self, kind))
+        raw = self.residual_args if kind == "residual" else getattr(self, args_key).get(name, {})
+        return reg.get(name).Args.model_validate(raw)
+
+    def dims(self, layer_idx: int = 0) -> Dims:
+        return Dims(d_model=self.d_model, n_head=self.n_head, n_kv_head=self.kv_heads, head_dim=self.head_dim,
+                    ffn_hidden=self.ffn_hidden, n_layer=self.n_layer, max_seq_len=self.max_seq_len,
+                    rope_theta=self.rope_theta, norm_eps=self.norm_eps, dropout=self.dropout,
+                    sliding_window=self.sliding_window, layer_idx=layer_idx)
 
     @property
     def head_dim(self) -> int:
@@ -81,6 +260,7 @@ class ModelConfig(_Base):
 
 
 class DataConfig(_Base):
+    _section: ClassVar[str] = "data"
     source: str = Field("embedded", description="'embedded', a local file/dir, or a datasets hub name")
     domains: Optional[list[str]] = Field(None, description="embedded domains to use (None = all)")
     text_field: str = "text"
@@ -97,6 +277,7 @@ class DataConfig(_Base):
 
 
 class TrainConfig(_Base):
+    _section: ClassVar[str] = "train"
     steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1, description="sequences per optimizer step (global)")
     grad_accum: int = Field(1, ge=1)
@@ -162,15 +343,21 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(getattr(cur, "model_fields", {}))
 
 
-def format_validation_error(e: ValidationError, model: type[BaseModel], source: str = "config") -> str:
+def _value_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{…}"
+    vtxt = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return vtxt[:57] + "..." if len(vtxt) > 60 else vtxt
+
+
+def format_validation_error(e: ValidationError, model: type[BaseModel], source: str = "config",
+                            prefix: str = "") -> str:
+    """`source: key=value: what is allowed` for the first error; `prefix` is prepended to the key (the
+    section of a RunConfig that `model` is, for a direct construction)."""
     err = e.errors()[0]
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "(root)"
-    value = err.get("input")
-    vtxt = json.dumps(value, default=str) if not isinstance(value, dict) else "{…}"
-    if len(vtxt) > 60:
-        vtxt = vtxt[:57] + "..."
-    msg = f"{source}: {key}={vtxt}: {_allowed(err)}"
+    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(root)"
+    msg = f"{source}: {key}={_value_text(err.get('input'))}: {_allowed(err)}"
     if err.get("type") == "extra_forbidden":
         keys = _known_keys(model, loc)
         if keys:
@@ -181,11 +368,29 @@ def format_validation_error(e: ValidationError, model: type[BaseModel], source: 
     return msg
 
 
+def config_error(e: ValidationError, model: type[BaseModel], source: str = "config", prefix: str = "") -> ConfigError:
+    """The one-line ConfigError for a pydantic ValidationError (an UnknownNameError, also a KeyError, when the
+    first problem is a component name no registry knows)."""
+    cls = UnknownNameError if e.errors()[0].get("type") == "unknown_component" else ConfigError
+    return cls(format_validation_error(e, model, source, prefix))
+
+
 def validate(model: type[BaseModel], data: dict, source: str = "config"):
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, model, source)) from None
+        raise config_error(e, model, source) from None
+
+
+def resolve_vocab_size(model: ModelConfig, tokenizer_vocab: int) -> ModelConfig:
+    """The rule for model.vocab_size when a tokenizer is known: left out of the config, it is the
+    tokenizer's size; written, it must equal it (a one-line ConfigError otherwise)."""
+    if "vocab_size" not in model.model_fields_set:
+        return model.model_copy(update={"vocab_size": tokenizer_vocab})
+    if model.vocab_size != tokenizer_vocab:
+        raise ConfigError(f"model.vocab_size={model.vocab_size}: the tokenizer has {tokenizer_vocab} tokens; "
+                          "leave model.vocab_size out to use the tokenizer's size")
+    return model
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -26,7 +26,7 @@ def test_sdpa_matches_naive_float64(h, k, window, t):
 
 def test_sliding_window_masks_far_keys():
     cfg = ModelConfig(vocab_size=32, d_model=16, n_layer=1, n_head=2, sliding_window=3)
-    attn = Attention(cfg).double()
+    attn = Attention.from_config(cfg).double()
     x = torch.randn(1, 10, 16, dtype=torch.float64, requires_grad=True)
     y, _ = attn(x)
     # output at position 9 depends only on positions 7, 8, 9

@@ -66,12 +66,12 @@ def test_overrides_and_roundtrip(tmp_path):
 def test_unknown_component_name_is_one_line():
     from lmlab.models import build_model
 
-    cfg = RunConfig(model={"mixer": "nosuchmixer", "n_layer": 1}).model
     with pytest.raises(KeyError) as e:
+        cfg = RunConfig(model={"mixer": "nosuchmixer", "n_layer": 1}).model
         build_model(cfg)
     assert "nosuchmixer" in str(e.value) and "attn" in str(e.value)
-    cfg = RunConfig(model={"n_layer": 1, "mixer_args": {"attn": {"windw": 4}}}).model
     with pytest.raises(ConfigError, match="mixer_args.attn"):
+        cfg = RunConfig(model={"n_layer": 1, "mixer_args": {"attn": {"windw": 4}}}).model
         build_model(cfg)
 
 

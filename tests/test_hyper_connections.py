@@ -53,7 +53,7 @@ def _trained_like(m: HyperConnection, seed=0):
 def test_policy_equals_naive_loop_values_and_grads(dynamic):
     torch.manual_seed(0)
     cfg = _cfg(residual="hyper", residual_args={"n": 3, "dynamic": dynamic})
-    m = HyperConnection(cfg, 1, 0, n=3, dynamic=dynamic).double()
+    m = HyperConnection.from_config(cfg, 1, 0, n=3, dynamic=dynamic).double()
     _trained_like(m)
     lin = torch.nn.Linear(16, 16).double()
     fn = lambda x: (torch.tanh(lin(x)), None)  # noqa: E731
@@ -89,7 +89,7 @@ def test_oracle_hyper_connections_package():
     torch.manual_seed(0)
     n, d = 4, 16
     cfg = _cfg(residual="hyper", residual_args={"n": n, "dynamic": True}, norm_eps=1e-12)
-    ours = HyperConnection(cfg, 1, 1, n=n, dynamic=True)  # sublayer k = 3
+    ours = HyperConnection.from_config(cfg, 1, 1, n=n, dynamic=True)  # sublayer k = 3
     _trained_like(ours)
     lin = torch.nn.Linear(d, d)
     ref = HyperConnections(n, dim=d, layer_index=3, branch=lambda x: torch.tanh(lin(ours.norm(x))))
@@ -108,4 +108,4 @@ def test_oracle_hyper_connections_package():
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
     # and at init their static alpha is ours: A_m = e_{3 mod 4}, A_r = I, B = 1
     fresh = HyperConnections(n, dim=d, layer_index=3)
-    torch.testing.assert_close(HyperConnection(cfg, 1, 1, n=n).static_alpha.detach(), fresh.static_alpha.detach())
+    torch.testing.assert_close(HyperConnection.from_config(cfg, 1, 1, n=n).static_alpha.detach(), fresh.static_alpha.detach())

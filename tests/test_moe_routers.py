@@ -11,12 +11,12 @@ from lmlab.nn.moe.routers import (ROUTERS, aux_losses, build_router, naive_sinkh
                                   router_metrics, sinkhorn, sparse_transport)
 
 CFG = ModelConfig(d_model=8, n_head=2, d_ff=12, n_layer=2)
-ALL = sorted(ROUTERS)
+ALL = ROUTERS.names()
 
 
 def _layer(router, seed=0, **kw):
     torch.manual_seed(seed)
-    m = MoE(CFG, router=router, **kw).double()
+    m = MoE.from_config(CFG, router=router, **kw).double()
     with torch.no_grad():  # O(1) weights so the outputs and gradients are far from 0
         for p in m.parameters():
             p.normal_(0, 0.5)
@@ -186,7 +186,7 @@ def test_aux_loss_free_bias_moves_towards_underloaded_experts():
 
 
 def test_granularity_and_shared_experts_shapes_and_flops():
-    m = MoE(CFG, router="topk_softmax_tc", n_experts=2, top_k=1, granularity=4, n_shared=1)
+    m = MoE.from_config(CFG, router="topk_softmax_tc", n_experts=2, top_k=1, granularity=4, n_shared=1)
     assert (m.e, m.h, m.k) == (8, 3, 4)  # G·E experts of hidden d_ff/G, k·G active
     dense_ffn = 2 * 3 * 8 * 12
     assert m.flops_per_token() == dense_ffn + 2 * 3 * 8 * 3 + 2 * 8 * 8  # routed = 1 dense FFN, + shared + router
@@ -196,7 +196,7 @@ def test_granularity_and_shared_experts_shapes_and_flops():
 
 def test_bad_router_name_is_one_line_error():
     with pytest.raises(ValueError, match="router='nope'"):
-        MoE(CFG, router="nope")
+        MoE.from_config(CFG, router="nope")
 
 
 def test_packed_experts_equal_per_expert_loop_values_and_grads():
@@ -239,12 +239,12 @@ def test_dropless_experts_see_only_the_assignments(router, cf):
 def test_packed_experts_under_cpu_autocast():
     # Under autocast the packed experts compute in bf16 and hand fp32 gradients back to fp32 parameters.
     torch.manual_seed(0)
-    m = MoE(CFG, router="topk_softmax_tc", n_experts=4, top_k=2, capacity_factor=None)
+    m = MoE.from_config(CFG, router="topk_softmax_tc", n_experts=4, top_k=2, capacity_factor=None)
     x = torch.randn(2, 7, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x)
     y.float().square().sum().backward()
-    ref = MoE(CFG, router="topk_softmax_tc", n_experts=4, top_k=2, capacity_factor=None)
+    ref = MoE.from_config(CFG, router="topk_softmax_tc", n_experts=4, top_k=2, capacity_factor=None)
     ref.load_state_dict(m.state_dict())
     torch.testing.assert_close(y.float(), ref(x), rtol=0.05, atol=0.02)
     assert m.experts.w_gate.grad.dtype == torch.float32 and m.experts.w_gate.grad.abs().sum() > 0

@@ -92,8 +92,8 @@ def test_moe_from_config_in_decoder_with_aux_loss():
 def test_bad_moe_key_in_config_is_one_line_error():
     from lmlab.config import ConfigError
 
-    cfg = ModelConfig(d_model=16, n_head=2, ffn="moe", ffn_args={"moe": {"n_expertz": 4}})
     with pytest.raises(ConfigError, match="ffn_args.moe.*n_expertz"):
+        cfg = ModelConfig(d_model=16, n_head=2, ffn="moe", ffn_args={"moe": {"n_expertz": 4}})
         Decoder(cfg)
 
 

@@ -84,7 +84,7 @@ def _cfg(**kw):
 def test_module_chunk_equals_naive_param_grads():
     torch.manual_seed(0)
     cfg = _cfg(n_layer=1)
-    m = HGRN2(cfg, 0, expand=4, chunk=5).double()
+    m = HGRN2.from_config(cfg, 0, expand=4, chunk=5).double()
     x = torch.randn(2, 11, 16, dtype=torch.float64)
     y1, _ = m(x)
     g1 = torch.autograd.grad(y1.square().sum(), list(m.parameters()))

@@ -69,7 +69,7 @@ def _cfg(**kw):
 
 def test_block_scan_equals_naive_param_grads():
     torch.manual_seed(0)
-    m = RecurrentBlock(_cfg(), 0).double()
+    m = RecurrentBlock.from_config(_cfg(), 0).double()
     x = _rand(2, 11, 16)
     outs = []
     for scan in ("naive", "scan"):
@@ -82,7 +82,7 @@ def test_block_scan_equals_naive_param_grads():
 
 
 def test_a_initialised_in_ring_and_sqrt_gradient_clipped():
-    m = RecurrentBlock(_cfg(d_model=256, n_head=4), 0)
+    m = RecurrentBlock.from_config(_cfg(d_model=256, n_head=4), 0)
     a0 = torch.exp(-torch.nn.functional.softplus(m.a_param.detach()))
     assert 0.9 <= float(a0.min()) and float(a0.max()) <= 0.999 + 1e-6
     z = torch.zeros(3, requires_grad=True)
@@ -109,7 +109,7 @@ def test_prefill_then_decode_equals_full_forward_griffin_pattern():
 
 def test_document_reset_isolates_documents():
     torch.manual_seed(0)
-    m = RecurrentBlock(_cfg(), 0).double()
+    m = RecurrentBlock.from_config(_cfg(), 0).double()
     x = _rand(1, 12, 16)
     pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6]])
     y, _ = m(x, positions=pos)
@@ -151,7 +151,7 @@ def _load_recurrentgemma(monkeypatch):
 def test_oracle_recurrentgemma_block(monkeypatch):
     rg = _load_recurrentgemma(monkeypatch)
     torch.manual_seed(0)
-    ours = RecurrentBlock(_cfg(), 0)
+    ours = RecurrentBlock.from_config(_cfg(), 0)
     ref = rg.RecurrentBlock(width=16, num_heads=4, lru_width=16, conv1d_temporal_width=4)
     with torch.no_grad():
         for a, b in (("linear_x", "linear_x"), ("linear_y", "linear_y"), ("linear_out", "linear_out")):

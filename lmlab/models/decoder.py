@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.nn.block import Block
+from lmlab.nn.block import Block, Init
 from lmlab.nn.norm import RMSNorm
 from lmlab.nn.losses import linear_cross_entropy
 from lmlab.registry import RESIDUALS
@@ -70,18 +70,27 @@ class Decoder(nn.Module):
                 self.head.weight = self.embed.weight
         self.reset_parameters()
 
-    # Llama-style init: N(0, σ) for every matrix, output projections of residual branches scaled by
-    # 1/sqrt(2·n_layer) (GPT-2/nanoGPT) so the residual stream's variance does not grow with depth.
-    def reset_parameters(self) -> None:
+    def init_rule(self) -> Init:
+        """Llama-style init, decided here and only here: N(0, σ) for every weight matrix, and the output
+        weights of residual branches (what each block component names in RESIDUAL_OUT) scaled by
+        1/sqrt(2·n_layer) (GPT-2/nanoGPT) so the residual stream's variance does not grow with depth."""
         std = self.cfg.init_std
+        out = {id(p) for blk in self.blocks for part in (blk.mixer, blk.ffn)
+               for p in (part.residual_out_params() if hasattr(part, "residual_out_params") else ())}
+        return Init(std, std / math.sqrt(2 * self.cfg.n_layer), out)
+
+    def reset_parameters(self) -> None:
+        """Apply `init_rule()` module by module, in `self.modules()` order (so the RNG is drawn in a fixed
+        order): nn.Linear/nn.Embedding weights here, other parameters by the module's
+        `reset_extra_parameters(init)`; biases 0, RMSNorm weights 1."""
+        init = self.init_rule()
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
-                s = std / math.sqrt(2 * self.cfg.n_layer) if getattr(m, "_is_residual_out", False) else std
-                nn.init.normal_(m.weight, 0.0, s)
+                init.normal_(m.weight)
                 if isinstance(m, nn.Linear) and m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif hasattr(m, "reset_extra_parameters"):
-                m.reset_extra_parameters()
+                m.reset_extra_parameters(init)
         for m in self.modules():
             if isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.config import ArgError, Dims, KVHeadsArg, WindowArg
+from lmlab.nn.block import Component
 from lmlab.registry import TOKEN_MIXERS
 
 
@@ -135,24 +137,33 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: tor
 
 
 @TOKEN_MIXERS.register("attn")
-class Attention(nn.Module):
+class Attention(Component):
     """Causal self-attention with RoPE; MHA, GQA or MQA by n_kv_head; optional sliding window."""
 
-    def __init__(self, cfg, layer_idx: int = 0, window: Optional[int] = None, bias: bool = False,
-                 n_kv_head: Optional[int] = None):
+    class Args(KVHeadsArg, WindowArg):
+        """mixer_args.attn: n_kv_head (None = model.n_kv_head), window (None = model.sliding_window), bias."""
+
+        bias: bool = False
+
+        def check(self, dims: Dims) -> None:
+            if dims.n_head % self.kv_heads(dims):
+                raise ArgError("n_kv_head", f"must divide n_head={dims.n_head}")
+
+    RESIDUAL_OUT = ("o_proj.weight",)
+
+    def __init__(self, dims: Dims, args: Args):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.n_kv = n_kv_head or cfg.kv_heads
-        self.head_dim = cfg.head_dim
-        self.theta = cfg.rope_theta
-        self.window = window if window is not None else cfg.sliding_window
-        d = cfg.d_model
-        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=bias)
-        self.o_proj._is_residual_out = True
-        self.dropout = cfg.dropout
+        self.n_head = dims.n_head
+        self.n_kv = args.kv_heads(dims)
+        self.head_dim = dims.head_dim
+        self.theta = dims.rope_theta
+        self.window = args.window_for(dims)
+        d = dims.d_model
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=args.bias)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=args.bias)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=args.bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=args.bias)
+        self.dropout = dims.dropout
 
     def project(self, x: torch.Tensor, start: int = 0, positions: Optional[torch.Tensor] = None):
         """Q (b, h, t, d), K and V (b, k, t, d), with rotary positions start.. (or `positions`) applied."""

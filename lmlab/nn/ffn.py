@@ -1,24 +1,36 @@
 """SwiGLU channel mixer: W_down(silu(W_gate x) ⊙ W_up x)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from lmlab.config import ComponentArgs, Dims
+from lmlab.nn.block import Component
 from lmlab.registry import CHANNEL_MIXERS
 
 
 @CHANNEL_MIXERS.register("swiglu")
-class SwiGLU(nn.Module):
+class SwiGLU(Component):
     """SwiGLU feed-forward (Llama)."""
 
-    def __init__(self, cfg, layer_idx: int = 0, d_ff: int | None = None, bias: bool = False):
+    class Args(ComponentArgs):
+        """ffn_args.swiglu: d_ff (hidden width; None = model.d_ff), bias."""
+
+        d_ff: Optional[int] = Field(None, ge=1, description="hidden width; None = model.d_ff")
+        bias: bool = False
+
+    RESIDUAL_OUT = ("down.weight",)
+
+    def __init__(self, dims: Dims, args: Args):
         super().__init__()
-        d, h = cfg.d_model, d_ff or cfg.ffn_hidden
-        self.gate = nn.Linear(d, h, bias=bias)
-        self.up = nn.Linear(d, h, bias=bias)
-        self.down = nn.Linear(h, d, bias=bias)
-        self.down._is_residual_out = True  # scaled init, see models/decoder.py
+        d, h = dims.d_model, args.d_ff or dims.ffn_hidden
+        self.gate = nn.Linear(d, h, bias=args.bias)
+        self.up = nn.Linear(d, h, bias=args.bias)
+        self.down = nn.Linear(h, d, bias=args.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))

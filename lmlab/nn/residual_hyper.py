@@ -20,17 +20,18 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from lmlab.config import ComponentArgs, Dims
+from lmlab.nn.block import Component
 from lmlab.nn.norm import RMSNorm
 from lmlab.registry import RESIDUALS
 
 
 def _streams(cfg) -> int:
-    n = int(cfg.residual_args.get("n", 2))
-    if n < 1:
-        raise ValueError(f"residual_args.n={n}: must be >= 1")
-    return n
+    """n of the hyper residual policy of ModelConfig `cfg`."""
+    return cfg.component_args("residual", "hyper").n
 
 
 def naive_hyper_connection(H: torch.Tensor, fn: Callable, norm: nn.Module, A_m: torch.Tensor, A_r: torch.Tensor,
@@ -52,29 +53,33 @@ def naive_hyper_connection(H: torch.Tensor, fn: Callable, norm: nn.Module, A_m: 
 
 
 @RESIDUALS.register("hyper")
-class HyperConnection(nn.Module):
+class HyperConnection(Component):
     """residual: hyper; residual_args: {n: streams, dynamic: bool}."""
 
-    def __init__(self, cfg, layer_idx: int, sublayer_idx: int, n: int = 2, dynamic: bool = True):
+    class Args(ComponentArgs):
+        """residual_args for hyper: n (streams, the paper's expansion rate), dynamic (DHC)."""
+
+        n: int = Field(2, ge=1, description="residual streams (expansion rate)")
+        dynamic: bool = True
+
+    def __init__(self, dims: Dims, args: Args, sublayer_idx: int = 0):
         super().__init__()
-        if n < 1:
-            raise ValueError(f"residual_args.n={n}: must be >= 1")
-        self.n, self.dynamic = n, dynamic
-        d = cfg.d_model
-        self.norm = RMSNorm(d, cfg.norm_eps)                       # the sublayer's pre-norm
+        self.n, self.dynamic = args.n, args.dynamic
+        d, layer_idx = dims.d_model, dims.layer_idx
+        self.norm = RMSNorm(d, dims.norm_eps)                      # the sublayer's pre-norm
         k = 2 * layer_idx + sublayer_idx                            # sublayer index in the network
         a_m = torch.zeros(self.n)
         a_m[k % self.n] = 1.0
         self.static_alpha = nn.Parameter(torch.cat([a_m[:, None], torch.eye(self.n)], 1))  # (n, 1+n) = [A_m | A_r]
         self.static_beta = nn.Parameter(torch.ones(self.n))                                 # B
-        if dynamic:
-            self.stream_norm = RMSNorm(d, cfg.norm_eps)
+        if self.dynamic:
+            self.stream_norm = RMSNorm(d, dims.norm_eps)
             self.dynamic_alpha_fn = nn.Parameter(torch.zeros(d, 1 + self.n))
             self.dynamic_alpha_scale = nn.Parameter(torch.tensor(1e-2))
             self.dynamic_beta_fn = nn.Parameter(torch.zeros(d))
             self.dynamic_beta_scale = nn.Parameter(torch.tensor(1e-2))
 
-    def reset_extra_parameters(self) -> None:
+    def reset_extra_parameters(self, init=None) -> None:
         with torch.no_grad():
             if self.dynamic:
                 self.dynamic_alpha_fn.zero_()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from lmlab.config import ConfigError, RunConfig
+from lmlab.config import ConfigError, RunConfig, resolve_vocab_size
 from lmlab.io import atomic_write_text
 from lmlab.registry import OBJECTIVES
 from lmlab.train import checkpoint as ckpt
@@ -150,8 +150,8 @@ def train(cfg: RunConfig, out_dir: Optional[str | Path] = None, *, model: Option
         data = load_data(cfg.data)
     if model is None:
         tok_vocab = data.tokenizer.vocab_size if getattr(data, "tokenizer", None) is not None else None
-        if tok_vocab and tok_vocab != cfg.model.vocab_size:
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tok_vocab})})
+        if tok_vocab:  # model.vocab_size: left out = the tokenizer's; written = must match (lmlab.config)
+            cfg = cfg.model_copy(update={"model": resolve_vocab_size(cfg.model, tok_vocab)})
         model = build_model(cfg.model)
     peft_cfg = cfg.extra.get("peft")
     if peft_cfg and not hasattr(model, "peft"):  # LoRA / Partial LoRA / SpIEL chosen by config

@@ -102,11 +102,16 @@ class SwiGLUExperts(nn.Module):
         self.w_down = nn.Parameter(torch.randn(n_experts, h, d) * (out_std or std))
         self._std, self._out_std = std, out_std
 
-    def reset_extra_parameters(self, std: float | None = None, out_std: float | None = None) -> None:
-        std = std or self._std
-        for w in (self.w_gate, self.w_up):
-            nn.init.normal_(w, 0.0, std)
-        nn.init.normal_(self.w_down, 0.0, out_std or self._out_std or std)
+    def reset_extra_parameters(self, init=None) -> None:
+        """N(0, ·) for the three stacks in a fixed order: `init` (the decoder's rule, lmlab.nn.block.Init,
+        which knows w_down is a residual output of the MoE layer) or, standalone, the constructor's stds."""
+        if init is None:
+            for w in (self.w_gate, self.w_up):
+                nn.init.normal_(w, 0.0, self._std)
+            nn.init.normal_(self.w_down, 0.0, self._out_std or self._std)
+            return
+        for w in (self.w_gate, self.w_up, self.w_down):
+            init.normal_(w)
 
     def forward(self, xb: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
         """xb (e, m, d) -> (e, m, d): expert i applied to the m rows of buffer i; or, with `counts`, xb (N, d)

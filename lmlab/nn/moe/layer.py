@@ -16,64 +16,87 @@ YAML:  model: {ffn: moe, ffn_args: {moe: {router: softmax_ec, n_experts: 8, top_
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
+from dataclasses import replace
+from typing import Literal, Optional
 
 import torch
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
+from lmlab.config import ArgError, ComponentArgs, Dims
+from lmlab.nn.block import Component
 from lmlab.nn.ffn import SwiGLU
 from lmlab.nn.moe.experts import (SwiGLUExperts, dispatch_combine, naive_dispatch_combine,
                                   naive_soft_dispatch_combine, soft_dispatch_combine)
-from lmlab.nn.moe.routers import ROUTERS, SoftRouting, aux_losses, build_router, router_metrics
-from lmlab.registry import CHANNEL_MIXERS
-
-
-class _SharedCfg:
-    def __init__(self, d_model: int, d_ff: int):
-        self.d_model, self.ffn_hidden = d_model, d_ff
+from lmlab.nn.moe.routers import SoftRouting, aux_losses, router_metrics
+from lmlab.registry import CHANNEL_MIXERS, ROUTERS
 
 
 @CHANNEL_MIXERS.register("moe")
-class MoE(nn.Module):
-    def __init__(self, cfg, layer_idx: int = 0, router: str = "topk_softmax_tc", n_experts: int = 8,
-                 top_k: int = 2, capacity_factor: Optional[float] = None, granularity: int = 1,
-                 d_expert: Optional[int] = None, n_shared: int = 0, batch_priority: bool = False,
-                 group: str = "auto", slots_per_expert: int = 1, sinkhorn_iters: int = 10,
-                 noise_std: float = 0.0, balance_weight: float = 0.01, z_weight: float = 0.001,
-                 importance_weight: float = 0.0, load_weight: float = 0.0, bias_update_rate: float = 0.0,
-                 out_bias: bool = False):
+class MoE(Component):
+    """Mixture-of-experts FFN: SwiGLU experts behind a registered router (ROUTERS), optional shared experts."""
+
+    class Args(ComponentArgs):
+        """ffn_args.moe: the router (a ROUTERS name) and its options, expert count/size and aux-loss weights."""
+
+        router: str = Field("topk_softmax_tc", description="a ROUTERS name (lmlab list)")
+        n_experts: int = Field(8, ge=1)
+        top_k: int = Field(2, ge=1, description="experts per token (token choice); default cf (expert choice)")
+        capacity_factor: Optional[float] = Field(None, gt=0, description="None = dropless (token choice)")
+        granularity: int = Field(1, ge=1, description="G: each expert split into G of hidden d_ff/G")
+        d_expert: Optional[int] = Field(None, ge=1, description="expert hidden; None = model.d_ff")
+        n_shared: int = Field(0, ge=0, description="always-active shared experts")
+        batch_priority: bool = False
+        group: Literal["auto", "batch", "sequence", "position"] = "auto"
+        slots_per_expert: int = Field(1, ge=1, description="soft MoE slots per expert")
+        sinkhorn_iters: int = Field(10, ge=0)
+        noise_std: float = Field(0.0, ge=0)
+        balance_weight: float = Field(0.01, ge=0)
+        z_weight: float = Field(0.001, ge=0)
+        importance_weight: float = Field(0.0, ge=0)
+        load_weight: float = Field(0.0, ge=0)
+        bias_update_rate: float = Field(0.0, ge=0)
+        out_bias: bool = False
+
+        @field_validator("router")
+        @classmethod
+        def _known_router(cls, v: str) -> str:
+            if v not in ROUTERS:
+                raise ValueError(f"unknown MoE router {v!r}; choose one of: {', '.join(ROUTERS.names())}")
+            return v
+
+        @field_validator("top_k")
+        @classmethod
+        def _top_k_fits(cls, v: int, info: ValidationInfo) -> int:
+            n = info.data.get("n_experts")
+            if n is not None and v > n:
+                raise ValueError(f"must be <= n_experts={n}")
+            return v
+
+        def check(self, dims: Dims) -> None:
+            base_h = self.d_expert or dims.ffn_hidden
+            if base_h % self.granularity:
+                raise ArgError("granularity", f"must divide the expert hidden width {base_h}")
+
+    RESIDUAL_OUT = ("experts.w_down", "shared.down.weight")
+
+    def __init__(self, dims: Dims, args: Args):
         super().__init__()
-        if router not in ROUTERS:
-            raise ValueError(f"ffn_args.moe.router={router!r}: choose one of {', '.join(sorted(ROUTERS))}")
-        if group not in ("auto", "batch", "sequence", "position"):
-            raise ValueError(f"ffn_args.moe.group={group!r}: choose auto, batch, sequence or position")
-        if granularity < 1 or n_experts < 1 or top_k < 1:
-            raise ValueError("ffn_args.moe: granularity, n_experts and top_k must be >= 1")
-        d = cfg.d_model
-        base_h = d_expert or cfg.ffn_hidden
-        if base_h % granularity:
-            raise ValueError(f"ffn_args.moe.granularity={granularity} must divide expert hidden {base_h}")
-        self.e, self.h, self.k = n_experts * granularity, base_h // granularity, top_k * granularity
-        if self.k > self.e:
-            raise ValueError(f"ffn_args.moe.top_k={top_k}·G exceeds the {self.e} experts")
-        self.router_name, self.granularity, self.group = router, granularity, group
-        std = cfg.init_std
-        out_std = std / math.sqrt(2 * cfg.n_layer)
-        self.experts = SwiGLUExperts(self.e, d, self.h, std, out_std)
-        rkw = dict(top_k=self.k, capacity_factor=capacity_factor)
-        if router == "soft":
-            rkw["slots_per_expert"] = slots_per_expert
-        else:
-            rkw.update(batch_priority=batch_priority, sinkhorn_iters=sinkhorn_iters,
-                       bias_update_rate=bias_update_rate, noise_std=noise_std)
-        self.router = build_router(router, d, self.e, **rkw)
-        self.shared = SwiGLU(_SharedCfg(d, n_shared * self.h)) if n_shared > 0 else None
-        self.n_shared = n_shared
-        self.bias = nn.Parameter(torch.zeros(d)) if out_bias else None
-        self.weights = {"balance": balance_weight, "z": z_weight, "importance": importance_weight,
-                        "load": load_weight}
-        self.noise_std = noise_std
+        d, G = dims.d_model, args.granularity
+        base_h = args.d_expert or dims.ffn_hidden
+        self.e, self.h, self.k = args.n_experts * G, base_h // G, args.top_k * G
+        self.router_name, self.granularity, self.group = args.router, G, args.group
+        self.experts = SwiGLUExperts(self.e, d, self.h)
+        router_cls = ROUTERS.get(args.router)
+        fields = {k: getattr(args, k) for k in router_cls.Args.model_fields if k not in ("top_k",)}
+        self.router = router_cls(d, self.e, router_cls.Args(top_k=self.k, **fields))
+        self.shared = (SwiGLU(replace(dims, ffn_hidden=args.n_shared * self.h), SwiGLU.Args())
+                       if args.n_shared > 0 else None)
+        self.n_shared = args.n_shared
+        self.bias = nn.Parameter(torch.zeros(d)) if args.out_bias else None
+        self.weights = {"balance": args.balance_weight, "z": args.z_weight, "importance": args.importance_weight,
+                        "load": args.load_weight}
+        self.noise_std = args.noise_std
         self.aux_loss: Optional[torch.Tensor] = None
         self.aux_terms: dict[str, float] = {}
         self._last = None

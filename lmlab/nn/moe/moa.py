@@ -15,46 +15,67 @@ so the cache has only m heads).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
+from lmlab.config import Dims, KVHeadsArg
 from lmlab.nn.attention import KVCache, apply_rope, naive_attention, rope_cache, sdpa_attention
+from lmlab.nn.block import Component, Init
 from lmlab.nn.moe.experts import from_slots, slot_table, to_slots
 from lmlab.nn.moe.routers import TopKSoftmaxTokenChoice, aux_losses
 from lmlab.registry import TOKEN_MIXERS
 
 
 @TOKEN_MIXERS.register("moa")
-class MixtureOfAttention(nn.Module):
-    def __init__(self, cfg, layer_idx: int = 0, n_experts: int = 8, top_k: int = 2,
-                 n_kv_head: Optional[int] = None, head_dim: Optional[int] = None,
-                 balance_weight: float = 0.01, z_ratio: float = 0.1, out_bias: bool = True):
+class MixtureOfAttention(Component):
+    """JetMoE mixture of attention heads: k of e (W_q, W_o) experts per token over shared K/V heads."""
+
+    class Args(KVHeadsArg):
+        """mixer_args.moa: n_experts, top_k, n_kv_head (m; None = model.n_kv_head), head_dim (None = the
+        model's), balance_weight, z_ratio, out_bias."""
+
+        n_experts: int = Field(8, ge=1)
+        top_k: int = Field(2, ge=1)
+        head_dim: Optional[int] = Field(None, ge=1, description="None = d_model / n_head")
+        balance_weight: float = Field(0.01, ge=0)
+        z_ratio: float = Field(0.1, ge=0)
+        out_bias: bool = True
+
+        @field_validator("top_k")
+        @classmethod
+        def _top_k_fits(cls, v: int, info: ValidationInfo) -> int:
+            n = info.data.get("n_experts")
+            if n is not None and v > n:
+                raise ValueError(f"must be <= n_experts={n}")
+            return v
+
+    RESIDUAL_OUT = ("w_o",)
+
+    def __init__(self, dims: Dims, args: Args):
         super().__init__()
-        if top_k > n_experts:
-            raise ValueError(f"mixer_args.moa.top_k={top_k} exceeds n_experts={n_experts}")
-        d = cfg.d_model
-        self.e, self.k = n_experts, top_k
-        self.m = n_kv_head or cfg.kv_heads
-        self.f = head_dim or cfg.head_dim
-        self.theta = cfg.rope_theta
+        d, n_experts = dims.d_model, args.n_experts
+        self.e, self.k = n_experts, args.top_k
+        self.m = args.kv_heads(dims)
+        self.f = args.head_dim or dims.head_dim
+        self.theta = dims.rope_theta
         hid = self.m * self.f
-        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
-        self._std, self._out_std = std, out_std
-        self.router = TopKSoftmaxTokenChoice(d, n_experts, top_k=top_k, capacity_factor=None)
-        self.w_q = nn.Parameter(torch.randn(n_experts, d, hid) * std)            # (e, d, m·f)
-        self.w_o = nn.Parameter(torch.randn(n_experts, hid, d) * out_std)        # (e, m·f, d)
+        self.router = TopKSoftmaxTokenChoice(d, n_experts, TopKSoftmaxTokenChoice.Args(top_k=args.top_k))
+        # Allocation only (a fixed number of draws from the RNG); values are set by reset_extra_parameters.
+        self.w_q = nn.Parameter(torch.randn(n_experts, d, hid) * 0.02)            # (e, d, m·f)
+        self.w_o = nn.Parameter(torch.randn(n_experts, hid, d) * 0.02)            # (e, m·f, d)
         self.kv_proj = nn.Linear(d, 2 * hid, bias=False)
-        self.bias = nn.Parameter(torch.zeros(d)) if out_bias else None
-        self.balance_weight, self.z_ratio = balance_weight, z_ratio
+        self.bias = nn.Parameter(torch.zeros(d)) if args.out_bias else None
+        self.balance_weight, self.z_ratio = args.balance_weight, args.z_ratio
         self.aux_loss: Optional[torch.Tensor] = None
 
-    def reset_extra_parameters(self) -> None:
-        nn.init.normal_(self.w_q, 0.0, self._std)
-        nn.init.normal_(self.w_o, 0.0, self._out_std)
+    def reset_extra_parameters(self, init=None) -> None:
+        init = init or Init()
+        init.normal_(self.w_q)
+        init.normal_(self.w_o)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 

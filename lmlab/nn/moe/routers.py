@@ -12,7 +12,7 @@ Sparse routers return a `Routing` in index form (one row per assignment: token, 
 valid) that the fast dispatch in experts.py consumes; `Routing.dense()` gives D and C. Each router also has
 a `naive(x)` twin that builds D and C with explicit Python loops over tokens/experts, for the tests.
 
-Routers (registered in ROUTERS):
+Routers (registered in lmlab.registry.ROUTERS, each with its typed `Args`):
     softmax_tc       softmax over experts, each token picks its top-k, weight = softmax prob
     topk_softmax_tc  top-k of the logits, then softmax over the k (JetMoE / Mixtral)
     sinkhorn_tc      top-k chosen on the Sinkhorn-balanced plan, weight = softmax prob (S-BASE)
@@ -32,16 +32,18 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-ROUTERS: dict[str, type] = {}
+from lmlab.config import ComponentArgs, validate
+from lmlab.registry import ROUTERS
 
 
-def register(name: str):
+def register(name: str, help: str):
+    """Register a router class in lmlab.registry.ROUTERS under `name` with a one-line description."""
     def deco(cls):
-        ROUTERS[name] = cls
         cls.name = name
-        return cls
+        return ROUTERS.register(name, cls, help=help)
     return deco
 
 
@@ -181,17 +183,26 @@ class _Router(nn.Module):
     name = "router"
     expert_choice = False
 
-    def __init__(self, d: int, n_experts: int, top_k: int = 1, capacity_factor: Optional[float] = None,
-                 batch_priority: bool = False, sinkhorn_iters: int = 10, bias_update_rate: float = 0.0,
-                 noise_std: float = 0.0):
+    class Args(ComponentArgs):
+        """A linear router's options (MoE passes its own ffn_args.moe values of the same names)."""
+
+        top_k: int = Field(1, ge=1, description="experts per token (token choice); default cf (expert choice)")
+        capacity_factor: Optional[float] = Field(None, gt=0, description="None = dropless / k (expert choice)")
+        batch_priority: bool = False
+        sinkhorn_iters: int = Field(10, ge=0)
+        bias_update_rate: float = Field(0.0, ge=0, description="aux-loss-free balancing step (0 = off)")
+        noise_std: float = Field(0.0, ge=0, description="logit noise while training")
+
+    def __init__(self, d: int, n_experts: int, args: Optional[Args] = None):
         super().__init__()
-        self.n_experts, self.top_k, self.cf = n_experts, top_k, capacity_factor
-        self.batch_priority, self.sinkhorn_iters = batch_priority, sinkhorn_iters
-        self.noise_std = noise_std
+        args = args if args is not None else self.Args()
+        self.n_experts, self.top_k, self.cf = n_experts, args.top_k, args.capacity_factor
+        self.batch_priority, self.sinkhorn_iters = args.batch_priority, args.sinkhorn_iters
+        self.noise_std = args.noise_std
         self.proj = nn.Linear(d, n_experts, bias=False)
         # Auxiliary-loss-free balancing (Wang et al. 2024, DeepSeek-V3): a per-expert bias added to the scores
         # used for *selection* only, nudged after each training step towards under-loaded experts.
-        self.bias_update_rate = bias_update_rate
+        self.bias_update_rate = args.bias_update_rate
         self.register_buffer("select_bias", torch.zeros(n_experts), persistent=True)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +295,7 @@ def _stack_nested(C, like: torch.Tensor) -> torch.Tensor:
                                                                for slots in ex]) for ex in tok]) for tok in C])
 
 
-@register("softmax_tc")
+@register("softmax_tc", "token choice: softmax over experts, each token takes its top-k, weight = prob")
 class SoftmaxTokenChoice(_TokenChoice):
     def scores(self, logits):
         probs = torch.softmax(logits, -1)
@@ -303,7 +314,7 @@ class SoftmaxTokenChoice(_TokenChoice):
         return probs, idx, probs.gather(-1, idx)
 
 
-@register("topk_softmax_tc")
+@register("topk_softmax_tc", "token choice: top-k logits, softmax over the k (JetMoE / Mixtral)")
 class TopKSoftmaxTokenChoice(_TokenChoice):
     """JetMoE / Mixtral gate: top-k on the fp32 logits, softmax over the k chosen (weights sum to 1)."""
 
@@ -315,7 +326,7 @@ class TopKSoftmaxTokenChoice(_TokenChoice):
         return probs, idx, pk / pk.sum(-1, keepdim=True)
 
 
-@register("sinkhorn_tc")
+@register("sinkhorn_tc", "token choice: top-k on the Sinkhorn-balanced plan, weight = prob (S-BASE)")
 class SinkhornTokenChoice(_TokenChoice):
     def scores(self, logits):
         probs = torch.softmax(logits, -1)
@@ -334,9 +345,11 @@ class SinkhornTokenChoice(_TokenChoice):
 class _ExpertChoice(_Router):
     expert_choice = True
 
-    def __init__(self, d, n_experts, top_k=1, capacity_factor=None, **kw):
+    def __init__(self, d: int, n_experts: int, args: Optional[_Router.Args] = None):
         # For expert choice cf plays the role of k: c = cf·s/e slots per expert (default cf = k).
-        super().__init__(d, n_experts, top_k, capacity_factor if capacity_factor is not None else float(top_k), **kw)
+        super().__init__(d, n_experts, args)
+        if self.cf is None:
+            self.cf = float(self.top_k)
 
     def selection(self, logits, probs, cap):
         return probs
@@ -384,12 +397,12 @@ class _ExpertChoice(_Router):
         return D, _stack_nested(C, probs)
 
 
-@register("softmax_ec")
+@register("softmax_ec", "expert choice: each expert takes its top-c tokens by softmax prob")
 class SoftmaxExpertChoice(_ExpertChoice):
     pass
 
 
-@register("sinkhorn_ec")
+@register("sinkhorn_ec", "expert choice: each expert takes its top-c tokens on the Sinkhorn plan")
 class SinkhornExpertChoice(_ExpertChoice):
     def selection(self, logits, probs, cap):
         return sinkhorn(logits, self.sinkhorn_iters)
@@ -398,7 +411,7 @@ class SinkhornExpertChoice(_ExpertChoice):
         return naive_sinkhorn(logits, self.sinkhorn_iters)
 
 
-@register("sparse_ec")
+@register("sparse_ec", "expert choice on a transport plan with <= c tokens per expert")
 class SparsityConstrainedExpertChoice(_ExpertChoice):
     """Tokens outside an expert's sparse support are not processed even if fewer than c remain."""
 
@@ -413,7 +426,7 @@ class SparsityConstrainedExpertChoice(_ExpertChoice):
 
 
 # ------------------------------------------------------------------------------------------- soft MoE
-@register("soft")
+@register("soft", "Soft MoE: slots are softmax mixes of tokens, outputs softmax mixes of slots")
 class SoftMoERouter(nn.Module):
     """Soft MoE: logits[s, (e,p)] = scale · <x̂_s, φ̂_{e,p}> with L2-normalised x and slot parameters φ;
     D = softmax over tokens (each slot is a convex mix of tokens), C = softmax over all slots (each
@@ -422,14 +435,21 @@ class SoftMoERouter(nn.Module):
     expert_choice = False
     name = "soft"
 
-    def __init__(self, d: int, n_experts: int, top_k: int = 1, capacity_factor: Optional[float] = None,
-                 slots_per_expert: int = 1, **unused):
+    class Args(ComponentArgs):
+        """Soft MoE options: slots_per_expert (top_k and capacity_factor are accepted and unused)."""
+
+        top_k: int = Field(1, ge=1, description="unused (every token reaches every slot)")
+        capacity_factor: Optional[float] = Field(None, gt=0, description="unused")
+        slots_per_expert: int = Field(1, ge=1)
+
+    def __init__(self, d: int, n_experts: int, args: Optional[Args] = None):
         super().__init__()
-        self.n_experts, self.slots = n_experts, slots_per_expert
-        self.phi = nn.Parameter(torch.randn(d, n_experts * slots_per_expert) / math.sqrt(d))
+        args = args if args is not None else self.Args()
+        self.n_experts, self.slots = n_experts, args.slots_per_expert
+        self.phi = nn.Parameter(torch.randn(d, n_experts * self.slots) / math.sqrt(d))
         self.scale = nn.Parameter(torch.ones(()))
 
-    def reset_extra_parameters(self) -> None:
+    def reset_extra_parameters(self, init=None) -> None:
         nn.init.normal_(self.phi, 0.0, 1.0 / math.sqrt(self.phi.shape[0]))
         nn.init.ones_(self.scale)
 
@@ -469,9 +489,9 @@ class SoftMoERouter(nn.Module):
 
 
 def build_router(name: str, d: int, n_experts: int, **kw) -> nn.Module:
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r}; choose one of: {', '.join(sorted(ROUTERS))}")
-    return ROUTERS[name](d, n_experts, **kw)
+    """ROUTERS[name] for d-dimensional tokens and n_experts experts; `kw` validated against its Args."""
+    cls = ROUTERS.get(name)
+    return cls(d, n_experts, validate(cls.Args, kw, source=f"router {name}"))
 
 
 # -------------------------------------------------------------------------------------- aux losses

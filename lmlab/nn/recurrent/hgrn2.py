@@ -27,12 +27,15 @@ Three forms, all computing the same thing (tests/test_recurrent_hgrn2.py):
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from lmlab.config import ArgError, ComponentArgs, Dims
+from lmlab.nn.block import Component
 from lmlab.nn.norm import RMSNorm
 from lmlab.registry import TOKEN_MIXERS
 
@@ -118,27 +121,35 @@ def chunk_hgrn2(q: torch.Tensor, g: torch.Tensor, v: torch.Tensor, state: Option
 
 
 @TOKEN_MIXERS.register("hgrn2")
-class HGRN2(nn.Module):
+class HGRN2(Component):
     """HGRN2 token mixer. mixer_args: expand (E, divides d_model), chunk, lower_bound, mode."""
 
-    def __init__(self, cfg, layer_idx: int = 0, expand: int = 4, chunk: int = 32, lower_bound: bool = True,
-                 mode: str = "chunk"):
+    class Args(ComponentArgs):
+        """mixer_args.hgrn2: expand (E, divides d_model), chunk, lower_bound, mode (chunk | naive)."""
+
+        expand: int = Field(4, ge=1, description="state expansion E = forget/query dim per head")
+        chunk: int = Field(32, ge=1, description="chunk length of the parallel form")
+        lower_bound: bool = True
+        mode: Literal["chunk", "naive"] = "chunk"
+
+        def check(self, dims: Dims) -> None:
+            if dims.d_model % self.expand:
+                raise ArgError("expand", f"must divide d_model={dims.d_model}")
+
+    RESIDUAL_OUT = ("o_proj.weight",)
+
+    def __init__(self, dims: Dims, args: Args):
         super().__init__()
-        d = cfg.d_model
-        if expand < 1 or d % expand:
-            raise ValueError(f"mixer_args.hgrn2.expand={expand}: must be >= 1 and divide d_model={d}")
-        if mode not in ("chunk", "naive"):
-            raise ValueError(f"mixer_args.hgrn2.mode={mode!r}: allowed: chunk, naive")
-        self.d, self.expand, self.chunk, self.mode = d, expand, chunk, mode
-        self.n_head = d // expand
+        d = dims.d_model
+        self.d, self.expand, self.chunk, self.mode = d, args.expand, args.chunk, args.mode
+        self.n_head = d // self.expand
         self.head_v = d // self.n_head                                        # = expand
         self.q_proj = nn.Linear(d, d, bias=False)
         self.f_proj = nn.Linear(d, d, bias=False)
         self.i_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
-        self.o_proj._is_residual_out = True
-        self.g_norm = WideRMSNorm(d, cfg.norm_eps)
-        lb = layer_idx / cfg.n_layer if lower_bound else 0.0
+        self.g_norm = WideRMSNorm(d, dims.norm_eps)
+        lb = dims.layer_idx / dims.n_layer if args.lower_bound else 0.0
         self.register_buffer("lower_bound", torch.tensor(float(lb)), persistent=False)
 
     def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

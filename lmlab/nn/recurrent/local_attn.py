@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from lmlab.nn.attention import Attention
 from lmlab.registry import TOKEN_MIXERS
@@ -58,11 +59,12 @@ def blocked_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w
 class LocalAttention(Attention):
     """mixer_args: window (default 1024), n_kv_head (default 1 = MQA, as Griffin)."""
 
-    def __init__(self, cfg, layer_idx: int = 0, window: int = 1024, n_kv_head: Optional[int] = 1,
-                 bias: bool = False):
-        if window < 1:
-            raise ValueError(f"mixer_args.local_attn.window={window}: must be >= 1")
-        super().__init__(cfg, layer_idx, window=window, bias=bias, n_kv_head=n_kv_head)
+    class Args(Attention.Args):
+        """mixer_args.local_attn: window (default 1024), n_kv_head (default 1 = MQA, as Griffin; None = the
+        model's), bias."""
+
+        window: int = Field(1024, ge=1, description="sliding window (keys at positions (p - window, p])")
+        n_kv_head: Optional[int] = Field(1, ge=1, description="K/V heads; None = model.n_kv_head")
 
     def init_state(self, batch: int, max_len: int, device=None, dtype=torch.float32) -> WindowKV:
         z = torch.zeros(batch, self.n_kv, 0, self.head_dim, device=device, dtype=dtype)

@@ -28,8 +28,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
+from lmlab.config import ArgError, ComponentArgs, Dims
+from lmlab.nn.block import Component
 from lmlab.registry import TOKEN_MIXERS
 
 MAX_SQRT_GRADIENT = 1000.0
@@ -152,24 +155,43 @@ class RGLRUState:
 
 
 @TOKEN_MIXERS.register("rglru")
-class RecurrentBlock(nn.Module):
+class RecurrentBlock(Component):
     """Griffin's recurrent block as a token mixer. mixer_args: lru_width, heads, conv_width, scan, doc_reset."""
 
-    def __init__(self, cfg, layer_idx: int = 0, lru_width: Optional[int] = None, heads: Optional[int] = None,
-                 conv_width: int = 4, scan: str = "scan", doc_reset: bool = True):
+    class Args(ComponentArgs):
+        """mixer_args.rglru: lru_width (None = d_model), heads (gate blocks; None = n_head), conv_width,
+        scan (naive | scan), doc_reset."""
+
+        lru_width: Optional[int] = Field(None, ge=1, description="RG-LRU width; None = d_model")
+        heads: Optional[int] = Field(None, ge=1, description="gate blocks; None = model.n_head")
+        conv_width: int = Field(4, ge=1, description="temporal conv width")
+        scan: str = "scan"
+        doc_reset: bool = True
+
+        @field_validator("scan")
+        @classmethod
+        def _known_scan(cls, v: str) -> str:
+            if v not in SCANS:
+                raise ValueError(f"allowed: {', '.join(SCANS)}")
+            return v
+
+        def check(self, dims: Dims) -> None:
+            w = self.lru_width or dims.d_model
+            if w % (self.heads or dims.n_head):
+                raise ArgError("heads", f"must divide lru_width={w}")
+
+    RESIDUAL_OUT = ("linear_out.weight",)
+
+    def __init__(self, dims: Dims, args: Args):
         super().__init__()
-        d = cfg.d_model
-        w = lru_width or d
-        heads = heads or cfg.n_head
-        if w % heads:
-            raise ValueError(f"mixer_args.rglru.heads={heads}: must divide lru_width={w}")
-        if scan not in SCANS:
-            raise ValueError(f"mixer_args.rglru.scan={scan!r}: allowed: {', '.join(SCANS)}")
-        self.width, self.conv_width, self.scan, self.doc_reset = w, conv_width, scan, doc_reset
+        d = dims.d_model
+        w = args.lru_width or d
+        heads = args.heads or dims.n_head
+        self.width, self.conv_width, self.scan, self.doc_reset = w, args.conv_width, args.scan, args.doc_reset
+        conv_width = args.conv_width
         self.linear_y = nn.Linear(d, w)
         self.linear_x = nn.Linear(d, w)
         self.linear_out = nn.Linear(w, d)
-        self.linear_out._is_residual_out = True
         self.conv_w = nn.Parameter(torch.randn(conv_width, w) * math.sqrt(0.01 / conv_width))
         self.conv_b = nn.Parameter(torch.zeros(w))
         self.input_gate = BlockDiagonalLinear(w, heads)
@@ -177,7 +199,7 @@ class RecurrentBlock(nn.Module):
         self.a_param = nn.Parameter(torch.empty(w))
         self.reset_extra_parameters()
 
-    def reset_extra_parameters(self) -> None:
+    def reset_extra_parameters(self, init=None) -> None:
         """Λ such that a = exp(−softplus(Λ)) has a² ~ U[0.9², 0.999²] (recurrentgemma's rnn_param_init)."""
         with torch.no_grad():
             a2 = torch.empty_like(self.a_param).uniform_(0.9 ** 2 + 1e-8, 0.999 ** 2 + 1e-8)
