@@ -1,4 +1,6 @@
-"""SpIEL: gradients vs dense (float64), exact density after prune/regrow, Adam state follows slots, merge."""
+"""SpIEL: gradients vs dense (float64), exact density after prune/regrow, Adam state follows slots, merge.
+Tests that pin the cycle timing and regrow rule run the `cycle_delta` ablation (lmlab's earlier reading);
+the published selection is pinned slot by slot in test_peft_spiel_published.py."""
 import pytest
 import torch
 from torch import nn
@@ -50,7 +52,8 @@ def _train_steps(model, opt, n, seed=0):
 @pytest.mark.parametrize("regrow", ["ag", "ma"])
 def test_exact_density_and_state_follows_indices(regrow):
     model = tiny_decoder()
-    sp = SpIEL(model, density=0.05, regrow=regrow, update_interval=4, drop_fraction=0.3, accumulation_steps=2)
+    sp = SpIEL(model, density=0.05, regrow=regrow, update_interval=4, drop_fraction=0.3, accumulation_steps=2,
+               variant="cycle_delta")
     k0 = {n: l.k for n, l in sp.layers.items()}
     opt = torch.optim.Adam(sp.parameters(), lr=1e-2)
     sp.attach(opt)
@@ -90,7 +93,8 @@ def test_exact_density_and_state_follows_indices(regrow):
 def test_ag_regrows_largest_accumulated_gradient():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5, bias=False))
-    sp = SpIEL(model, n_trainable=4, regrow="ag", update_interval=2, drop_fraction=0.5, accumulation_steps=2)
+    sp = SpIEL(model, n_trainable=4, regrow="ag", update_interval=2, drop_fraction=0.5, accumulation_steps=2,
+               variant="cycle_delta")
     layer = sp.layers["0"]
     old = layer.indices.clone()
     opt = torch.optim.SGD(sp.parameters(), lr=0.0)
@@ -179,7 +183,7 @@ def test_ag_with_candidates_tracks_only_candidates_and_regrows_from_them():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 6, bias=False))
     sp = SpIEL(model, n_trainable=4, regrow="ag", update_interval=3, drop_fraction=0.5, accumulation_steps=2,
-               candidates=2.0)
+               candidates=2.0, variant="cycle_delta")
     layer = sp.layers["0"]
     old = layer.indices.clone()
     opt = torch.optim.SGD(sp.parameters(), lr=0.0)

@@ -170,7 +170,8 @@ def build_arm(arm: str, scale: str, seed: int):
         h = apply_peft(model, {"method": "spiel", "n_trainable": budget, "target_modules": LINEARS, "regrow": "ag",
                                "update_interval": max(sc["ft_steps"] // 10, 2),
                                "drop_fraction": 0.0 if arm == "fixed_mask" else 0.1,
-                               "accumulation_steps": 5, "total_steps": sc["ft_steps"], "seed": seed})
+                               "accumulation_steps": 5, "total_steps": sc["ft_steps"], "seed": seed,
+                               "init": "random" if arm == "fixed_mask" else "grad"})
     else:
         raise ValueError(f"unknown arm {arm!r}; choose lora, spiel or fixed_mask")
     if h.n_trainable() != budget:

@@ -16,6 +16,10 @@ transformers already undoes llama.cpp's interleaved q/k layout when it dequantis
     model.norm                              -> norm
     lm_head                                 -> head (tied to embed when tie_word_embeddings)
 
+The same map names LoRA adapters: a Decoder imported from HF (or exported with `export_hf`) saves its
+adapters under the HF module paths, so `peft.PeftModel.from_pretrained(hf_model, dir)` loads them, and
+`load_lora_adapter` reads peft adapters saved on the transformers model (`hf_linear_names`, lmlab.nn.peft.lora).
+
 transformers is imported inside the functions (it is slow to import and an optional extra).
 """
 from __future__ import annotations
@@ -105,35 +109,35 @@ def config_from_hf(hf_cfg: Any) -> ModelConfig:
     )
 
 
-def hf_to_lmlab_state(sd: dict[str, torch.Tensor], n_layer: int, tie: bool) -> dict[str, torch.Tensor]:
-    out = {"embed.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"]}
-    out["head.weight"] = sd["model.embed_tokens.weight"] if tie else sd["lm_head.weight"]
+def hf_weight_names(n_layer: int) -> dict[str, str]:
+    """HF Llama weight name -> lmlab Decoder weight name (the map in the module docstring; `lm_head.weight`
+    included, drop it when the embeddings are tied). The one source of the name mapping: state dicts and
+    LoRA adapters both translate through it."""
+    out = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
+           "lm_head.weight": "head.weight"}
     for i in range(n_layer):
-        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        b = f"blocks.{i}."
+        a, m, b = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"blocks.{i}."
         for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out[b + f"mixer.{p}.weight"] = sd[a + p + ".weight"]
+            out[a + p + ".weight"] = b + f"mixer.{p}.weight"
         for p in ("gate", "up", "down"):
-            out[b + f"ffn.{p}.weight"] = sd[m + p + "_proj.weight"]
-        out[b + "res_mixer.norm.weight"] = sd[f"model.layers.{i}.input_layernorm.weight"]
-        out[b + "res_ffn.norm.weight"] = sd[f"model.layers.{i}.post_attention_layernorm.weight"]
+            out[m + p + "_proj.weight"] = b + f"ffn.{p}.weight"
+        out[f"model.layers.{i}.input_layernorm.weight"] = b + "res_mixer.norm.weight"
+        out[f"model.layers.{i}.post_attention_layernorm.weight"] = b + "res_ffn.norm.weight"
+    return out
+
+
+def hf_to_lmlab_state(sd: dict[str, torch.Tensor], n_layer: int, tie: bool) -> dict[str, torch.Tensor]:
+    names = hf_weight_names(n_layer)
+    out = {lm: sd[hf] for hf, lm in names.items() if hf != "lm_head.weight"}
+    out["head.weight"] = sd["model.embed_tokens.weight"] if tie else sd["lm_head.weight"]
     return out
 
 
 def lmlab_to_hf_state(model) -> dict[str, torch.Tensor]:
     cfg = model.cfg
     sd = {k: v for k, v in model.state_dict().items()}
-    out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = sd["head.weight"]
-    for i in range(cfg.n_layer):
-        a, m, b = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"blocks.{i}."
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out[a + p + ".weight"] = sd[b + f"mixer.{p}.weight"]
-        for p in ("gate", "up", "down"):
-            out[m + p + "_proj.weight"] = sd[b + f"ffn.{p}.weight"]
-        out[f"model.layers.{i}.input_layernorm.weight"] = sd[b + "res_mixer.norm.weight"]
-        out[f"model.layers.{i}.post_attention_layernorm.weight"] = sd[b + "res_ffn.norm.weight"]
+    out = {hf: sd[lm] for hf, lm in hf_weight_names(cfg.n_layer).items()
+           if not (cfg.tie_embeddings and hf == "lm_head.weight")}
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
@@ -148,6 +152,7 @@ def decoder_from_hf_model(hf_model: Any, dtype: torch.dtype = torch.float32):
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "head.weight")]
     if missing or unexpected:
         raise ConfigError(f"weight mapping mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    mark_hf_twin(model, getattr(hf_model, "name_or_path", None) or getattr(hf_model.config, "_name_or_path", None))
     return model.to(dtype).eval()
 
 
@@ -213,4 +218,45 @@ def export_hf(model, out_dir: str | Path, tokenizer: Optional[HFTokenizer] = Non
     hf.to(dtype).save_pretrained(out)
     if tokenizer is not None:
         tokenizer.tok.save_pretrained(out)
+    mark_hf_twin(model, str(out))
     return out
+
+
+# ------------------------------------------------------------------------------ LoRA adapter names
+HF_TWIN_ATTR = "hf_name_or_path"
+LLAMA_TYPES = ("llama", "mistral", "qwen2")
+
+
+def mark_hf_twin(model, name_or_path: Optional[str]) -> None:
+    """Record that `model` has a transformers Llama twin (imported from it or exported to it): LoRA adapters
+    saved from it then use HF module names and this `base_model_name_or_path` (see lmlab.nn.peft.lora)."""
+    setattr(model, HF_TWIN_ATTR, str(name_or_path) if name_or_path else None)
+
+
+def llama_mismatch(model) -> Optional[str]:
+    """Why an lmlab Decoder has no HF Llama counterpart, or None when it maps onto LlamaForCausalLM."""
+    cfg, blocks = getattr(model, "cfg", None), getattr(model, "blocks", None)
+    if cfg is None or blocks is None:
+        return f"{type(model).__name__} is not an lmlab Decoder"
+    for i, blk in enumerate(blocks):
+        if blk.mixer_name != "attn" or blk.ffn_name != "swiglu" or cfg.residual != "prenorm":
+            return f"layer {i} is {blk.mixer_name}/{blk.ffn_name}/{cfg.residual}; only attn/swiglu/prenorm maps onto Llama"
+        if blk.mixer.window is not None:
+            return "sliding-window attention has no Llama equivalent"
+    if cfg.head_rank is not None:
+        return "a low-rank head has no Llama equivalent"
+    return None
+
+
+def hf_linear_names(n_layer: int) -> dict[str, str]:
+    """lmlab Linear path -> HF Llama Linear path (blocks.i.mixer.q_proj -> model.layers.i.self_attn.q_proj,
+    blocks.i.ffn.gate -> model.layers.i.mlp.gate_proj, head -> lm_head), from `hf_weight_names`. Adapter
+    matrices need no re-layout: lmlab and HF share the rotate_half q/k layout (transformers already undoes
+    llama.cpp's interleaved q/k when it dequantises a GGUF), so lora_B rows line up with the base rows."""
+    return {lm[: -len(".weight")]: hf[: -len(".weight")] for hf, lm in hf_weight_names(n_layer).items()
+            if hf.endswith("_proj.weight") or hf == "lm_head.weight"}
+
+
+def is_hf_llama(model) -> bool:
+    """A transformers Llama-family causal LM (module paths model.layers.i.self_attn.q_proj, ...)."""
+    return getattr(getattr(model, "config", None), "model_type", None) in LLAMA_TYPES and hasattr(model, "model")

@@ -1,27 +1,43 @@
 """SpIEL: sparse fine-tuning with prune/regrow (Ansell et al., 2024, "Scaling Sparse Fine-Tuning to LLMs").
 
 Notation: o = out_features, i = in_features, k = active entries of one weight (k = density · o·i),
-η = flat index into the (o, i) weight, φ = delta values, U = cycle length (steps), ρ = drop fraction.
+η = flat index into the (o, i) weight, φ = delta values, U = cycle length (steps), γ = accumulation steps,
+ρ = drop fraction, t = optimizer steps done.
 
 Each selected weight W₀ (frozen, possibly int8-quantized) gets k (η, φ) pairs; the layer computes
 
     W = W₀ + scatter(η, φ)          y = x Wᵀ + b
 
-Only φ is trainable, so parameters and optimizer state cost O(k). Every U optimizer steps (a *cycle*):
-  1. update  — the optimizer trains φ as usual;
-  2. prune   — drop the ρ·k slots whose delta changed least in magnitude over the cycle, |φ − φ_cycle_start|
-               (a slot grown in the last cycle started at 0);
-  3. regrow  — refill exactly those slots with the inactive indices (not those just pruned) of largest growth
-               score, φ = 0:
-       "ag" (SpIEL-AG): |Σ g| of the gradient accumulated over the last `accumulation_steps` steps of the
-                        cycle. With `candidates=None` the whole dense gradient is accumulated (a dense buffer
-                        during that window only); with `candidates=m` only m·k candidate entries are tracked,
-                        chosen as the largest |g| of inactive entries at the window's first step (O(k) memory);
-       "ma" (SpIEL-MA): an SM3-style factored second-moment estimate with O(o + i) memory: per step
-                        ν = β·min(r_o, c_i) + (1−β)·g², r_o = maxᵢ ν, c_i = maxₒ ν; score = min(r_o, c_i).
-The slot layout is fixed, so optimizer state follows the indices: kept slots keep their Adam moments,
-regrown slots get zeroed moments (and a zero delta). Density is exact after every cycle by construction.
+Only φ is trainable, so parameters and optimizer state cost O(k).
 
+SpIEL as published (variant "spiel"; reference: the authors' peft fork, `SftSelector.select_rigl`). Growth
+statistics are collected over the γ steps cU+1 … cU+γ and a selection runs right after step cU+γ:
+  0. init    — η starts at random; the first selection (t = γ) replaces *every* slot (rate 1), so the
+               initial indices are the entries of largest accumulated |gradient| (init="grad");
+  1. prune   — the ⌊ρ·k⌋ slots of smallest |φ| (the delta's total magnitude) are dropped;
+  2. regrow  — the growth candidates that are not still active, ranked by
+       "ag" (SpIEL-AG): |Σ g| of the dense ∂L/∂W accumulated over the window. With `candidates=m` (the
+                        reference: m = 1) only the m·k entries of largest |g| at the window's first step are
+                        tracked (O(k) memory; active entries may be candidates); `candidates=None` tracks all;
+       "ma" (SpIEL-MA): an SM3-style factored second-moment estimate with O(o + i) memory: per step
+                        ν = β·min(r_o, c_i) + (1−β)·g², r_o = maxᵢ ν, c_i = maxₒ ν; score = min(r_o, c_i);
+                        candidates are the inactive entries;
+     the best ⌊ρ·k⌋ fill the pruned slots, smallest |φ| first, with φ = 0. An entry both pruned and regrown
+     keeps its slot, value and optimizer state, and that many fewer slots change;
+  3. seed    — a regrown slot's Adam moments are set from the window's statistics as if it had been active:
+               exp_avg = mean g · (1 − β₁ⁿ), exp_avg_sq = mean g² · (1 − β₂ⁿ), so Adam's bias correction
+               turns them into the window means. n is the optimizer's bias-correction count for the entry:
+               its per-entry `age` (set to the window length) when the optimizer keeps one, like the
+               reference's SftAdamW, else torch Adam(W)'s per-tensor `step`. Other per-slot state is zeroed
+               (MA seeds nothing). Micro-batch gradients are summed per step (gradient accumulation).
+ρ decays over `total_steps` T as `rate_policy`: "cosine" ρ·½(1 + cos πt/T) (lmlab's default with T; one of
+the reference's two policies), "linear" ρ·(1 − t/T) (the reference's default), or "constant" (no T).
+
+Ablation "spiel_cycle_delta" (variant "cycle_delta", lmlab's earlier reading): random initial indices, a
+selection at the end of every cycle t = cU from the last γ steps' statistics, prune by the change over the
+cycle |φ − φ_cycle_start|, regrow only never-active entries (not those just pruned), zeroed moments.
+
+The slot layout is fixed, so optimizer state follows the indices. Density is exact after every selection.
 The fast path (`_SparseDeltaLinearFn`) never keeps the dense W for backward: it rebuilds it when needed and
 reduces the transient dense ∂L/∂W to the k active entries (and to the growth statistics), so the persistent
 memory is the frozen base + O(k). `naive_sparse_delta_linear` builds W with autograd for reference.
@@ -31,7 +47,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -159,19 +175,25 @@ def _allocate(sizes: list[int], total: int) -> list[int]:
     return [max(1, min(k, s)) for k, s in zip(ks, sizes)]
 
 
+VARIANTS = ("spiel", "cycle_delta")
+
+
 class SpIEL:
-    """Owns the SparseDeltaLinear layers of one model and runs the prune/regrow cycles.
+    """Owns the SparseDeltaLinear layers of one model and runs the prune/regrow selections.
 
     Call `step(optimizer)` after every `optimizer.step()` (or `attach(optimizer)` once, which registers a
-    step post-hook doing that).
+    step post-hook doing that). `variant="spiel"` is the published method, "cycle_delta" the ablation.
     """
 
     def __init__(self, model: nn.Module, density: Optional[float] = None, n_trainable: Optional[int] = None,
                  target_modules: TargetSpec = r".*", exclude: Iterable[str] = (), regrow: str = "ag",
                  update_interval: int = 20, drop_fraction: float = 0.1, accumulation_steps: int = 5,
-                 candidates: Optional[float] = None,
+                 candidates: Union[float, str, None] = "auto",
                  sm3_beta: float = 0.9, total_steps: Optional[int] = None, seed: int = 0,
-                 freeze_base: bool = True):
+                 freeze_base: bool = True, variant: str = "spiel", init: Optional[str] = None,
+                 rate_policy: Optional[str] = None):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant={variant!r}; choose one of: {', '.join(VARIANTS)}")
         if regrow not in ("ag", "ma"):
             raise ValueError(f"regrow={regrow!r}; choose ag (accumulated gradients) or ma (SM3 momentum)")
         if (density is None) == (n_trainable is None):
@@ -183,9 +205,19 @@ class SpIEL:
         if update_interval < 1 or accumulation_steps < 1:
             raise ValueError(f"update_interval={update_interval} and accumulation_steps={accumulation_steps} must be >= 1")
         accumulation_steps = min(accumulation_steps, update_interval)
-        if candidates is not None and candidates <= 0:
+        if candidates == "auto":                                 # the reference tracks k candidates; the ablation all
+            candidates = 1.0 if variant == "spiel" else None
+        if candidates is not None and (isinstance(candidates, str) or candidates <= 0):
             raise ValueError(f"candidates={candidates} must be > 0 (a multiple of each layer's k) or null (dense)")
-        self.candidates = candidates
+        init = init or ("grad" if variant == "spiel" else "random")
+        if init not in ("grad", "random"):
+            raise ValueError(f"init={init!r}; choose grad (first selection replaces every slot) or random")
+        rate_policy = rate_policy or ("cosine" if total_steps else "constant")
+        if rate_policy not in ("constant", "linear", "cosine"):
+            raise ValueError(f"rate_policy={rate_policy!r}; choose constant, linear or cosine")
+        if rate_policy != "constant" and not total_steps:
+            raise ValueError(f"rate_policy={rate_policy} decays over total_steps; give total_steps")
+        self.variant, self.init, self.rate_policy, self.candidates = variant, init, rate_policy, candidates
         names = find_linears(model, target_modules, exclude)
         if not names:
             raise ValueError(f"target_modules={target_modules!r} matches no nn.Linear in {type(model).__name__}")
@@ -204,8 +236,11 @@ class SpIEL:
         self.regrow, self.update_interval, self.drop_fraction = regrow, update_interval, drop_fraction
         self.accumulation_steps, self.sm3_beta, self.total_steps = accumulation_steps, sm3_beta, total_steps
         self.t = 0
-        self._start = {n: l.delta.detach().clone() for n, l in self.layers.items()}  # φ at cycle start
+        self._start = {n: l.delta.detach().clone() for n, l in self.layers.items()}  # φ at cycle start (ablation)
         self._stats: dict[str, dict[str, torch.Tensor]] = {}
+        self._calls: dict[str, int] = {}              # backward passes seen per layer in this window
+        self._window_steps = 0                        # optimizer steps in this window
+        self._collecting = False
         self._hooks: list = []
         self.history: list[dict] = []
         self._set_sinks()
@@ -226,34 +261,32 @@ class SpIEL:
         return b
 
     def _phase_collects(self) -> bool:
-        """Whether the backward of the *next* step feeds growth statistics."""
+        """Whether the backward of the *next* step (step t+1) feeds growth statistics."""
         if self.regrow == "ma":
             return True
         pos = self.t % self.update_interval          # steps done in this cycle
-        return pos >= self.update_interval - self.accumulation_steps
+        if self.variant == "spiel":
+            return pos < self.accumulation_steps     # steps cU+1 .. cU+γ
+        return pos >= self.update_interval - self.accumulation_steps   # the last γ steps of the cycle
+
+    def _selects_now(self) -> bool:
+        if self.variant == "spiel":
+            return self.t >= self.accumulation_steps and (self.t - self.accumulation_steps) % self.update_interval == 0
+        return self.t % self.update_interval == 0
 
     def _set_sinks(self) -> None:
-        collect = self._phase_collects()
+        self._collecting = collect = self._phase_collects()
         for n, l in self.layers.items():
             l.grad_sink = self._make_sink(n, l) if collect else None
 
     def _make_sink(self, name: str, layer: SparseDeltaLinear) -> Callable[[torch.Tensor], None]:
+        published = self.variant == "spiel"
+
         def sink(g: torch.Tensor) -> None:                                   # g: (o, i) dense ∂L/∂W
             s = self._stats.setdefault(name, {})
+            self._calls[name] = self._calls.get(name, 0) + 1
             g = g.float()
-            if self.regrow == "ag" and self.candidates is not None:
-                flat = g.reshape(-1)
-                if "cand" not in s:                                          # first step of the window
-                    first = flat.abs().index_fill(0, layer.indices, -1.0)    # active entries are not candidates
-                    c = min(max(1, int(self.candidates * layer.k)), flat.numel() - layer.k)
-                    s["cand"] = torch.topk(first, c).indices
-                    s["acc"] = torch.zeros(c, device=g.device)
-                s["acc"].add_(flat.index_select(0, s["cand"]))
-            elif self.regrow == "ag":
-                if "acc" not in s:
-                    s["acc"] = torch.zeros_like(g)
-                s["acc"].add_(g)
-            else:
+            if self.regrow == "ma":
                 if "row" not in s:
                     s["row"] = torch.zeros(g.shape[0], device=g.device)
                     s["col"] = torch.zeros(g.shape[1], device=g.device)
@@ -261,6 +294,24 @@ class SpIEL:
                 nu = self.sm3_beta * est + (1 - self.sm3_beta) * g.square()
                 s["row"] = nu.amax(1)
                 s["col"] = nu.amax(0)
+                return
+            flat = g.reshape(-1)
+            if self.candidates is not None:
+                if "cand" not in s:                                          # first step of the window
+                    first = flat.abs()
+                    room = flat.numel()
+                    if not published:                                        # ablation: active entries are not candidates
+                        first = first.index_fill(0, layer.indices, -1.0)
+                        room -= layer.k
+                    s["cand"] = torch.topk(first, min(max(1, int(self.candidates * layer.k)), room)).indices
+                flat = flat.index_select(0, s["cand"])
+            if "acc" not in s:
+                s["acc"] = torch.zeros_like(flat)
+                if published:
+                    s["acc_sq"] = torch.zeros_like(flat)
+            s["acc"].add_(flat)
+            if published:
+                s["acc_sq"].addcmul_(flat, flat)
         return sink
 
     def growth_score(self, name: str) -> torch.Tensor:
@@ -278,46 +329,122 @@ class SpIEL:
         return torch.minimum(s["row"][:, None], s["col"][None, :]).reshape(-1)
 
     def current_drop_fraction(self) -> float:
-        if self.total_steps:
-            return self.drop_fraction * 0.5 * (1 + math.cos(math.pi * min(self.t, self.total_steps) / self.total_steps))
-        return self.drop_fraction
+        if self.rate_policy == "constant":
+            return self.drop_fraction
+        x = min(self.t, self.total_steps) / self.total_steps
+        if self.rate_policy == "linear":
+            return self.drop_fraction * (1 - x)
+        return self.drop_fraction * 0.5 * (1 + math.cos(math.pi * x))
 
     # ------------------------------------------------------------------------------------ the cycle
     @torch.no_grad()
     def prune_regrow(self, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, int]:
-        """One prune → regrow on every layer; returns the number of slots replaced per layer."""
-        rho = self.current_drop_fraction()
-        changed = {}
-        for n, l in self.layers.items():
-            n_drop = int(round(rho * l.k))
-            if n_drop == 0:
-                changed[n] = 0
-                continue
-            change = (l.delta - self._start[n].to(l.delta.device)).abs()                        # (k,)
-            drop_slots = torch.topk(change, n_drop, largest=False).indices
-            keep = torch.ones(l.k, dtype=torch.bool, device=l.delta.device)
-            keep[drop_slots] = False
-            score = self.growth_score(n).clone()                             # (o·i,)
-            if not bool((score > 0).any()):                                  # no statistics: regrow at random
-                score = torch.rand(score.shape, device=score.device)
-            score[l.indices] = -math.inf                                     # active or just pruned: not candidates
-            new_idx = torch.topk(score, n_drop).indices
-            l.indices[drop_slots] = new_idx
-            l.delta[drop_slots] = 0
-            if optimizer is not None:
-                for v in optimizer.state.get(l.delta, {}).values():
-                    if torch.is_tensor(v) and v.shape == l.delta.shape:
-                        v[drop_slots] = 0                                     # fresh moments for regrown slots
-            changed[n] = n_drop
+        """One selection on every layer; returns the number of slots replaced per layer."""
+        first = self.variant == "spiel" and self.init == "grad" and self.t == self.accumulation_steps
+        rho = 1.0 if first else self.current_drop_fraction()
+        select = self._select if self.variant == "spiel" else self._select_cycle_delta
+        changed = {n: select(n, l, rho, optimizer) for n, l in self.layers.items()}
         self._start = {n: l.delta.detach().clone() for n, l in self.layers.items()}
         self._stats.clear()
+        self._calls.clear()
+        self._window_steps = 0
         self.history.append({"step": self.t, "drop_fraction": rho, "replaced": sum(changed.values())})
         return changed
 
+    def _select(self, name: str, l: SparseDeltaLinear, rho: float, optimizer) -> int:
+        """Published SpIEL on one layer: prune smallest |φ|, regrow best candidates, seed their moments."""
+        n_out = int(rho * l.k)                                               # floor, as the reference
+        if n_out == 0:
+            return 0
+        dev, numel = l.delta.device, l.weight.numel()
+        out_slots = torch.topk(l.delta.abs(), n_out, largest=False, sorted=True).indices   # smallest |φ| first
+        outgoing = l.indices[out_slots]
+        active = torch.zeros(numel, dtype=torch.bool, device=dev)
+        active[l.indices] = True
+        is_out = torch.zeros(numel, dtype=torch.bool, device=dev)
+        is_out[outgoing] = True
+        s = self._stats.get(name, {})
+        g_sum = g_sq = None
+        if self.regrow == "ag" and "acc" in s:
+            cand = s["cand"] if "cand" in s else torch.arange(numel, device=dev)
+            ok = ~(active & ~is_out)[cand]                                   # not still active
+            cand, g_sum, g_sq = cand[ok], s["acc"][ok], s["acc_sq"][ok]
+            score = g_sum.abs()
+        else:                                                                # MA, or no statistics: inactive entries
+            cand = (~active).nonzero().squeeze(1)
+            score = self.growth_score(name)[cand]
+            if not bool((score > 0).any()):
+                score = torch.rand(score.shape, device=dev)
+        top = torch.topk(score, min(n_out, cand.numel()), sorted=True).indices
+        incoming = cand[top]
+        is_in = torch.zeros(numel, dtype=torch.bool, device=dev)
+        is_in[incoming] = True
+        out_slots = out_slots[~is_in[outgoing]]                             # pruned and regrown: slot stays
+        fresh = ~is_out[incoming]
+        incoming, top = incoming[fresh], top[fresh]
+        out_slots = out_slots[: incoming.numel()]
+        l.indices[out_slots] = incoming.to(l.indices.dtype)
+        l.delta[out_slots] = 0
+        if optimizer is not None:
+            self._seed(optimizer, name, l, out_slots, None if g_sum is None else g_sum[top],
+                       None if g_sq is None else g_sq[top])
+        return int(out_slots.numel())
+
+    def _seed(self, optimizer, name: str, l: SparseDeltaLinear, slots: torch.Tensor,
+              g_sum: Optional[torch.Tensor], g_sq: Optional[torch.Tensor]) -> None:
+        """Regrown slots' optimizer state: moments from the window's mean g and g², biased for Adam's
+        correction (the reference's `update_optimizer` seeding); other per-slot state zeroed."""
+        st = optimizer.state.get(l.delta)
+        if not st:
+            return
+        for v in st.values():
+            if torch.is_tensor(v) and v.shape == l.delta.shape:
+                v[slots] = 0
+        betas = next((g.get("betas") for g in optimizer.param_groups if any(p is l.delta for p in g["params"])), None)
+        if g_sum is None or betas is None:
+            return
+        steps = max(self._window_steps, 1)
+        mean_g = g_sum / steps
+        mean_sq = g_sq * (max(self._calls.get(name, steps), 1) / steps) / steps   # per-step g² under grad accumulation
+        age = st.get("age")
+        if torch.is_tensor(age) and age.shape == l.delta.shape:              # per-entry bias correction (SftAdamW)
+            age[slots] = float(steps)
+            n = float(steps)
+        else:                                                                # torch Adam(W): one count per tensor
+            n = float(st.get("step", steps))
+        b1, b2 = betas
+        if torch.is_tensor(st.get("exp_avg")):
+            st["exp_avg"][slots] = (mean_g * (1 - b1 ** n)).to(st["exp_avg"].dtype)
+        for key in ("exp_avg_sq", "max_exp_avg_sq"):
+            if torch.is_tensor(st.get(key)) and st[key].shape == l.delta.shape:
+                st[key][slots] = (mean_sq * (1 - b2 ** n)).to(st[key].dtype)
+
+    def _select_cycle_delta(self, name: str, l: SparseDeltaLinear, rho: float, optimizer) -> int:
+        """The ablation: prune by change over the cycle, regrow never-active entries, zero moments."""
+        n_drop = int(round(rho * l.k))
+        if n_drop == 0:
+            return 0
+        change = (l.delta - self._start[name].to(l.delta.device)).abs()                    # (k,)
+        drop_slots = torch.topk(change, n_drop, largest=False).indices
+        score = self.growth_score(name).clone()                                            # (o·i,)
+        if not bool((score > 0).any()):                                                    # no statistics: random
+            score = torch.rand(score.shape, device=score.device)
+        score[l.indices] = -math.inf                                     # active or just pruned: not candidates
+        new_idx = torch.topk(score, n_drop).indices
+        l.indices[drop_slots] = new_idx
+        l.delta[drop_slots] = 0
+        if optimizer is not None:
+            for v in optimizer.state.get(l.delta, {}).values():
+                if torch.is_tensor(v) and v.shape == l.delta.shape:
+                    v[drop_slots] = 0                                     # fresh moments for regrown slots
+        return n_drop
+
     def step(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Advance one optimizer step; at the end of each cycle prune and regrow."""
+        """Advance one optimizer step; run a selection when the schedule says so."""
+        if self._collecting:
+            self._window_steps += 1
         self.t += 1
-        if self.t % self.update_interval == 0:
+        if self._selects_now():
             self.prune_regrow(optimizer)
         self._set_sinks()
 
