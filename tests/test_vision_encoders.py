@@ -60,7 +60,7 @@ def test_frozen_encoder_stays_in_eval_and_has_no_grad():
     assert torch.equal(before, enc.features_[0][1].running_mean)
     enc.unfreeze().train()
     assert enc.training and all(p.requires_grad for p in enc.parameters())
-    enc(torch.randn(1, 3, 32, 32)).sum().backward()
+    enc(torch.randn(2, 3, 32, 32)).sum().backward()
     assert enc.features_[0][0].weight.grad is not None
 
 
