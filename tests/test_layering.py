@@ -34,6 +34,7 @@ BASE = ("config", "registry", "backend", "io")
 RANK = {
     **{m: 0 for m in BASE},
     "nn": 1,
+    "vision": 1.5,                 # beside nn: image encoders may use nn modules (an MoE MLP), never the reverse
     "models": 2,
     "data": 3,
     "train": 4,

@@ -10,7 +10,7 @@ whose dotted path equals the name or ends with ".name"; a single string is a reg
 path. Adapters are saved in the PEFT format (`adapter_config.json` + `adapter_model.safetensors`, keys
 `base_model.model.<path>.lora_A.weight`). For a Decoder with a transformers Llama twin (imported from HF or a
 GGUF, or exported with `export_hf`) <path> and `target_modules` are the HF names
-(`model.layers.0.self_attn.q_proj`, via lmlab.models.hf's weight map), so
+(`model.layers.0.self_attn.q_proj`, via lmlab.nn.hf_names' weight map), so
 `peft.PeftModel.from_pretrained(LlamaForCausalLM..., dir)` applies the adapter; otherwise they are the model's
 own paths. `load_lora_adapter` reads either naming, and adapters that `peft` saved on the HF model; a tensor
 that names no layer of the model is an error, never a warning.
@@ -28,6 +28,7 @@ from typing import Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from lmlab.nn.hf_names import HF_TWIN_ATTR, hf_linear_names, is_hf_llama, llama_mismatch
 from torch import nn
 
 TargetSpec = Union[str, Iterable[str]]
@@ -184,8 +185,6 @@ NAMINGS = ("auto", "hf", "native")
 
 def _naming(model: nn.Module, names: str) -> str:
     """'hf' when the adapter should carry HF Llama module paths, else 'native' (the model's own paths)."""
-    from lmlab.models.hf import HF_TWIN_ATTR, is_hf_llama
-
     if names not in NAMINGS:
         raise ValueError(f"names={names!r}; choose one of: {', '.join(NAMINGS)}")
     if is_hf_llama(model):
@@ -197,8 +196,6 @@ def _naming(model: nn.Module, names: str) -> str:
 
 def _hf_table(model: nn.Module) -> dict[str, str]:
     """lmlab linear path -> HF Llama linear path for a Llama-shaped Decoder; raises otherwise."""
-    from lmlab.models.hf import hf_linear_names, llama_mismatch
-
     why = llama_mismatch(model)
     if why is not None:
         raise ValueError(f"adapter with HF names: {why}; save it with names='native'")
@@ -208,8 +205,6 @@ def _hf_table(model: nn.Module) -> dict[str, str]:
 def _aliases(model: nn.Module) -> dict[str, str]:
     """Foreign adapter path -> this model's path: HF names for a Llama-shaped Decoder, lmlab names for a
     transformers Llama; empty for anything else."""
-    from lmlab.models.hf import hf_linear_names, is_hf_llama, llama_mismatch
-
     if is_hf_llama(model):
         return hf_linear_names(model.config.num_hidden_layers)
     if llama_mismatch(model) is None:
@@ -258,8 +253,6 @@ def save_lora_adapter(model: nn.Module, out_dir: Union[str, Path], base_model_na
     rename: dict[str, str] = {}
     targets = cfg["target_modules"]
     if _naming(model, names) == "hf":
-        from lmlab.models.hf import HF_TWIN_ATTR
-
         table = _hf_table(model)
         unmapped = sorted(set(layers) - set(table))
         if unmapped:
