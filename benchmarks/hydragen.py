@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmlab.experiments.hydragen import D, H, KV, SUFFIX, op_case  # noqa: E402
+from lmlab.experiments.hydragen_speedup import D, H, KV, SUFFIX, op_case  # noqa: E402
 
 def run_op(batches, prefixes, dev, dtype, reps=7, seed=0, log=print) -> list[dict]:
     rows = []
