@@ -176,7 +176,7 @@ class Difference:
     def describe(self, margin: float = 0.0, alternative: str = "greater") -> str:
         t = self.t(margin)
         p = self.p_greater(margin) if alternative == "greater" else self.p_less(margin)
-        num = "gain" if margin == 0 else f"(gain − {margin:g})"
+        num = "gain" if margin == 0 else f"(gain − {margin:g})" if margin > 0 else f"(gain + {-margin:g})"
         return (f"{self.test}: t = {num}/SE = {t:.3g}, df = {self.df:.3g}, one-sided p = {p:.3g}, "
                 f"t crit = {self.t_crit():.3g}")
 
