@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]   # benchmarks/peft.py would shadow `peft`
 sys.path.insert(0, str(HERE.parent))
 from benchmarks._interleave import interleaved, median_of, ratio  # noqa: E402
-from lmlab.experiments.hydragen import D, H, KV, SUFFIX, op_case  # noqa: E402
+from lmlab.experiments.hydragen_speedup import D, H, KV, SUFFIX, op_case  # noqa: E402
 
 
 def run_op(batches, prefixes, dev, dtype, reps=7, seed=0, log=print) -> list[dict]:

@@ -84,7 +84,7 @@ def test_gradients_match():
 
 def test_experiment_verdict_and_op_timing():
     from lmlab.experiments.base import ArmResult
-    from lmlab.experiments.hydragen import op_case, verdict
+    from lmlab.experiments.hydragen_speedup import op_case, verdict
     from lmlab.registry import EXPERIMENTS
 
     exp = EXPERIMENTS.get("hydragen")

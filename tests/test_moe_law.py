@@ -1,4 +1,4 @@
-"""Fine-grained MoE law fitter recovers known coefficients; experiment arms and configs/moe agree."""
+"""Fine-grained MoE law fitter recovers known coefficients; MoE arms are read from configs/moe."""
 import numpy as np
 import pytest
 
@@ -19,19 +19,22 @@ def test_fit_recovers_synthetic_law():
     assert fit.predict(1e5, 1e6, 8) < fit.predict(1e5, 1e6, 1)
 
 
-def test_moe_configs_match_experiment_arms():
+def test_moe_arms_are_read_from_configs_moe():
+    """Every MoE arm is its configs/moe recipe at quick scale (no copy of it in the experiment)."""
     from pathlib import Path
 
-    import lmlab.experiments.moe as M
     from lmlab.config import load_config
+    from lmlab.registry import EXPERIMENTS
 
     root = Path(__file__).resolve().parents[1] / "configs" / "moe"
-    for arm, model in M.ROUTER_ARMS.items():
-        cfg = load_config(root / f"routers_{arm}.yaml")
-        assert cfg.model.ffn == model["ffn"] and cfg.model.ffn_args == model.get("ffn_args", {})
-    for arm in M.GRAN_ARMS:
-        cfg = load_config(root / f"granularity_{arm}.yaml")
-        assert cfg.model.ffn_args == M._gran_model(arm)["ffn_args"]
-    cfg = load_config(root / "jetmoe_moa_moe.yaml")
-    assert cfg.model.mixer == "moa" and cfg.model.mixer_args == M.JET_ARMS["moa_moe"]["mixer_args"]
-    assert {"moe_routers", "moe_granularity", "moe_jetmoe", "moe_btx"} <= set(M.EXPERIMENTS.names())
+    recipes = {"moe_routers": "routers_{}", "moe_granularity": "granularity_{}", "moe_jetmoe": "jetmoe_{}"}
+    for name, pattern in recipes.items():
+        exp = EXPERIMENTS.get(name)
+        for arm in exp.arms:
+            yaml_cfg = load_config(root / (pattern.format(arm) + ".yaml"))
+            cfg = exp.arm_config(arm, "quick", 0)
+            assert cfg.model == yaml_cfg.model and cfg.name == yaml_cfg.name, (name, arm)
+            assert cfg.train.model_dump(exclude={"progress", "tensorboard"}) == \
+                yaml_cfg.train.model_dump(exclude={"progress", "tensorboard"}), (name, arm)
+    seed = load_config(root / "btx_seed.yaml")
+    assert EXPERIMENTS.get("moe_btx").arm_config("dense_seed", "quick", 0).data.domains == seed.data.domains

@@ -2,7 +2,7 @@
 import numpy as np
 
 from lmlab.experiments.base import ArmResult
-from lmlab.experiments.peft import (LINEARS, entropy_rate, lora_budget, matches_or_approaches, sample_rows,
+from lmlab.experiments.spiel_vs_lora import (LINEARS, entropy_rate, lora_budget, matches_or_approaches, sample_rows,
                                     task_pair)
 from lmlab.registry import EXPERIMENTS
 

@@ -42,7 +42,11 @@ def test_hyper_verdict_needs_both_streams_to_win():
     base = [4.0, 4.01, 3.99]
     v = _hyper_verdict(exp, _res({"residual": base, "hc2": [3.8, 3.81, 3.79], "hc4": [3.7, 3.71, 3.69]}))
     assert v.verdict == "reproduced"
+    # one stream clearly worse refutes "both beat the residual" (combine how="all"; the old ad-hoc rule said
+    # inconclusive here); a noisy one leaves it open
     v = _hyper_verdict(exp, _res({"residual": base, "hc2": [4.2, 4.21, 4.19], "hc4": [3.7, 3.71, 3.69]}))
+    assert v.verdict == "not reproduced"
+    v = _hyper_verdict(exp, _res({"residual": base, "hc2": [3.6, 4.3, 3.9], "hc4": [3.7, 3.71, 3.69]}))
     assert v.verdict == "inconclusive"
 
 

@@ -3,6 +3,7 @@ positional-embedding resizing, a swappable MLP (lmlab's MoE) and a classifier he
 import pytest
 import torch
 
+from lmlab.config import Dims
 from lmlab.nn.moe.layer import MoE
 from lmlab.registry import VISION_ENCODERS
 from lmlab.vision.vit import ViT, attention, naive_attention
@@ -43,12 +44,12 @@ def test_vit_fast_equals_naive_and_grid_is_row_major():
 
 
 def test_vit_mlp_swaps_for_moe_and_aux_loss_flows():
-    class Cfg:
-        def __init__(self, d, f):
-            self.d_model, self.ffn_hidden, self.init_std, self.n_layer = d, f, 0.02, 2
+    def moe(i, d, f):
+        dims = Dims(d_model=d, n_head=4, n_kv_head=4, head_dim=d // 4, ffn_hidden=f, n_layer=2, max_seq_len=64,
+                    rope_theta=1e4, norm_eps=1e-5, dropout=0.0, sliding_window=None, layer_idx=i)
+        return MoE(dims, MoE.Args(n_experts=4, top_k=1))
 
-    vit = ViT(image_size=32, patch=8, width=32, depth=2, n_heads=4, n_classes=5,
-              mlp_factory=lambda i, d, f: MoE(Cfg(d, f), i, n_experts=4, top_k=1))
+    vit = ViT(image_size=32, patch=8, width=32, depth=2, n_heads=4, n_classes=5, mlp_factory=moe)
     assert all(isinstance(b.mlp, MoE) for b in vit.blocks)
     x = torch.randn(3, 3, 32, 32)
     logits = vit.classify(x)

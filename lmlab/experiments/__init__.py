@@ -2,6 +2,8 @@
 
 Nothing imports experiments (they import everything). `lmlab reproduce` discovers them through the registry.
 """
-from lmlab.experiments.base import ArmResult, Experiment, Verdict, compare, trend_verdict
+from lmlab.experiments.base import (ArmResult, Experiment, Verdict, combine, compare, equivalent, exceeds,
+                                    noninferior, trend_verdict)
 
-__all__ = ["ArmResult", "Experiment", "Verdict", "compare", "trend_verdict"]
+__all__ = ["ArmResult", "Experiment", "Verdict", "combine", "compare", "equivalent", "exceeds", "noninferior",
+           "trend_verdict"]

@@ -12,8 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from lmlab.experiments.base import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, ArmResult, Experiment, Verdict,
-                                    compare, mean_std)
+from lmlab.experiments.base import ArmResult, Experiment, Verdict, combine, compare, exceeds, mean_std
 from lmlab.registry import EXPERIMENTS
 
 
@@ -67,31 +66,28 @@ def _collapse_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
 
 
 def _collapse_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
-    """Reproduced iff (a) clean error keeps scaling: late exponent > 0.5·(1−1/β); (b) the top-k arm
-    plateaus: late exponent < 0.25·clean's and final error ≥ 0.9·Σ_{i>k}p_i; (c) top-k's final error exceeds
-    clean's by > 2·SE. Not reproduced if (a) holds and (b) clearly fails."""
+    """Four one-sided t-tests at α = 0.05, combined with how="all": (a) the clean error keeps scaling — mean
+    late exponent > 0.5·(1 − 1/β); (b) the top-k arm plateaus — its mean late exponent < 0.25 × clean's mean
+    and (c) its mean final error > 0.9·Σ_{i>k} p_i (one-sample t); (d) top-k's final error exceeds clean's
+    (Welch, compare)."""
     cl, tk = res["clean"], res["topk"]
-    c_clean = mean_std([r.metrics["late_exponent"] for r in cl])
-    c_topk = mean_std([r.metrics["late_exponent"] for r in tk])
+    get = lambda rs, k: [r.metrics[k] for r in rs]  # noqa: E731
+    c_clean, c_topk = mean_std(get(cl, "late_exponent")), mean_std(get(tk, "late_exponent"))
     theory = cl[0].info["theory_exponent"]
     plateau = tk[0].metrics["plateau_theory"]
-    v = compare([r.metrics["test_error"] for r in cl], [r.metrics["test_error"] for r in tk], "higher")
-    e_topk = mean_std([r.metrics["test_error"] for r in tk])
-    a = c_clean[0] > 0.5 * theory
-    b = c_topk[0] < 0.25 * c_clean[0] and e_topk[0] >= 0.9 * plateau
-    cgap = v.verdict == REPRODUCED
-    verdict = REPRODUCED if (a and b and cgap) else (NOT_REPRODUCED if a and not b else INCONCLUSIVE)
+    gap = compare(get(cl, "test_error"), get(tk, "test_error"), "higher")
+    parts = {"clean scales": exceeds(get(cl, "late_exponent"), 0.5 * theory, "higher", "clean late exponent"),
+             "top-k flattens": exceeds(get(tk, "late_exponent"), 0.25 * c_clean[0], "lower", "top-k late exponent"),
+             "top-k at plateau": exceeds(get(tk, "test_error"), 0.9 * plateau, "higher",
+                                         "top-k final error (vs 0.9·Σ_(i>k) p_i)"),
+             "top-k error > clean": gap}
     extra = {"clean_exponent": c_clean, "topk_exponent": c_topk, "theory_exponent": theory,
              "plateau_theory": plateau}
     for arm in ("gen_topp", "mixed"):
         if res.get(arm):
-            extra[f"{arm}_error"] = mean_std([r.metrics["test_error"] for r in res[arm]])
-            extra[f"{arm}_exponent"] = mean_std([r.metrics["late_exponent"] for r in res[arm]])
-    rule = (f"clean late exponent {c_clean[0]:.3f}±{c_clean[1]:.3f} (theory {theory:.2f}; need > {0.5 * theory:.2f}); "
-            f"top-k late exponent {c_topk[0]:.3f}±{c_topk[1]:.3f} (need < {0.25 * c_clean[0]:.3f}); top-k final "
-            f"error {e_topk[0]:.2e} vs plateau Σ_(i>k) p_i = {plateau:.2e} (need ≥ 0.9×); top-k − clean error: "
-            f"{v.rule} -> {verdict}")
-    return Verdict(verdict, rule, v.baseline, v.technique, extra)
+            extra[f"{arm}_error"] = mean_std(get(res[arm], "test_error"))
+            extra[f"{arm}_exponent"] = mean_std(get(res[arm], "late_exponent"))
+    return combine(parts, "all", f"theory exponent {theory:.2f}", gap.baseline, gap.technique, extra)
 
 
 EXPERIMENTS.register("model_collapse_tails", Experiment(
@@ -146,23 +142,35 @@ def _query_logprobs(model, voc, queries) -> np.ndarray:
     return logp[torch.arange(len(queries)), torch.tensor([t for _, _, t in queries])].numpy()
 
 
-def _walks_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+def walks_config(arm: str, scale: str, seed: int = 0, vocab: Optional[int] = None):
+    """The LM both arms train (they differ by corpus only); vocab = the KG's (entities + relations + 2)."""
     from lmlab.data import random_walks as W
     from lmlab.experiments.common import run_config
-    from lmlab.train.trainer import train
+
+    if arm not in ("triples", "walks"):
+        raise ValueError(f"unknown arm {arm!r}")
+    c = WALKS[scale]
+    if vocab is None:
+        vocab = W.KGVocab(W.synthetic_kg(c["n_entities"], c["n_base"], edge_prob=c["edge_prob"], seed=1234)).size
+    return run_config(scale, {"model": {"vocab_size": vocab, "d_model": c["d_model"], "n_layer": c["n_layer"],
+                                        "n_head": c["n_head"], "max_seq_len": c["seq_len"]},
+                              "data": {"seq_len": c["seq_len"]},
+                              "train": {"steps": c["steps"], "batch_size": c["batch"], "lr": c["lr"],
+                                        "warmup_steps": 20, "eval_interval": c["steps"] // 4, "seed": seed}},
+                      name=f"reasoning_paths/{arm}")
+
+
+def _walks_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
+    from lmlab.data import random_walks as W
+    from lmlab.experiments.common import train_seeded
 
     c = WALKS[scale]
     kg, train_kg, held, voc, windows = _walks_corpus(arm, seed, c)
     # 20 True/False pairs per held-out query (each negative 80% plausible): less evaluation noise per seed
     exs = [e for k in range(20) for e in W.true_false_examples(kg, held, random.Random(99 + k), plausible_frac=0.8)]
     held_val = pack([voc.triple_ids(*t) for t in held], c["seq_len"])
-    cfg = run_config(scale, {"model": {"vocab_size": voc.size, "d_model": c["d_model"], "n_layer": c["n_layer"],
-                                       "n_head": c["n_head"], "max_seq_len": c["seq_len"]},
-                             "data": {"seq_len": c["seq_len"]},
-                             "train": {"steps": c["steps"], "batch_size": c["batch"], "lr": c["lr"],
-                                       "warmup_steps": 20, "eval_interval": c["steps"] // 4, "seed": seed}},
-                     name=f"reasoning_paths/{arm}")
-    res = train(cfg, out, data=window_data(windows, {"heldout_triples": held_val}, voc.size))
+    cfg = walks_config(arm, scale, seed, vocab=voc.size)
+    res = train_seeded(cfg, seed, out, data=window_data(windows, {"heldout_triples": held_val}, voc.size))
     model = res.model.eval()
     pos = [e["triple"] for e in exs if e["label"]]
     neg = [e["triple"] for e in exs if not e["label"]]
@@ -181,12 +189,13 @@ EXPERIMENTS.register("reasoning_paths", Experiment(
     name="reasoning_paths", paper="Understanding Reasoning Ability of LMs From the Perspective of Reasoning Paths Aggregation",
     claim="pre-training on KG random walks beats the triples alone on held-out multi-hop relation queries",
     metric="heldout_acc", direction="higher", arms=["triples", "walks"], baseline="triples", technique="walks",
-    run=_walks_arm, plots=["val_loss", "train_loss"],
+    run=_walks_arm, arm_config=walks_config, plots=["val_loss", "train_loss"],
     description=("Synthetic KG (150 entities, 4 base relations, 4 composed relations r_{4+i} = r_i ∘ r_{i+1}); "
                  "30% of the composed triples held out. A 2-layer LM (d=64) trained 600 steps × 32 × 32 tokens on random walks "
                  "(transition 1/out-degree, ≤4 edges) or on the training triples; metric: True/False accuracy "
                  "on held-out queries (20 pairs per query, true tail vs a negative tail, 80% plausible), "
-                 "predicting True for the likelier tail.")))
+                 "predicting True for the likelier tail. Verdict: one-sided Welch t-test of the accuracy gain, "
+                 "α = 0.05.")))
 
 
 # ============================================================================================================
@@ -236,12 +245,22 @@ def rho1_reference(c: dict, scale: str, data, ref_dir: Path):
     return res.model
 
 
+def rho1_config(arm: str, scale: str, seed: int = 0):
+    """Both arms train this config (plain CLM objective in the config; the SLM arm passes its SelectiveLM
+    objective, which needs the trained reference, to the trainer)."""
+    from lmlab.experiments.common import with_seed
+
+    if arm not in ("clm", "slm"):
+        raise ValueError(f"unknown arm {arm!r}")
+    return with_seed(_rho1_cfg(RHO1[scale], scale, RHO1[scale]["steps"], f"rho1/{arm}"), seed)
+
+
 def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.data import load_data
     from lmlab.experiments.common import train_arm
 
     c = RHO1[scale]
-    base = _rho1_cfg(c, scale, c["steps"], f"rho1/{arm}")
+    base = rho1_config(arm, scale, seed)
     data = load_data(base.data)
     ref = rho1_reference(c, scale, data, Path(out).parent.parent / "_reference")
     if arm == "clm":
@@ -258,41 +277,22 @@ def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     return r
 
 
-def paired_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
-    """Paired rule, valid because arms with the same seed share the model init and the exact batch order:
-    d_s = baseline_s − technique_s (lower-is-better metric); reproduced if mean(d) > 2·SE(d), not reproduced
-    if mean(d) < −2·SE(d), else inconclusive. The unpaired Welch rule is reported beside it."""
-    b = [r.metrics[exp.metric] for r in res[exp.baseline]]
-    t = [r.metrics[exp.metric] for r in res[exp.technique]]
-    n = min(len(b), len(t))
-    welch = compare(b, t, exp.direction, exp.min_effect)
-    if n < 2:
-        return Verdict(INCONCLUSIVE, f"needs ≥2 paired seeds (got {n})", mean_std(b), mean_std(t))
-    d = np.asarray(b[:n]) - np.asarray(t[:n])
-    if exp.direction == "higher":
-        d = -d
-    m, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
-    v = REPRODUCED if m > 2 * se else NOT_REPRODUCED if m < -2 * se else INCONCLUSIVE
-    rule = (f"paired over {n} seeds (same init and batches): mean gain {m:.4g}, 2·SE {2 * se:.4g}, per seed "
-            f"{', '.join(f'{x:.3g}' for x in d)} -> {v}; unpaired Welch: {welch.rule}")
-    return Verdict(v, rule, mean_std(b), mean_std(t), {"paired_gain": m, "paired_se": se, "welch": welch.verdict})
-
-
 EXPERIMENTS.register("rho1_slm", Experiment(
     name="rho1_slm", paper="Rho-1: Not All Tokens Are What You Need",
     claim="selective LM (top 60% excess-loss tokens) beats causal LM on the target domain at equal tokens",
     metric="target_val_loss", direction="lower", arms=["clm", "slm"], baseline="clm", technique="slm",
-    run=_rho1_arm, verdict=paired_verdict, plots=["val_loss", "train_loss"],
+    run=_rho1_arm, arm_config=rho1_config, paired=True, plots=["val_loss", "train_loss"],
     description=("Mixed corpus code + docs + bible_web; a reference LM trained on bible_web's training split "
                  "only (same size, 200 steps); then CLM vs SLM (k=60%, online reference) for the same 200 "
-                 "steps × 16 × 64 tokens; metric: held-out loss on bible_web.")))
+                 "steps × 16 × 64 tokens; metric: held-out loss on bible_web. Verdict: paired one-sided t-test "
+                 "over seeds (the arms of a seed share the model init and the exact batch order), α = 0.05.")))
 
 
 # ============================================================================================================
 # WRAP — real vs real + rephrased (1:1) at an equal token budget; style ablation.
 # real = the KJV Bible (archaic English). Technique arm `real_wrap`: KJV + SmolLM2-135M-Instruct rephrases of
 # KJV chunks in the medium (Wikipedia) style, made by `lmlab data rephrase` and cached as a dataset build step
-# (a small slice: generation runs at tens of tokens/s on this CPU, so the synthetic half repeats). Stand-in
+# (a small slice: CPU generation is slow, so the synthetic half repeats). Stand-in
 # arms (documented as such): the same chapters in the modern WEB translation (≈ medium style) or in Basic
 # English (BBE, ≈ easy style) — a human verse-aligned parallel corpus in place of model rephrases — which also
 # give the style ablation.
@@ -321,21 +321,18 @@ def wrap_cache_dir() -> Path:
 
 def build_wrap_cache(out: Optional[Path] = None, backend: str = "smollm2") -> Path:
     """Dataset build step: the first `max_chunks` ≤128-token chunks of the KJV training chapters rephrased in
-    the medium (Wikipedia) style by SmolLM2-135M-Instruct, through the `lmlab data rephrase` command itself.
+    the medium (Wikipedia) style by SmolLM2-135M-Instruct, with the settings `lmlab data rephrase` would use.
     Resumable (finished shards are kept), so an interrupted build continues where it stopped."""
-    import argparse
-
-    from lmlab.cli import register_rephrase
+    from lmlab.backend import load_backend
+    from lmlab.data.rephrase import RephraseSettings, read_documents, rephrase_corpus
 
     out = Path(out or wrap_cache_dir())
     c = WRAP_CACHE
-    p = argparse.ArgumentParser()
-    register_rephrase(p.add_subparsers())
-    a = p.parse_args(["rephrase", "--style", c["style"], "--backend", backend, "--in", c["source"],
-                      "--out", str(out), "--chat", "--max-chunks", str(c["max_chunks"]),
-                      "--max-tokens", str(c["max_tokens"]), "--max-new-tokens", str(c["max_new_tokens"]),
-                      "--batch-size", str(c["batch_size"]), "--shard-size", str(c["shard_size"])])
-    a.func(a)
+    be = load_backend(backend)
+    settings = RephraseSettings(style=c["style"], max_tokens=c["max_tokens"], shard_size=c["shard_size"],
+                                batch_size=c["batch_size"], max_new_tokens=c["max_new_tokens"], chat=True,
+                                max_chunks=c["max_chunks"])
+    rephrase_corpus(read_documents(c["source"]), be, out, settings, tokenizer=getattr(be, "tokenizer", None))
     return out
 
 
@@ -358,16 +355,27 @@ def _wrap_cache_windows(tokenizer, seq_len: int) -> tuple[np.ndarray, dict]:
     return pack([tokenizer.encode(t) + [eos] for t in texts], seq_len), stats
 
 
+def wrap_config(arm: str, scale: str, seed: int = 0):
+    """Every arm trains this config; they differ by their training windows (built in the run)."""
+    from lmlab.experiments.common import run_config, with_seed
+
+    if arm not in ("real", "real_wrap", *WRAP_STYLE_DOMAIN):
+        raise ValueError(f"unknown arm {arm!r}")
+    c = WRAP[scale]
+    return with_seed(run_config(scale, {"model": {"d_model": c["d_model"], "n_layer": c["n_layer"],
+                                                  "n_head": c["n_head"], "max_seq_len": c["seq_len"]},
+                                        "data": {"domains": c["domains"], "seq_len": c["seq_len"]},
+                                        "train": {"steps": c["steps"], "batch_size": c["batch"], "lr": c["lr"],
+                                                  "eval_interval": max(c["steps"] // 4, 1)}}, name=f"wrap/{arm}"),
+                     seed)
+
+
 def _wrap_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.data import load_data
-    from lmlab.experiments.common import run_config, train_arm
+    from lmlab.experiments.common import train_arm
 
     c = WRAP[scale]
-    cfg = run_config(scale, {"model": {"d_model": c["d_model"], "n_layer": c["n_layer"], "n_head": c["n_head"],
-                                       "max_seq_len": c["seq_len"]},
-                             "data": {"domains": c["domains"], "seq_len": c["seq_len"]},
-                             "train": {"steps": c["steps"], "batch_size": c["batch"], "lr": c["lr"],
-                                       "eval_interval": max(c["steps"] // 4, 1)}}, name=f"wrap/{arm}")
+    cfg = wrap_config(arm, scale, seed)
     data = load_data(cfg.data)
     n = c["steps"] * c["batch"]                          # windows seen = the token budget, equal for all arms
     rng = np.random.default_rng(1000 + seed)
@@ -421,7 +429,8 @@ EXPERIMENTS.register("wrap_rephrase", Experiment(
     name="wrap_rephrase", paper="Rephrasing the Web (WRAP)",
     claim="real + rephrased data (1:1) beats real data alone on mean held-out perplexity at equal tokens",
     metric="val_ppl", direction="lower", arms=["real", "real_wrap", "real_medium", "real_easy"],
-    baseline="real", technique="real_wrap", run=_wrap_arm, verdict=_wrap_verdict, plots=["val_loss"],
+    baseline="real", technique="real_wrap", run=_wrap_arm, arm_config=wrap_config, verdict=_wrap_verdict,
+    plots=["val_loss"],
     description=("real = KJV Bible; real_wrap = KJV + SmolLM2-135M-Instruct medium-style rephrases of 64 KJV "
                  "chunks (≤128 tokens) made by `lmlab data rephrase` (cached build step; the synthetic half "
                  "repeats); stand-ins: KJV + the same chapters in WEB (medium) or BBE (easy). Equal budget "

@@ -9,6 +9,8 @@ dpo_smollm2   policy = reference = SmolLM2-135M-Instruct (lmlab Decoder, chat te
               adapters on the top layers only. Metric: on held-out prompts, samples of the arm's policy
               against independent samples of the reference, judged by the gold score (ties count 0.5); the
               `ref` arm plays the reference against itself (≈ 0.5).
+              Verdict (fixed before the runs): one-sided Welch t-test at α = 0.05 of H1: win-rate gain > 0.05
+              (min_effect); unpaired, since the arms' samples differ beyond the shared opponent.
 
 Cheap but exact training on a CPU: with LoRA only in the top `n_top` blocks, the lower blocks are frozen and
 identical in policy and reference, so their hidden states are computed once per pair batch under no_grad

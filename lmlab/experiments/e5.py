@@ -8,6 +8,8 @@ Arms (same architecture, same tokenizer, same seed-dependent init):
 - `untrained`: random-init embedder (mean-pooled random token embeddings through random blocks).
 - `contrastive`: the same model after InfoNCE (τ = 0.01, symmetric, in-batch negatives) on KJV/BBE pairs
   of the training chapters.
+Verdict (fixed before the runs): paired one-sided t-test over seeds (the contrastive arm starts from the
+untrained arm's weights), H1: recall@1 gain > 0.02, α = 0.05.
 Recorded beside them for the report (not part of the verdict): bag-of-words cosine (lexical overlap) and
 all-MiniLM-L6-v2 (a pretrained sentence encoder, 22M parameters, offline), on the same pool.
 """
@@ -97,7 +99,7 @@ EXPERIMENTS.register("e5_retrieval", Experiment(
     claim="InfoNCE with in-batch negatives turns a randomly initialised trunk into a retriever of held-out "
           "parallel verses (KJV -> BBE recall@1)",
     metric="recall@1", direction="higher", arms=["untrained", "contrastive"], baseline="untrained",
-    technique="contrastive", run=_run, plots=["info_nce"], min_effect=0.02,
+    technique="contrastive", run=_run, plots=["info_nce"], min_effect=0.02, paired=True,
     description="Causal lmlab decoder trunk + mean pooling + L2 norm, 'query: '/'passage: ' prefixes, τ=0.01; "
                 "quick: d=96×2 layers, 80 steps of 64 KJV/BBE pairs, pool of 500 held-out verses. "
                 "Lexical (bag-of-words cosine) and all-MiniLM-L6-v2 recall are recorded as extra metrics."))

@@ -7,6 +7,9 @@ fitted on the same n points (where it loses to them is part of the result).
 `lr_horizon` (Bjorck et al. 2024): for tiny decoders trained with a cosine schedule, the loss-optimal peak LR
 falls as the token horizon grows; per horizon LR* is the vertex of a quadratic fit of final loss in ln LR, and
 β comes from LR*(D) = B·D^(−β) over all seeds.
+
+Verdicts (fixed before the runs): `trend_verdict` — the least-squares slope over all seeds' points (MAE vs
+log2 n; ln LR* vs ln D) must be negative, one-sided t-test with n − 2 degrees of freedom at α = 0.05.
 """
 from __future__ import annotations
 
@@ -113,28 +116,34 @@ EXPERIMENTS.register("icl_regression", Experiment(
 # ----------------------------------------------------------------------------------------------------------
 LR_GRID = {"quick": [0.005, 0.01, 0.02, 0.04, 0.08], "full": [3e-4, 6e-4, 1.2e-3, 2.4e-3, 4.8e-3, 9.6e-3]}
 HORIZONS = [50, 100, 200]          # steps at quick scale; ×20 at full scale
-_DATA: dict[str, object] = {}
+HORIZON_MULT = {"quick": 1, "full": 20}
+# This experiment's overrides of the scale preset (a tiny decoder; cosine to 10% of the peak at quick scale).
+LR_OVERRIDES = {"quick": {"model": {"d_model": 32, "n_layer": 2, "n_head": 2, "max_seq_len": 64},
+                          "data": {"seq_len": 64},
+                          "train": {"batch_size": 8, "warmup_steps": 5, "eval_batches": 4, "min_lr_ratio": 0.1}},
+                "full": {"model": {"d_model": 256, "n_layer": 4, "n_head": 4}}}
 
 
 def _lr_cfg(scale: str):
     from lmlab.experiments.common import run_config
-    if scale == "quick":
-        return run_config("quick", {"model": {"d_model": 32, "n_layer": 2, "n_head": 2, "max_seq_len": 64},
-                                    "data": {"seq_len": 64},
-                                    "train": {"batch_size": 8, "warmup_steps": 5, "eval_batches": 4,
-                                              "min_lr_ratio": 0.1}}, name="lr_horizon")
-    return run_config("full", {"model": {"d_model": 256, "n_layer": 4, "n_head": 4}}, name="lr_horizon")
+    return run_config(scale, LR_OVERRIDES[scale], name="lr_horizon")
+
+
+def lr_config(arm: str, scale: str, seed: int = 0):
+    """One horizon's config: its steps (evaluated once, at the end) and seed; the sweep varies train.lr
+    over LR_GRID[scale]."""
+    steps = int(arm.split("=")[1]) * HORIZON_MULT[scale]
+    cfg = _lr_cfg(scale)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps, "seed": seed,
+                                                                         "eval_interval": steps})})
 
 
 def _lr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.eval.scaling import fit_quadratic_lnlr, lr_horizon_sweep
-    steps = int(arm.split("=")[1]) * (1 if scale == "quick" else 20)
-    cfg = _lr_cfg(scale)
-    key = cfg.data.model_dump_json()
-    if key not in _DATA:
-        from lmlab.data import load_data
-        _DATA[key] = load_data(cfg.data)
-    data = _DATA[key]
+    from lmlab.experiments.common import cached_data
+    cfg = lr_config(arm, scale, seed)
+    steps = cfg.train.steps
+    data = cached_data(cfg.data)
     sweep = lr_horizon_sweep(cfg, LR_GRID[scale], [steps], seed=seed, data=data)[steps]
     vocab_loss = math.log(data.tokenizer.vocab_size)        # worse than uniform = diverged
     q = fit_quadratic_lnlr([lr for lr, _ in sweep], [l for _, l in sweep], diverged=vocab_loss)
@@ -190,7 +199,7 @@ EXPERIMENTS.register("lr_horizon", Experiment(
     name="lr_horizon", paper="Scaling Optimal LR Across Token Horizons (Bjorck et al. 2024)",
     claim="the loss-optimal learning rate decreases as the token horizon grows",
     metric="ln_lr_star", direction="lower", arms=[f"T={t}" for t in HORIZONS], baseline="T=50",
-    technique="T=200", run=lambda a, s, sc, o: _lr_run(a, s, sc, o), verdict=_lr_verdict,
+    technique="T=200", run=lambda a, s, sc, o: _lr_run(a, s, sc, o), arm_config=lr_config, verdict=_lr_verdict,
     plots=["val_loss_vs_ln_lr"],
     description="Tiny decoder (d=32, 2 layers, seq 64, batch 8, cosine with 5 warmup steps) on the embedded corpus; "
                 "per horizon T ∈ {50, 100, 200} steps a 5-point LR sweep 0.005–0.08, quadratic fit of final val loss in "

@@ -16,11 +16,15 @@ Setup (quick scale, synthetic so that the optimum is known and nothing downloads
     cycle length, AG vs MA) were picked on a separate sweep seed (99), never on the reported seeds.
   * Metric: held-out next-token loss on B. The entropy rate of B (the best achievable loss) is reported too.
 
-Verdict ("matches/approaches LoRA", a paired non-inferiority test): per seed dᵢ = loss(SpIEL) − loss(LoRA);
-d = mean dᵢ, SE = std(dᵢ)/√n; tol = 5% of LoRA's excess loss over the entropy rate (at least 0.01 nats).
-  reproduced      if d + 2·SE ≤ tol   (even the upper 2·SE bound of the gap is within tol: SpIEL better or close);
-  not reproduced  if d − 2·SE > tol   (SpIEL is clearly worse by more than tol);
+Verdict ("matches/approaches LoRA", fixed before the runs): a paired non-inferiority t-test over seeds (the arms
+of a seed share the fine-tune data order), one-sided at α = 0.05: per seed dᵢ = loss(SpIEL) − loss(LoRA);
+tol = 5% of LoRA's excess loss over the entropy rate (at least 0.01 nats).
+  reproduced      if H1: mean d < tol is significant (the one-sided 95% upper bound of d is below tol);
+  not reproduced  if H1: mean d > tol is significant (SpIEL is worse by more than tol);
   inconclusive    otherwise, or with fewer than 2 paired seeds.
+The PEFT method arguments come from configs/peft/spiel_vs_lora.yaml (`extra.peft` for SpIEL, `extra.baseline_peft`
+for LoRA); the sizes that depend on the scale (rank, SpIEL budget = LoRA's count, cycle length, total steps) are
+set here.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from typing import Optional
 
 import numpy as np
 
-from lmlab.experiments.base import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, ArmResult, Experiment, Verdict, mean_std
+from lmlab.experiments.base import (INCONCLUSIVE, ArmResult, Experiment, Verdict, arm_values, difference, mean_std,
+                                    noninferior)
 from lmlab.registry import EXPERIMENTS
 
 VOCAB = 64
@@ -151,6 +156,28 @@ def lora_budget(model, rank: int) -> int:
                for n in find_linears(model, LINEARS) for m in [model.get_submodule(n)] if isinstance(m, nn.Linear))
 
 
+def peft_args(arm: str, scale: str, seed: int, budget: int) -> dict:
+    """The arm's apply_peft arguments: the recipe's method arguments with this scale's sizes."""
+    from lmlab.experiments.common import recipe
+
+    sc, r = SCALES[scale], recipe("peft/spiel_vs_lora.yaml")["extra"]
+    if arm == "lora":
+        return {**r["baseline_peft"], "r": sc["rank"], "alpha": 2 * sc["rank"]}
+    if arm in ("spiel", "fixed_mask"):
+        return {**r["peft"], "n_trainable": budget, "update_interval": max(sc["ft_steps"] // 10, 2),
+                "drop_fraction": 0.0 if arm == "fixed_mask" else r["peft"]["drop_fraction"],
+                "total_steps": sc["ft_steps"], "seed": seed,
+                "init": "random" if arm == "fixed_mask" else "grad"}   # fixed_mask keeps a random mask
+    raise ValueError(f"unknown arm {arm!r}; choose lora, spiel or fixed_mask")
+
+
+def arm_config(arm: str, scale: str, seed: int = 0):
+    """The fine-tune's RunConfig (the model is the pretrained backbone with the arm's PEFT applied)."""
+    if arm not in LR:
+        raise ValueError(f"unknown arm {arm!r}; choose lora, spiel or fixed_mask")
+    return _run_cfg(scale, SCALES[scale]["ft_steps"], LR[arm], seed, f"peft_ft/{arm}")
+
+
 def build_arm(arm: str, scale: str, seed: int):
     """The pretrained backbone with this arm's PEFT applied; returns (model, handle)."""
     import torch
@@ -164,16 +191,7 @@ def build_arm(arm: str, scale: str, seed: int):
     model.load_state_dict(sd)
     torch.manual_seed(seed)
     budget = lora_budget(model, sc["rank"])
-    if arm == "lora":
-        h = apply_peft(model, {"method": "lora", "r": sc["rank"], "alpha": 2 * sc["rank"], "target_modules": LINEARS})
-    elif arm in ("spiel", "fixed_mask"):
-        h = apply_peft(model, {"method": "spiel", "n_trainable": budget, "target_modules": LINEARS, "regrow": "ag",
-                               "update_interval": max(sc["ft_steps"] // 10, 2),
-                               "drop_fraction": 0.0 if arm == "fixed_mask" else 0.1,
-                               "accumulation_steps": 5, "total_steps": sc["ft_steps"], "seed": seed,
-                               "init": "random" if arm == "fixed_mask" else "grad"})
-    else:
-        raise ValueError(f"unknown arm {arm!r}; choose lora, spiel or fixed_mask")
+    h = apply_peft(model, peft_args(arm, scale, seed, budget))
     if h.n_trainable() != budget:
         raise AssertionError(f"{arm}: {h.n_trainable()} trainable params != budget {budget}")
     return model, h
@@ -185,7 +203,7 @@ def run_arm(arm: str, seed: int, scale: str, out_dir: Optional[Path]) -> ArmResu
     sc = SCALES[scale]
     _, B = task_pair()
     model, h = build_arm(arm, scale, seed)
-    cfg = _run_cfg(scale, sc["ft_steps"], LR[arm], seed, f"peft_ft/{arm}")
+    cfg = arm_config(arm, scale, seed)
     res = train_arm(cfg, seed, out_dir, model=model, data=make_data(B, "B", sc, 100 + seed))
     res.metrics["entropy_rate"] = entropy_rate(B)
     res.metrics["excess_loss"] = res.metrics["val_loss"] - res.metrics["entropy_rate"]
@@ -196,47 +214,35 @@ def run_arm(arm: str, seed: int, scale: str, out_dir: Optional[Path]) -> ArmResu
     return res
 
 
-def _paired(results: dict[str, list[ArmResult]], arm: str, base: str = "lora") -> list[float]:
-    by_seed = {r.info.get("seed", i): r.metrics["val_loss"] for i, r in enumerate(results.get(base, []))}
-    return [r.metrics["val_loss"] - by_seed[s] for i, r in enumerate(results.get(arm, []))
-            if (s := r.info.get("seed", i)) in by_seed]
-
-
 def matches_or_approaches(exp: Experiment, results: dict[str, list[ArmResult]]) -> Verdict:
-    lo = [r.metrics["val_loss"] for r in results["lora"]]
-    sp = [r.metrics["val_loss"] for r in results["spiel"]]
-    (ml, sl), (ms, ss) = mean_std(lo), mean_std(sp)
-    diffs = _paired(results, "spiel")
-    if len(diffs) < 2 or math.isnan(ml) or math.isnan(ms):
-        return Verdict(INCONCLUSIVE, f"needs ≥2 paired seeds (got {len(diffs)})", (ml, sl), (ms, ss))
+    """Paired non-inferiority of SpIEL to LoRA within tol (see the module docstring)."""
+    lo_all = [r.metrics["val_loss"] for r in results["lora"]]
+    sp_all = [r.metrics["val_loss"] for r in results["spiel"]]
+    (ml, sl), (ms, ss) = mean_std(lo_all), mean_std(sp_all)
+    lo, sp = arm_values(results, "lora", "spiel", "val_loss", paired=True)
+    if len(lo) < 2 or math.isnan(ml) or math.isnan(ms):
+        return Verdict(INCONCLUSIVE, f"needs ≥2 paired seeds (got {len(lo)})", (ml, sl), (ms, ss))
     H = float(np.mean([r.metrics["entropy_rate"] for r in results["lora"]]))
     tol = max(0.05 * (ml - H), 0.01)
-    d, sd = mean_std(diffs)
-    se = sd / math.sqrt(len(diffs))
-    if d + 2 * se <= tol:
-        v = REPRODUCED
-    elif d - 2 * se > tol:
-        v = NOT_REPRODUCED
-    else:
-        v = INCONCLUSIVE
-    extra = {"d": d, "se": se, "tol": tol, "entropy_rate": H}
-    fixed = _paired(results, "fixed_mask", "spiel")
+    v = noninferior(lo, sp, tol, "lower", paired=True)
+    d, se = -v.extra["gain"], v.extra["se"]
+    extra = {"d": d, "se": se, "tol": tol, "entropy_rate": H, "df": v.extra["df"], "p": v.extra["p"]}
     ablation = ""
-    if fixed:
-        fd, fsd = mean_std(fixed)
-        extra.update({"fixed_minus_spiel": fd, "fixed_minus_spiel_se": fsd / math.sqrt(len(fixed))})
-        ablation = f"; ablation fixed_mask − SpIEL = {fd:+.4f} ± {fsd / math.sqrt(len(fixed)):.4f} (SE)"
-    rule = (f"paired SpIEL − LoRA val loss d = {d:+.4f} ± {se:.4f} (SE, n={len(diffs)}), tol = {tol:.4f} (5% of "
-            f"LoRA's excess {ml - H:.4f} over entropy rate {H:.4f}, ≥ 0.01); matches/approaches if "
-            f"d + 2·SE ≤ tol, worse if d − 2·SE > tol -> {v}{ablation}")
-    return Verdict(v, rule, (ml, sl), (ms, ss), extra)
+    fs, fx = arm_values(results, "spiel", "fixed_mask", "val_loss", paired=True)
+    if fs:
+        f = difference(fs, fx, "higher", paired=True)          # gain = fixed_mask − SpIEL
+        extra.update({"fixed_minus_spiel": f.gain, "fixed_minus_spiel_se": f.se})
+        ablation = f"; ablation fixed_mask − SpIEL = {f.gain:+.4f} ± {f.se:.4f} (SE)"
+    rule = (f"paired SpIEL − LoRA val loss d = {d:+.4f} ± {se:.4f} (SE, n={len(lo)}), tol = {tol:.4f} (5% of "
+            f"LoRA's excess {ml - H:.4f} over entropy rate {H:.4f}, ≥ 0.01); {v.rule}{ablation}")
+    return Verdict(v.verdict, rule, (ml, sl), (ms, ss), extra)
 
 
 EXPERIMENTS.register("spiel_vs_lora", Experiment(
     name="spiel_vs_lora", paper="SpIEL (Ansell et al., 2024)",
     claim="sparse fine-tuning with prune/regrow matches/approaches LoRA at equal trainable parameters",
     metric="val_loss", direction="lower", arms=["lora", "spiel", "fixed_mask"], baseline="lora", technique="spiel",
-    run=run_arm, verdict=matches_or_approaches, plots=["val_loss", "train_loss"],
+    run=run_arm, arm_config=arm_config, paired=True, verdict=matches_or_approaches, plots=["val_loss", "train_loss"],
     description="Pretrain a 2-layer Decoder on a synthetic Markov chain, fine-tune (frozen base) on a chain with "
                 "half its rows redrawn; LoRA r=4 on all block linears vs SpIEL-AG with the same parameter count "
                 "(plus a fixed random sparse mask as ablation)."))

@@ -10,8 +10,9 @@ once, all queries in one matmul, suffix per sequence, log-sum-exp merge). Both c
 Arms: "batch" sweeps the batch at a fixed prefix, "prefix" sweeps the prefix at a fixed batch; each seed
 re-draws the tensors and re-times every point (calls interleaved so both paths see the same machine load).
 Verdict: for each sweep, least-squares slope of log(speedup) against log2(x) over all seeds' points
-(`trend_verdict`); reproduced when both slopes are > 0 by more than 2 standard errors, not reproduced when
-either is < 0 by more than 2 SE, inconclusive otherwise.
+(`trend_verdict`: one-sided t-test of the slope, n − 2 degrees of freedom, α = 0.05); the two sweeps combined
+with how="all": reproduced when both slopes are significantly > 0, not reproduced when either is significantly
+< 0, inconclusive otherwise.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import statistics
 import time
 from pathlib import Path
 
-from lmlab.experiments.base import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, ArmResult, Experiment, Verdict,
-                                    mean_std, trend_verdict)
+from lmlab.experiments.base import (HEADLINE_SEEDS, INCONCLUSIVE, ArmResult, Experiment, Verdict, combine, mean_std,
+                                    trend_verdict)
 from lmlab.registry import EXPERIMENTS
 
 H, KV, D, SUFFIX = 9, 3, 64, 64
@@ -120,7 +121,7 @@ def run_arm(arm: str, seed: int, scale: str, out_dir: Path) -> ArmResult:
 
 
 def verdict(exp: Experiment, results: dict[str, list[ArmResult]]) -> Verdict:
-    parts, extra = [], {}
+    parts, extra = {}, {}
     for arm in ("batch", "prefix"):
         runs = results.get(arm, [])
         if not runs:
@@ -129,20 +130,18 @@ def verdict(exp: Experiment, results: dict[str, list[ArmResult]]) -> Verdict:
         xs = [x for x, _ in curves[0]]
         ys = [[math.log(c[i][1]) for c in curves] for i in range(len(xs))]
         v = trend_verdict([math.log2(x) for x in xs], ys, "higher", f"log speedup vs log2 {arm}")
-        parts.append(v)
+        parts[arm] = v
         extra[arm] = {"slope": v.extra.get("slope"), "se": v.extra.get("se"),
                       "speedup": {int(x): mean_std([math.exp(y) for y in yy]) for x, yy in zip(xs, ys)}}
-    kinds = [p.verdict for p in parts]
-    final = REPRODUCED if all(k == REPRODUCED for k in kinds) else \
-        NOT_REPRODUCED if NOT_REPRODUCED in kinds else INCONCLUSIVE
     first = mean_std([r.curves["speedup_vs_batch"][0][1] for r in results["batch"]])
     last = mean_std([r.curves["speedup_vs_batch"][-1][1] for r in results["batch"]])
-    rule = "; ".join(p.rule for p in parts) + f" -> both must rise: {final}"
-    return Verdict(final, rule, first, last, extra)
+    v = combine(parts, "all", "speedup rises with batch and with prefix", first, last)
+    v.extra = extra
+    return v
 
 
 EXPERIMENTS.register("hydragen", Experiment(
-    name="hydragen", headline=True,
+    name="hydragen", headline=True, seeds=HEADLINE_SEEDS,
     paper="Hydragen: High-Throughput LLM Inference with Shared Prefixes (Juravsky et al., 2024)",
     claim="Hydragen speedup grows with batch size and prefix length",
     metric="speedup_max", direction="higher", baseline="batch", technique="prefix",

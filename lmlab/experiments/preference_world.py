@@ -4,7 +4,10 @@ ids_vs_bt            Iterative Data Smoothing: the RM overfits less over epochs 
                      (metric: peak − final held-out gold accuracy; lower is better).
 odin_vs_bt           ODIN: quality-head/length correlation ≈ 0 vs BT's clearly positive, accuracy kept.
 contrastive_rewards  PPO with r − mean offline RM score of the prompt vs plain PPO: higher gold reward.
-Every arm of a seed shares the same world, data and initial weights, so arms differ only by the technique.
+dpo_winrate          DPO vs the SFT policy: gold win-rate on held-out prompts.
+dpf_forbidden        Direct Principle Feedback: lower forbidden-entity mention rate.
+Every arm of a seed shares the same world, data and initial weights, so arms differ only by the technique: every
+verdict is a paired one-sided t-test over seeds at α = 0.05 (fixed before the runs; `paired=True`).
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.experiments.base import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, ArmResult, Experiment, Verdict,
-                                    compare, mean_std)
+from lmlab.experiments.base import (HEADLINE_SEEDS, ArmResult, Experiment, Verdict, arm_values, combine, compare,
+                                    mean_std, noninferior)
 from lmlab.registry import EXPERIMENTS
 
 
@@ -67,7 +70,7 @@ EXPERIMENTS.register("ids_vs_bt", Experiment(
     name="ids_vs_bt", paper="Iterative Data Smoothing (Zhu, Jordan & Jiao 2024)",
     claim="an IDS reward model overfits less over epochs than a Bradley–Terry one",
     metric="overfit_drop", direction="lower", arms=["bt", "ids"], baseline="bt", technique="ids",
-    run=_ids_run, plots=["gold_acc"], min_effect=0.01,
+    run=_ids_run, plots=["gold_acc"], min_effect=0.01, paired=True,
     description="Synthetic preference world: gold reward = mean per-token weight; annotators BT-noisy "
                 "(scale 4); 300 training pairs; 2-layer d=64 RM trained 12 epochs (lr 5e-3, batch 16); "
                 "held-out accuracy against the gold ranking after every epoch; metric = peak − final accuracy. "
@@ -103,23 +106,27 @@ def _odin_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
                      curves={"len_corr": curve_c, "gold_acc": curve_a})
 
 
+ODIN_ACC_TOL = 0.05   # accuracy is "kept" if ODIN's gold accuracy is non-inferior to BT's within 0.05
+
+
 def _odin_verdict(exp: Experiment, results: dict) -> Verdict:
-    corr = compare([r.metrics["abs_len_corr"] for r in results["bt"]],
-                   [r.metrics["abs_len_corr"] for r in results["odin"]], "lower", min_effect=0.1)
+    """|ρ(length, r_Q)| lower for ODIN by more than min_effect = 0.1 (paired compare) and gold accuracy kept
+    (paired non-inferiority within 0.05), combined with how="all"."""
+    corr = compare(*arm_values(results, "bt", "odin", "abs_len_corr", paired=True), "lower", min_effect=0.1,
+                   paired=True)
+    kept = noninferior(*arm_values(results, "bt", "odin", "gold_acc", paired=True), ODIN_ACC_TOL, "higher",
+                       paired=True)
     acc_b = mean_std([r.metrics["gold_acc"] for r in results["bt"]])
     acc_o = mean_std([r.metrics["gold_acc"] for r in results["odin"]])
-    kept = acc_o[0] >= acc_b[0] - 0.05
-    v = corr.verdict if (kept or corr.verdict != REPRODUCED) else NOT_REPRODUCED
-    rule = (f"|ρ(length, r_Q)|: {corr.rule}; gold accuracy BT {acc_b[0]:.3f}±{acc_b[1]:.3f} vs ODIN "
-            f"{acc_o[0]:.3f}±{acc_o[1]:.3f} (kept if ≥ BT − 0.05: {kept}) -> {v}")
-    return Verdict(v, rule, corr.baseline, corr.technique, {"acc_bt": acc_b, "acc_odin": acc_o})
+    return combine({"|ρ(length, r_Q)| lower": corr, "gold accuracy kept": kept}, "all", "",
+                   corr.baseline, corr.technique, {"acc_bt": acc_b, "acc_odin": acc_o})
 
 
 EXPERIMENTS.register("odin_vs_bt", Experiment(
     name="odin_vs_bt", headline=True, paper="ODIN: Disentangled Reward Mitigates Hacking in RLHF (Chen et al. 2024)",
     claim="ODIN's quality head is ≈ uncorrelated with length while BT's reward is not; accuracy is kept",
     metric="abs_len_corr", direction="lower", arms=["bt", "odin"], baseline="bt", technique="odin",
-    run=_odin_run, verdict=_odin_verdict, plots=["len_corr", "gold_acc"],
+    run=_odin_run, verdict=_odin_verdict, paired=True, seeds=HEADLINE_SEEDS, plots=["len_corr", "gold_acc"],
     description="Annotators prefer longer responses (σ(3·Δgold + 0.6·Δlength)); gold quality is "
                 "length-free. Held-out: 400 gold-labelled pairs. 1-layer d=32 RM, 6 epochs; ODIN λ_L = λ_O = 1."))
 
@@ -208,8 +215,8 @@ def _cr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
 
 
 def _cr_verdict(exp: Experiment, results: dict) -> Verdict:
-    v = compare([r.metrics["gold_reward"] for r in results["ppo"]],
-                [r.metrics["gold_reward"] for r in results["contrastive"]], "higher")
+    """Paired compare of the gold reward; seed and batch spreads reported beside it."""
+    v = compare(*arm_values(results, "ppo", "contrastive", "gold_reward", paired=True), "higher", paired=True)
     sd_b = mean_std([r.metrics["gold_reward"] for r in results["ppo"]])[1]
     sd_t = mean_std([r.metrics["gold_reward"] for r in results["contrastive"]])[1]
     w_b = mean_std([r.metrics["gold_std"] for r in results["ppo"]])[0]
@@ -225,7 +232,7 @@ EXPERIMENTS.register("contrastive_rewards", Experiment(
     paper="Improving RLHF Using Contrastive Rewards (Shen et al. 2024)",
     claim="PPO on r − mean offline RM score reaches a higher gold reward than PPO on r",
     metric="gold_reward", direction="higher", arms=["ppo", "contrastive"], baseline="ppo", technique="contrastive",
-    run=_cr_run, verdict=_cr_verdict, plots=["gold_reward", "rm_reward"],
+    run=_cr_run, verdict=_cr_verdict, paired=True, plots=["gold_reward", "rm_reward"],
     description="Preference world with 4 prompts; BT RM on 300 noisy pairs (imperfect proxy); SFT policy "
                 "imitates the annotators' response distribution; k = 8 offline samples per prompt give the "
                 "contrastive baseline; PPO 40 iterations × 64 rollouts, KL 0.02. Metric: gold reward of the "
@@ -275,8 +282,8 @@ EXPERIMENTS.register("dpo_winrate", Experiment(
     name="dpo_winrate", headline=True, paper="Direct Preference Optimization (Rafailov et al. 2023)",
     claim="DPO raises the gold win-rate over the SFT policy on held-out prompts",
     metric="heldout_winrate", direction="higher", arms=["sft", "dpo"], baseline="sft", technique="dpo",
-    run=_dpo_run, plots=["dpo_loss"], min_effect=0.02,
-    description="Tiny lmlab policy (not SmolLM2: a SmolLM2 DPO step takes minutes on this shared 2-core CPU). "
+    run=_dpo_run, plots=["dpo_loss"], min_effect=0.02, paired=True, seeds=HEADLINE_SEEDS,
+    description="Tiny lmlab policy (the SmolLM2-135M version is `dpo_smollm2`). "
                 "Preference world with 12 prompts whose gold weights share 70% across prompts; SFT and DPO "
                 "(β = 0.1, 512 annotated pairs, 2 epochs) on prompts 0–7; win-rate by gold reward of 256 "
                 "samples on prompts 8–11 against the SFT policy's samples."))
@@ -348,8 +355,8 @@ EXPERIMENTS.register("dpf_forbidden", Experiment(
     name="dpf_forbidden", headline=True, paper="Direct Principle Feedback (Castricato et al. 2024)",
     claim="DPO on (revision ≻ original) pairs lowers the forbidden-entity mention rate",
     metric="mention_rate", direction="lower", arms=["sft", "dpf"], baseline="sft", technique="dpf",
-    run=_dpf_run, plots=["dpo_loss"], min_effect=0.02,
+    run=_dpf_run, plots=["dpo_loss"], min_effect=0.02, paired=True, seeds=HEADLINE_SEEDS,
     description="Tiny lmlab policy over the preference world's words w0..w9; forbidden entity w0. DPF pairs "
                 "come from build_dpf_pairs with a rule-based critique/revision backend (a stand-in for an "
-                "LLM: SmolLM2 generation is minutes per batch on this CPU); DPO β = 0.1, 3 epochs. Metric: "
+                "LLM, far cheaper than SmolLM2 generation); DPO β = 0.1, 3 epochs. Metric: "
                 "fraction of 256 samples that mention w0."))
