@@ -109,20 +109,26 @@ def _len_corr(rm, seqs):
     return pearson(lens.float(), q).item()
 
 
+# Spread over seeds 0-9 (world, pairs, init and batch order; one run each): length correlation of the BT reward
+# 0.699-0.970, mean 0.880, sd 0.094; of ODIN's quality head -0.374 to 0.354, mean 0.021, sd 0.189 (|corr| up to
+# 0.37 for a single seed: the old one-seed bound |corr| < 0.15 failed 3 seeds of 10); |ODIN| / BT per seed mean
+# 0.148, sd 0.135, max 0.395. So: BT above its mean - 3 sd (0.60) on each seed, and over three seeds the mean
+# |ODIN| below half the mean BT (the sweep's mean ratio + 3 standard errors of a 3-seed mean is 0.38; the worst
+# of all 120 3-seed subsets of the sweep is 0.33).
 def test_odin_quality_head_decorrelates_from_length():
-    world, c, r = _rm_data(length_bias=0.6)
-    held_c, held_r, _ = world.preference_pairs(200, seed=99, annotated=False)
-    held = held_c + held_r
-    corr = {}
-    for method in ("bt", "odin"):
-        torch.manual_seed(0)
-        rm = RewardModel(tiny(vocab=world.vocab_size), n_heads=2 if method == "odin" else 1)
-        train_reward_model(rm, c, r, method=method, epochs=6, batch_size=32, lr=3e-3, seed=0)
-        corr[method] = _len_corr(rm, held)
+    corr = {"bt": [], "odin": []}
+    for seed in (0, 1, 2):
+        world, c, r = _rm_data(length_bias=0.6, seed=seed)
+        held_c, held_r, _ = world.preference_pairs(200, seed=seed + 99, annotated=False)
+        held = held_c + held_r
+        for method in ("bt", "odin"):
+            rm = RewardModel(tiny(vocab=world.vocab_size, seed=seed), n_heads=2 if method == "odin" else 1)
+            train_reward_model(rm, c, r, method=method, epochs=6, batch_size=32, lr=3e-3, seed=seed)
+            corr[method].append(_len_corr(rm, held))
     # length is spurious (gold quality is a per-token mean): BT picks it up, ODIN's quality head does not
-    assert corr["bt"] > 0.4
-    assert abs(corr["odin"]) < 0.15
-    assert abs(corr["odin"]) < corr["bt"] / 3
+    assert min(corr["bt"]) > 0.6, corr
+    mean_abs_odin = sum(abs(v) for v in corr["odin"]) / 3
+    assert mean_abs_odin < sum(corr["bt"]) / 3 / 2, corr
 
 
 def test_ids_training_loop_labels_follow_closed_form_when_model_is_frozen():
@@ -153,15 +159,19 @@ def test_cached_rollout_equals_uncached():
     assert torch.equal(b.tokens[0::2, :4], p) and torch.equal(b.tokens[1::2, :4], p)   # n samples per prompt
 
 
+# Spread over seeds 0-9 (init, sampling, reward noise), for PPO and RLOO alike: p(best arm) 0.9996-1.0000
+# (sd 1e-4); final mean reward 0.884-0.912 (sd 0.009; arm 3 pays 0.9, the runner-up 0.6); first-iteration reward
+# 0.270-0.458 (sd 0.057). The bounds below sit 7 or more sd from those means; three seeds each.
 @pytest.mark.parametrize("algo", ["ppo", "rloo"])
-def test_one_token_bandit_converges_to_best_arm(algo):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_token_bandit_converges_to_best_arm(algo, seed):
     arm_reward = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.0, 0.4, 0.6])   # arm 3 is best
-    dec = tiny(vocab=8, d=16)
+    dec = tiny(vocab=8, d=16, seed=seed)
     policy = PolicyWithValue(dec) if algo == "ppo" else dec
     ref = copy.deepcopy(dec)
     cfg = RLConfig(algo=algo, iterations=30, prompts_per_iter=16, samples_per_prompt=4, max_new_tokens=1,
-                   lr=2e-2, kl_coef=0.0, ppo_epochs=2, minibatches=2, seed=0)
-    g_noise = torch.Generator().manual_seed(5)
+                   lr=2e-2, kl_coef=0.0, ppo_epochs=2, minibatches=2, seed=seed)
+    g_noise = torch.Generator().manual_seed(seed + 5)
 
     def reward_fn(prompts, responses):
         return arm_reward[responses[:, 0]] + 0.1 * torch.randn(len(responses), generator=g_noise)
@@ -169,7 +179,7 @@ def test_one_token_bandit_converges_to_best_arm(algo):
     hist = rl_train(policy, ref, lambda n, g: torch.zeros(n, 1, dtype=torch.long), reward_fn, cfg)
     with torch.no_grad():
         p = torch.softmax(dec(torch.zeros(1, 1, dtype=torch.long)).logits[0, -1], -1)
-    assert p.argmax().item() == 3 and p[3].item() > 0.9
+    assert p.argmax().item() == 3 and p[3].item() > 0.99
     assert hist[-1]["reward"] > 0.8 > hist[0]["reward"]
 
 

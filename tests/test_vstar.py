@@ -63,26 +63,38 @@ def test_best_of_k_and_majority_vote():
     assert majority_vote(["x"]) == "x"
 
 
-def test_short_vstar_loop_verifier_ranks_heldout_correct_above_incorrect():
+def _vstar_seed(seed):
+    """One short V-STaR run; the seed sets the problems, the init, sampling/SFT/DPO order and the evaluation."""
     torch.set_num_threads(1)
     task, codec = SortingTask(n=4, hi=9), CharCodec()
-    rng = random.Random(0)
+    rng = random.Random(seed)
     train = [task.sample(rng) for _ in range(1536)]
     test = [task.sample(rng) for _ in range(256)]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     gen = Decoder(ModelConfig(vocab_size=codec.vocab_size, d_model=64, n_layer=2, n_head=2, max_seq_len=48))
-    # two pairs per prompt: with one, held-out ranking accuracy swung 0.45-0.82 across init seeds (3 seeds,
-    # 256 problems); with two it was 0.56-0.72
+    # two pairs per prompt: with one, held-out ranking accuracy swung 0.45-0.82 across init seeds
     cfg = VStarConfig(iterations=1, k=4, max_new_tokens=8, sft_steps=250, star_steps=20, dpo_epochs=4,
-                      max_pairs_per_prompt=2, seed=0)
+                      max_pairs_per_prompt=2, seed=seed)
     res = run_vstar(task, gen, codec, train, [(p, p.answer) for p in train[:256]], cfg)
-    assert len(res.pairs) > 500
-    by_prompt = {tuple(codec.prompt(q)): q for q in train}
-    for x, c, r in res.pairs:          # every stored pair is (correct ≻ incorrect) under the checker
-        p = by_prompt[tuple(x)]
-        assert task.check(p, codec.decode(c)) == 1.0 and task.check(p, codec.decode(r)) == 0.0
-    assert ranking_accuracy(res.verifier, res.ref, res.pairs) > 0.65          # fits its training pairs
-    ev = evaluate_selection(task, res, codec, test, cfg, seed=5)
-    assert 0 < ev["sample_acc"] < 1
-    assert ev["verifier_rank_acc"] > 0.55, ev                                 # held-out problems: above chance
-    assert ev["first"] <= ev["pass_at_k"] and ev["verifier"] <= ev["pass_at_k"]
+    return task, codec, train, res, evaluate_selection(task, res, codec, test, cfg, seed=seed + 5)
+
+
+# Spread over seeds 0-7 (this configuration, one run each): held-out ranking accuracy 0.632-0.839, mean 0.721,
+# sd 0.081; ranking accuracy on the training pairs 0.880-0.960, mean 0.916, sd 0.027; 1562-1938 pairs. One seed
+# is not evidence here (mean - 3 sd = 0.48 is below chance), so the test runs three and checks their mean
+# against the sweep's mean - 3 standard errors (0.721 - 3 * 0.081 / sqrt(3) = 0.58), and the training-pair fit
+# per seed against mean - 3 sd (0.835).
+def test_short_vstar_loop_verifier_ranks_heldout_correct_above_incorrect():
+    held = []
+    for seed in (0, 1, 2):
+        task, codec, train, res, ev = _vstar_seed(seed)
+        assert len(res.pairs) > 500
+        by_prompt = {tuple(codec.prompt(q)): q for q in train}
+        for x, c, r in res.pairs:          # every stored pair is (correct ≻ incorrect) under the checker
+            p = by_prompt[tuple(x)]
+            assert task.check(p, codec.decode(c)) == 1.0 and task.check(p, codec.decode(r)) == 0.0
+        assert ranking_accuracy(res.verifier, res.ref, res.pairs) > 0.83, seed     # fits its training pairs
+        assert 0 < ev["sample_acc"] < 1
+        assert ev["first"] <= ev["pass_at_k"] and ev["verifier"] <= ev["pass_at_k"]
+        held.append(ev["verifier_rank_acc"])
+    assert sum(held) / len(held) > 0.58, held                 # held-out problems: above chance (0.5)
