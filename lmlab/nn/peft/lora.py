@@ -53,7 +53,7 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight                                            # shared Parameter, frozen by apply_lora
         self.bias = base.bias
-        for k, v in vars(base).items():                                      # keep markers such as _is_residual_out
+        for k, v in vars(base).items():                                      # keep attributes set on the wrapped layer
             if k.startswith("_is_"):
                 setattr(self, k, v)
         self.r, self.lora_alpha = r, alpha
