@@ -329,6 +329,7 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     cfg = load_align_config(args.config, args.overrides)
+    from lmlab.resources import check_model_memory; check_model_memory(cfg.model, cfg.batch_size, cfg.seq_len)  # noqa: E702
     summary = run_stage(args.stage, cfg)
     print(json.dumps(summary, indent=2, default=str))
     return 0
