@@ -138,21 +138,28 @@ class RunConfig(_Base):
 
     @model_validator(mode="after")
     def _cross_check(self) -> "RunConfig":
-        """Fields of different sections that must agree (each section validates its own fields)."""
-        m, d = self.model, self.data
-        max_len = getattr(m, "max_seq_len", None)
-        if max_len is not None and max_len < d.seq_len:
-            raise ValueError(f"model.max_seq_len={max_len} is shorter than data.seq_len={d.seq_len} "
-                             f"(the model must accept a whole training sequence)")
-        windows = [("model.sliding_window", getattr(m, "sliding_window", None))]
-        for name, args in (getattr(m, "mixer_args", None) or {}).items():
-            if isinstance(args, dict):
-                windows.append((f"model.mixer_args.{name}.window", args.get("window")))
-        for key, w in windows:
-            if isinstance(w, int) and not isinstance(w, bool) and max_len is not None and w > max_len:
-                raise ValueError(f"{key}={w} is longer than model.max_seq_len={max_len} "
-                                 f"(a window covers at most the whole sequence)")
+        """Fields of different sections that must agree (each section validates its own fields). The sequence
+        length is checked when the data section is given: Python callers that pass only a model bring their
+        own data (load_config always checks)."""
+        cross_check(self, seq_len="data" in self.model_fields_set)
         return self
+
+
+def cross_check(cfg: RunConfig, seq_len: bool = True) -> None:
+    """model.max_seq_len >= data.seq_len; every attention window <= model.max_seq_len (ValueError)."""
+    m, d = cfg.model, cfg.data
+    max_len = getattr(m, "max_seq_len", None)
+    if seq_len and max_len is not None and max_len < d.seq_len:
+        raise ValueError(f"model.max_seq_len={max_len} is shorter than data.seq_len={d.seq_len} "
+                         f"(the model must accept a whole training sequence)")
+    windows = [("model.sliding_window", getattr(m, "sliding_window", None))]
+    for name, args in (getattr(m, "mixer_args", None) or {}).items():
+        if isinstance(args, dict):
+            windows.append((f"model.mixer_args.{name}.window", args.get("window")))
+    for key, w in windows:
+        if isinstance(w, int) and not isinstance(w, bool) and max_len is not None and w > max_len:
+            raise ValueError(f"{key}={w} is longer than model.max_seq_len={max_len} "
+                             f"(a window covers at most the whole sequence)")
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -268,6 +275,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = str(path) if path else "config"
     cfg = validate(model, data, source=source)
     if isinstance(cfg, RunConfig):
+        try:
+            cross_check(cfg)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
         _check_vocab(cfg, data, source)
     return cfg
 
