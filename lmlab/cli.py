@@ -106,15 +106,19 @@ def run_list(args) -> int:
 
 
 # ----------------------------------------------------------------------------- lmlab data rephrase
-def resolve_backend(spec: str):
+def resolve_backend(spec: str, flag: str = "--backend"):
     """`py:module:callable` builds a backend by calling that factory (tests, custom engines); anything else
     goes to `lmlab.backend.load_backend` (smollm2, hf:..., lmlab:..., openai:...)."""
     if spec.startswith("py:"):
         mod, _, fn = spec[3:].partition(":")
-        return getattr(importlib.import_module(mod), fn)()
-    from lmlab.backend import load_backend
+        try:
+            factory = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"{flag} {spec}: cannot import ({type(e).__name__}: {e})") from None
+        return factory()
+    from lmlab.infer.cli import load_model
 
-    return load_backend(spec)
+    return load_model(spec, flag)
 
 
 def _run_rephrase(a) -> int:
@@ -131,7 +135,7 @@ def _run_rephrase(a) -> int:
         summary = rephrase_corpus_ray(docs, lambda: resolve_backend(a.backend), a.out, settings,
                                       num_workers=a.ray_workers, ray_address=a.ray_address)
     else:
-        backend = resolve_backend(a.backend)
+        backend = resolve_backend(a.backend, "--backend")
         tok = getattr(backend, "tokenizer", None)
         summary = rephrase_corpus(docs, backend, a.out, settings, tokenizer=tok)
     print(json.dumps(summary, indent=1, sort_keys=True))
@@ -139,38 +143,44 @@ def _run_rephrase(a) -> int:
 
 
 def register_rephrase(dsub) -> None:
+    from lmlab.argtypes import float_range, int_range, nonneg_int, out_path, path_text, text
     from lmlab.data.rephrase import MAX_CHUNK_TOKENS, STYLES
 
     p = dsub.add_parser("rephrase", help="WRAP: rephrase a corpus in the paper's styles into sharded JSONL")
     p.add_argument("--style", required=True, choices=STYLES)
-    p.add_argument("--backend", required=True, help="smollm2 | hf:DIR | lmlab:DIR | openai:URL#model | py:mod:fn")
-    p.add_argument("--in", dest="inp", required=True, help=".jsonl (id,text) | .txt | folder | embedded:DOMAIN")
-    p.add_argument("--out", required=True, help="output folder (shards, stats, manifest)")
-    p.add_argument("--max-tokens", type=int, default=MAX_CHUNK_TOKENS, help="chunk limit (paper: 300)")
-    p.add_argument("--shard-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=384)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="only the first N documents")
-    p.add_argument("--max-chunks", type=int, default=0, help="only the first N chunks")
+    p.add_argument("--backend", type=text, required=True,
+                   help="smollm2 | hf:DIR | lmlab:DIR | openai:URL#model | py:mod:fn")
+    p.add_argument("--in", dest="inp", type=path_text, required=True,
+                   help=".jsonl (id,text) | .txt | folder | embedded:DOMAIN")
+    p.add_argument("--out", type=out_path, required=True, help="output folder (shards, stats, manifest)")
+    p.add_argument("--max-tokens", type=int_range(8, 1 << 20), default=MAX_CHUNK_TOKENS, help="chunk limit (paper: 300)")
+    p.add_argument("--shard-size", type=int_range(1, 1 << 20), default=64)
+    p.add_argument("--batch-size", type=int_range(1, 1 << 16), default=16)
+    p.add_argument("--max-new-tokens", type=int_range(1, 1 << 20), default=384)
+    p.add_argument("--temperature", type=float_range(0.0, 100.0), default=0.0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--limit", type=nonneg_int, default=0, help="only the first N documents")
+    p.add_argument("--max-chunks", type=nonneg_int, default=0, help="only the first N chunks")
     p.add_argument("--trim-repetition", action="store_true", help="cut outputs at their first repeated sentence")
     p.add_argument("--chat", action="store_true", help="send chat messages (backend template) not raw prompts")
     p.add_argument("--ray", action="store_true", help="distribute shards with Ray Data (pip install lmlab[dist])")
-    p.add_argument("--ray-workers", type=int, default=2)
+    p.add_argument("--ray-workers", type=int_range(1, 4096), default=2)
     p.add_argument("--ray-address", default=None)
     p.set_defaults(func=_run_rephrase)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or only `only`'s (each command imports its own module: a run of one command
+    does not pay for importing every layer)."""
+    parser = Parser(
         prog="lmlab",
         description="lmlab: 2024 language-model techniques as tested components and small-scale reproductions.",
     )
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
     for name, spec in COMMANDS.items():
-        _register(sub, name, spec)
+        if only is None or name == only:
+            _register(sub, name, spec)
     return parser
 
 
@@ -183,22 +193,76 @@ def _register(sub, name: str, spec: str) -> None:
             p.set_defaults(func=lambda a, _e=e, _n=name: sys.exit(f"lmlab {_n}: unavailable: {_e}"))
 
 
-def main(argv: list[str] | None = None) -> None:
+# ------------------------------------------------------------------------------------------ errors
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors in one line (`lmlab train: error: argument --out: ...`); subcommand
+    parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Collapse a message to one line (multi-line library messages keep their first lines)."""
+    flat = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def describe_error(e: BaseException) -> str | None:
+    """The one-line message for an exception that comes from bad input (a file, a flag, a config), or None
+    for anything else (a bug: it keeps its traceback)."""
     from lmlab.config import ConfigError
     from lmlab.registry import RegistryError
 
-    args = build_parser().parse_args(argv)
-    one_line = (ConfigError, RegistryError, FileNotFoundError, ValueError)
+    if isinstance(e, UnicodeDecodeError):
+        return f"input is not UTF-8 text ({e.reason} at byte {e.start})"
+    if isinstance(e, (ConfigError, RegistryError, ValueError)):
+        return one_line(str(e)) or type(e).__name__
+    if isinstance(e, OSError):
+        if e.filename is not None and e.strerror:
+            other = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+            return f"{e.filename}{other}: {e.strerror}"
+        return one_line(str(e)) or type(e).__name__
+    if isinstance(e, MemoryError):
+        return "out of memory (lower the model or batch size)"
+    if isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e).lower()):
+        return "out of memory: " + one_line(str(e).split("(")[0], 200)
+    return None
+
+
+def close_progress() -> None:
+    """End any progress bar still on screen, so that an error line starts on a line of its own."""
+    tq = sys.modules.get("tqdm.std")
+    if tq is not None:
+        for bar in list(getattr(tq.tqdm, "_instances", ()) or ()):
+            try:
+                bar.close()
+            except Exception:  # noqa: BLE001 - best effort while already failing
+                pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(first if first in COMMANDS else None).parse_args(argv)
     try:
         rc = args.func(args)
-    except one_line as e:
-        if os.environ.get("LMLAB_DEBUG"):
-            raise
-        print(f"lmlab {args.cmd}: error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
+        close_progress()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - classified by describe_error; anything else is re-raised
+        msg = describe_error(e)
+        if msg is None or os.environ.get("LMLAB_DEBUG"):
+            raise
+        close_progress()
+        print(f"lmlab {args.cmd}: error: {msg}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(rc or 0)
 
 

@@ -317,6 +317,31 @@ class RunConfig(_Base):
     out_dir: Optional[str] = None
     extra: dict[str, Any] = Field(default_factory=dict, description="free-form, for experiments and plugins")
 
+    @model_validator(mode="after")
+    def _cross_check(self) -> "RunConfig":
+        """Fields that must agree across sections (each section validates its own fields). The sequence
+        length against data.seq_len is checked by load_config (a run from a file or the command line):
+        Python callers and saved checkpoints may describe runs on their own data."""
+        cross_check(self, seq_len=False)
+        return self
+
+
+def cross_check(cfg: RunConfig, seq_len: bool = True) -> None:
+    """model.max_seq_len >= data.seq_len; every attention window <= model.max_seq_len (ValueError)."""
+    m, d = cfg.model, cfg.data
+    max_len = getattr(m, "max_seq_len", None)
+    if seq_len and max_len is not None and max_len < d.seq_len:
+        raise ValueError(f"model.max_seq_len={max_len} is shorter than data.seq_len={d.seq_len} "
+                         f"(the model must accept a whole training sequence)")
+    windows = [("model.sliding_window", getattr(m, "sliding_window", None))]
+    for name, args in (getattr(m, "mixer_args", None) or {}).items():
+        if isinstance(args, dict):
+            windows.append((f"model.mixer_args.{name}.window", args.get("window")))
+    for key, w in windows:
+        if isinstance(w, int) and not isinstance(w, bool) and max_len is not None and w > max_len:
+            raise ValueError(f"{key}={w} is longer than model.max_seq_len={max_len} "
+                             f"(a window covers at most the whole sequence)")
+
 
 # ----------------------------------------------------------------------------------------------- errors
 def _allowed(err: dict) -> str:
@@ -356,6 +381,8 @@ def format_validation_error(e: ValidationError, model: type[BaseModel], source: 
     section of a RunConfig that `model` is, for a direct construction)."""
     err = e.errors()[0]
     loc = tuple(err["loc"])
+    if not loc and err.get("type") == "value_error":  # a cross-field check: its message names the keys
+        return f"{source}: {_allowed(err)}"
     key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(root)"
     msg = f"{source}: {key}={_value_text(err.get('input'))}: {_allowed(err)}"
     if err.get("type") == "extra_forbidden":
@@ -428,6 +455,8 @@ def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -438,7 +467,7 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"config file {str(p)!r} is empty (omit the config argument to use the defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r}: top level must be a mapping, got {type(data).__name__}")
     return data
@@ -448,7 +477,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 model: type[BaseModel] = RunConfig) -> Any:
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
-    return validate(model, data, source=str(path) if path else "config")
+    source = str(path) if path else "config"
+    cfg = validate(model, data, source=source)
+    if isinstance(cfg, RunConfig):
+        try:
+            cross_check(cfg)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        _check_vocab(cfg, data, source)
+    return cfg
+
+
+def _check_vocab(cfg: RunConfig, data: dict, source: str) -> None:
+    """A file or command line that sets both model.vocab_size and data.vocab_size (the embedded tokenizer's
+    size) must make them agree; Python callers that bring their own data and tokenizer are not checked."""
+    given_m = "vocab_size" in (data.get("model") or {})
+    given_d = "vocab_size" in (data.get("data") or {})
+    mv, dv = getattr(cfg.model, "vocab_size", None), cfg.data.vocab_size
+    if given_m and given_d and cfg.data.tokenizer == "embedded" and mv != dv:
+        raise ConfigError(f"{source}: model.vocab_size={mv} differs from data.vocab_size={dv}, the size of the "
+                          f"embedded tokenizer (set one of them)")
 
 
 def to_dict(cfg: BaseModel) -> dict:

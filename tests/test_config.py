@@ -24,11 +24,11 @@ BAD = [  # (yaml text or None, overrides, substrings the one-line message must c
     ("model: 5\n", [], ["model", "5"]),
     ("- just\n- a list\n", [], ["top level must be a mapping"]),
     ("model:\n  n_layer: [1\n", [], ["line"]),
-    ("", ["model.n_layer=-2"], ["model.n_layer", "-2"]),
-    ("", ["train.steps"], ["expected key=value"]),
-    ("", ["model.dropout=1.0"], ["model.dropout", "< 1"]),
-    ("", ["train.weight_decay=abc"], ["train.weight_decay", "abc"]),
-    ("", ["model.layer_pattern=attn"], ["model.layer_pattern", "attn"]),
+    ("name: run\n", ["model.n_layer=-2"], ["model.n_layer", "-2"]),
+    ("name: run\n", ["train.steps"], ["expected key=value"]),
+    ("name: run\n", ["model.dropout=1.0"], ["model.dropout", "< 1"]),
+    ("name: run\n", ["train.weight_decay=abc"], ["train.weight_decay", "abc"]),
+    ("name: run\n", ["model.layer_pattern=attn"], ["model.layer_pattern", "attn"]),
 ]
 
 

@@ -36,7 +36,7 @@ def test_eval_cli_mmlu_loglikelihood(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("argv,msg", [
     (["--task", "gsm8k"], "needs --data"),
     (["--task", "mmlx"], "unknown"),
-    (["--task", "mmlu", "--limit", "0"], "--limit=0"),
+    (["--task", "mmlu", "--limit", "0"], "argument --limit: 0 is out of range"),
 ])
 def test_eval_cli_bad_input_is_one_line(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:

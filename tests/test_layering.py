@@ -30,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "lmlab"
 
-BASE = ("config", "registry", "backend", "io")
+BASE = ("config", "registry", "backend", "io", "resources", "argtypes")
 RANK = {
     **{m: 0 for m in BASE},
     "nn": 1,

@@ -53,6 +53,7 @@ def run_stage(name: str, cfg: AlignConfig) -> dict:
     """Run one stage into cfg.out_dir and return its summary (also written to summary.json)."""
     stage, cfg = resolve_stage(name, cfg)
     fn = ALIGN_STAGES.get(stage)
+    _check_inputs(stage, cfg)          # bad inputs fail before anything is written
     out = Path(cfg.out_dir)
     write_run_files(out, cfg, cfg.seed, {"align_stage": stage})
     ctx = StageContext(out, ByteTokenizer(), MetricsLogger(out, cfg.tensorboard))
@@ -118,6 +119,15 @@ def _prompt_text(messages: list[dict]) -> str:
 
     t = ChatTemplate()
     return "".join(t.header.format(role=m["role"]) + m["content"] + t.end for m in messages) + t.generation_header
+
+
+def _check_inputs(stage: str, cfg: AlignConfig) -> None:
+    if stage in ("sft", "rm", "dpo"):
+        p = Path(_data_path(cfg, stage))
+        if not p.is_file():
+            raise FileNotFoundError(f"data.path={p}: no such file")
+    if cfg.init_from and not Path(cfg.init_from).exists():
+        raise FileNotFoundError(f"init_from={cfg.init_from}: no such file")
 
 
 def _data_path(cfg: AlignConfig, stage: str) -> str:

@@ -163,19 +163,34 @@ def read_documents(path: str) -> list[dict]:
         raise FileNotFoundError(f"--in {path}: no such file or folder")
     if p.is_dir():
         files = sorted(p.rglob("*.txt"))
-        return [{"id": str(f.relative_to(p)), "text": f.read_text(encoding="utf-8")} for f in files]
-    if p.suffix == ".jsonl":
+        docs = [{"id": str(f.relative_to(p)), "text": _read_text(f)} for f in files]
+    elif p.suffix == ".jsonl":
         docs = []
-        for ln, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for ln, line in enumerate(_read_text(p).splitlines(), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "text" not in row:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{ln}: not a JSON line ({e.msg})") from None
+            if not isinstance(row, dict) or "text" not in row:
                 raise ValueError(f"{path}:{ln}: row has no 'text' field")
+            if not isinstance(row["text"], str):
+                raise ValueError(f"{path}:{ln}: 'text' must be a string, got {type(row['text']).__name__}")
             docs.append({"id": str(row.get("id", ln - 1)), "text": row["text"]})
-        return docs
-    paras = [t.strip() for t in re.split(r"\n\s*\n", p.read_text(encoding="utf-8")) if t.strip()]
-    return [{"id": f"{p.name}/{i}", "text": t} for i, t in enumerate(paras)]
+    else:
+        paras = [t.strip() for t in re.split(r"\n\s*\n", _read_text(p)) if t.strip()]
+        docs = [{"id": f"{p.name}/{i}", "text": t} for i, t in enumerate(paras)]
+    if not any(d["text"].strip() for d in docs):
+        raise ValueError(f"--in {path}: no text to rephrase (the input is empty)")
+    return docs
+
+
+def _read_text(f: Path) -> str:
+    try:
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 # ---- quality filter ----------------------------------------------------------------------------------------

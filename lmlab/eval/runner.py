@@ -59,10 +59,11 @@ class EvalResult:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
+        from lmlab.io import atomic_write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, default=str))
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, default=str))
 
     def markdown(self) -> str:
         lines = [f"### {self.task} — {self.model} (n={self.n}, {self.seconds:.0f} s)", "",
@@ -91,7 +92,7 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0)
     return (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _new_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
@@ -101,8 +102,45 @@ def _batches(xs: list, size: int):
         yield xs[i:i + size]
 
 
+class TaskDataError(ValueError):
+    """A task's documents lack a field its prompt or scorer reads (a data file in the wrong format)."""
+
+
+def check_documents(task: Task, docs: list[dict]) -> None:
+    """Build every prompt (and choices, category) once before any request, so a data file with the wrong
+    fields fails at once, naming the document and the field, instead of after hours of generation."""
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict):
+            raise TaskDataError(f"task {task.name}: document {i} is a {type(d).__name__}, not an object")
+        try:
+            task.prompt(d)
+            if task.choices is not None:
+                task.choices(d)
+            if task.category is not None:
+                task.category(d)
+        except KeyError as e:
+            raise TaskDataError(f"task {task.name}: document {i} has no field {e.args[0]!r} "
+                                f"(fields: {', '.join(map(str, d)) or 'none'})") from None
+        except (IndexError, TypeError, AttributeError, ValueError) as e:
+            raise TaskDataError(f"task {task.name}: document {i} does not fit the task ({type(e).__name__}: "
+                                f"{str(e)[:120]})") from None
+
+
 def run_requests(task: Task, backend, docs: list[dict], batch_size: int, progress: bool) -> list[Any]:
     """One response per document: list[float] (choice log-likelihoods), float (rolling), or list[str] (samples)."""
+    bars: list = []
+    try:
+        return _run_requests(task, backend, docs, batch_size, progress, bars)
+    finally:
+        for bar in bars:  # closed on errors too: an error message must not land on a progress bar's line
+            bar.close()
+
+
+def _run_requests(task: Task, backend, docs: list[dict], batch_size: int, progress: bool, bars: list) -> list[Any]:
+    def _progress(total: int, desc: str, enabled: bool):
+        bars.append(_new_bar(total, desc, enabled))
+        return bars[-1]
+
     if task.kind == "loglikelihood":
         assert task.choices is not None, f"task {task.name}: loglikelihood needs choices"
         flat = [(i, task.prompt(d), c) for i, d in enumerate(docs) for c in task.choices(d)]
@@ -144,9 +182,16 @@ def evaluate(task: Task, backend, limit: Optional[int] = None, batch_size: int =
     docs = task.docs[:limit] if limit else list(task.docs)
     if not docs:
         raise ValueError(f"task {task.name}: no documents to evaluate")
+    check_documents(task, docs)
     t0 = time.perf_counter()
     responses = run_requests(task, backend, docs, batch_size, progress)
-    per_doc = [task.score(d, r) for d, r in zip(docs, responses)]
+    per_doc = []
+    for i, (d, r) in enumerate(zip(docs, responses)):
+        try:
+            per_doc.append(task.score(d, r))
+        except KeyError as e:
+            raise TaskDataError(f"task {task.name}: document {i} has no field {e.args[0]!r} "
+                                f"(fields: {', '.join(map(str, d)) or 'none'})") from None
     names = list(per_doc[0].keys())
     metrics, ci = {}, {}
     for k in names:
@@ -191,12 +236,35 @@ SPEC_KEYS = {"name", "data", "kind", "prompt", "choices", "choices_field", "targ
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Objects, one per line; a file that is not UTF-8 JSON lines fails naming the file and the line."""
+    import gzip
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"task data not found: {path}")
-    opener = __import__("gzip").open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    if path.is_dir():
+        raise TaskDataError(f"task data {path}: is a directory, expected a .jsonl file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows: list[dict] = []
+    ln = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for ln, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise TaskDataError(f"task data {path}:{ln}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise TaskDataError(f"task data {path}:{ln + 1}: not UTF-8 text ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise TaskDataError(f"task data {path}:{ln}: not a JSON line ({e.msg})") from None
+    except (OSError, EOFError) as e:  # a truncated or fake .gz
+        raise TaskDataError(f"task data {path}: cannot be read ({type(e).__name__}: {e})") from None
+    if not rows:
+        raise TaskDataError(f"task data {path}: no documents (the file is empty)")
+    return rows
 
 
 def _target_index(t: str, n: int) -> int:
@@ -215,8 +283,22 @@ def task_from_spec(spec: dict | str | Path) -> Task:
         p = Path(spec)
         if not p.exists():
             raise FileNotFoundError(f"task spec not found: {p}")
-        spec = yaml.safe_load(p.read_text())
-        spec.setdefault("data", str(p.parent / spec.get("data", "")))
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"task spec {p}: not UTF-8 text") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise ConfigError(f"task spec {p}{f' line {mark.line + 1}' if mark else ''}: "
+                              f"{getattr(e, 'problem', None) or 'invalid YAML'}") from None
+        if loaded is None:
+            raise ConfigError(f"task spec {p}: the file is empty")
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"task spec {p}: top level must be a mapping, got {type(loaded).__name__}")
+        spec = loaded
+        if not isinstance(spec.get("data", ""), str):
+            raise ConfigError(f"task spec {p}: data must be a path, got {spec['data']!r}")
+        spec["data"] = str(p.parent / spec.get("data", ""))
     bad = set(spec) - SPEC_KEYS
     if bad:
         raise ConfigError(f"task spec: unknown key(s) {sorted(bad)}; allowed: {sorted(SPEC_KEYS)}")

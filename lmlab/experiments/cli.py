@@ -3,19 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmlab.argtypes import int_range, out_path, text
+
 
 def register_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="run paper-claim experiments (baseline vs technique over seeds) and write a report",
                        description="Runs experiments (default: the headline set), computes each verdict from measured "
                                    "numbers, and writes reports/<timestamp>/README.md with a claims table and plots.")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="experiments to run (see `lmlab list`)")
+    p.add_argument("--only", nargs="+", type=text, metavar="NAME", help="experiments to run (see `lmlab list`)")
     p.add_argument("--all", action="store_true", help="every registered experiment")
     p.add_argument("--scale", choices=["quick", "full"], default="quick",
                    help="quick: minutes on a laptop CPU; full: GPU-sized configs")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=int_range(1, 1000), default=None,
                    help="seeds per arm (default: 3, or more where an experiment declares more)")
-    p.add_argument("--out", type=Path, help="output dir (default reports/<timestamp>); reusing it resumes and "
-                                            "reruns exactly the runs whose config or code changed")
+    p.add_argument("--out", type=out_path, help="output dir (default reports/<timestamp>); reusing it resumes and "
+                                                "reruns exactly the runs whose config or code changed")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_reproduce)
 

@@ -3,34 +3,84 @@ from __future__ import annotations
 
 import sys
 
+from lmlab.argtypes import float_range, int_range, nonneg_int, port, positive_int, text
+
+MAX_NEW_TOKENS = 1 << 20
+
 
 def _gen_args(p) -> None:
-    p.add_argument("--model", default="smollm2", help="smollm2 | lmlab:PATH | hf:PATH | PATH.gguf | openai:URL#MODEL")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--model", type=text, default="smollm2",
+                   help="smollm2 | lmlab:PATH | hf:PATH | PATH.gguf | openai:URL#MODEL")
+    p.add_argument("--max-tokens", type=int_range(1, MAX_NEW_TOKENS), default=128)
+    p.add_argument("--temperature", type=float_range(0.0, 100.0), default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=nonneg_int, default=0)
+    p.add_argument("--top-p", type=float_range(0.0, 1.0, lo_open=True), default=1.0)
+    p.add_argument("--repetition-penalty", type=float_range(0.0, 100.0, lo_open=True), default=1.0)
+    p.add_argument("--seed", type=int_range(0, 2**63 - 1), default=None)
     p.add_argument("--no-hydragen", action="store_true", help="plain per-sequence KV cache for decode")
 
 
 def register_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a local or remote model")
-    p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    p.add_argument("--prompt", type=text, action="append", required=True, help="repeat for a batch")
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message (chat template)")
-    p.add_argument("-n", "--n", type=int, default=1, help="samples per prompt")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("-n", "--n", type=int_range(1, 1024), default=1, help="samples per prompt")
+    p.add_argument("--stop", type=text, action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt, n=1)")
     _gen_args(p)
     p.set_defaults(func=run_generate)
 
 
 def _backend(args):
-    from lmlab.backend import load_backend
-
     kw = {"hydragen": False} if args.no_hydragen and not args.model.startswith(("hf:", "openai:")) else {}
-    return load_backend(args.model, **kw)
+    return load_model(args.model, **kw)
+
+
+# What a weights file that is not one raises while it is read (torch.load's unpickler, safetensors, zip, GGUF).
+def _unreadable() -> tuple[type[BaseException], ...]:
+    import json
+    import pickle
+    import struct
+    import zipfile
+
+    kinds: list[type[BaseException]] = [pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile,
+                                        UnicodeDecodeError, json.JSONDecodeError]
+    try:
+        from safetensors import SafetensorError
+
+        kinds.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+def load_model(spec: str, flag: str = "--model", **kw):
+    """`lmlab.backend.load_backend(spec)`, with a file that is not a model (corrupt, truncated, pickled
+    garbage, wrong format) reported in one line naming the flag and the spec."""
+    from lmlab.backend import load_backend
+    from lmlab.config import ConfigError
+
+    def bad(e: BaseException) -> ConfigError:
+        import pickle
+
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        if isinstance(e, pickle.UnpicklingError):  # torch's message is a page on weights_only
+            first = "not a weights-only torch file"
+        return ConfigError(f"{flag} {spec}: not a readable model ({type(e).__name__}"
+                           + (f": {first[:160]}" if first else "") + ")")
+
+    try:
+        return load_backend(spec, **kw)
+    except _unreadable() as e:
+        raise bad(e) from None
+    except KeyError as e:  # torch.load of a file that is not a checkpoint (e.g. text) fails on a missing key
+        if not str(spec).startswith(("lmlab:", "hf:")) and not str(spec).endswith((".pt", ".gguf")):
+            raise
+        raise bad(e) from None
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e) and "zip archive" not in str(e):
+            raise
+        raise bad(e) from None
 
 
 def run_generate(args) -> int:
@@ -39,17 +89,13 @@ def run_generate(args) -> int:
     gen = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,
                            n=args.n, seed=args.seed)
-    try:
-        be = _backend(args)
-        streaming = args.stream and len(args.prompt) == 1 and args.n == 1
-        cb = (lambda i, j, s: (sys.stdout.write(s), sys.stdout.flush())) if streaming else None
-        if args.chat:
-            out = be.chat([[{"role": "user", "content": p}] for p in args.prompt], gen, stream=cb)
-        else:
-            out = be.generate(args.prompt, gen, stream=cb)
-    except ValueError as e:
-        print(f"lmlab generate: error: {e}", file=sys.stderr)
-        return 2
+    be = _backend(args)
+    streaming = args.stream and len(args.prompt) == 1 and args.n == 1
+    cb = (lambda i, j, s: (sys.stdout.write(s), sys.stdout.flush())) if streaming else None
+    if args.chat:
+        out = be.chat([[{"role": "user", "content": p}] for p in args.prompt], gen, stream=cb)
+    else:
+        out = be.generate(args.prompt, gen, stream=cb)
     if streaming:
         print()
         return 0
@@ -62,16 +108,18 @@ def run_generate(args) -> int:
 
 def register_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")
-    p.add_argument("--model", default="smollm2", help="smollm2 | lmlab:PATH | PATH.gguf")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or $LMLAB_API_KEY)")
-    p.add_argument("--max-tokens-limit", type=int, default=1024)
-    p.add_argument("--max-prompt-tokens", type=int, default=4096)
-    p.add_argument("--max-concurrency", type=int, default=128, help="requests in flight; more get 429")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    p.add_argument("--batch-window-ms", type=float, default=10.0, help="wait this long to batch requests")
-    p.add_argument("--max-batch", type=int, default=64, help="sequences per engine batch")
+    p.add_argument("--model", type=text, default="smollm2", help="smollm2 | lmlab:PATH | PATH.gguf")
+    p.add_argument("--host", type=text, default="127.0.0.1")
+    p.add_argument("--port", type=port, default=8000)
+    p.add_argument("--api-key", type=text, default=None,
+                   help="require 'Authorization: Bearer KEY' (or $LMLAB_API_KEY)")
+    p.add_argument("--max-tokens-limit", type=int_range(1, MAX_NEW_TOKENS), default=1024)
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=4096)
+    p.add_argument("--max-concurrency", type=positive_int, default=128, help="requests in flight; more get 429")
+    p.add_argument("--max-body-bytes", type=int_range(64, 1 << 34), default=1 << 20)
+    p.add_argument("--batch-window-ms", type=float_range(0.0, 60_000.0), default=10.0,
+                   help="wait this long to batch requests")
+    p.add_argument("--max-batch", type=positive_int, default=64, help="sequences per engine batch")
     p.add_argument("--no-hydragen", action="store_true")
     p.set_defaults(func=run_serve)
 
@@ -85,5 +133,9 @@ def run_serve(args) -> int:
     limits = ServerLimits(max_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                           max_concurrency=args.max_concurrency, max_body_bytes=args.max_body_bytes,
                           batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
-    serve(args.model, host=args.host, port=args.port, api_key=key, limits=limits, hydragen=not args.no_hydragen)
+    spec = args.model
+    be = load_model("lmlab:" + spec if spec.endswith(".gguf") and ":" not in spec else spec,
+                    hydragen=not args.no_hydragen)
+    serve(spec, host=args.host, port=args.port, api_key=key, limits=limits, hydragen=not args.no_hydragen,
+          backend=be)
     return 0

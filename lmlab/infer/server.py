@@ -11,6 +11,7 @@ prefix decode. Streamed tokens travel from the worker to each request's SSE resp
 queue. Every bad request gets a 4xx JSON error {"error": {"message", "type", "code"}}; nothing crashes.
 """
 import json
+import math
 import threading
 import time
 import uuid
@@ -114,12 +115,18 @@ class Batcher:
 
 
 # ----------------------------------------------------------------------------------------- validation
+MAX_SEED = 2**63 - 1
+MAX_TOP_K = 1 << 20
+
+
 def _num(body: dict, key: str, default, kind=float, lo=None, hi=None, hi_msg=None):
     v = body.get(key, default)
     if v is None:
         v = default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and int(v) != v):
-        raise ApiError(400, f"'{key}' must be a{'n integer' if kind is int else ' number'}, got {v!r}", param=key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+            (kind is int and int(v) != v):
+        raise ApiError(400, f"'{key}' must be a{'n integer' if kind is int else ' finite number'}, got {v!r}",
+                       param=key)
     v = kind(v)
     if lo is not None and v < lo:
         raise ApiError(400, f"'{key}'={v} must be >= {lo}", param=key)
@@ -134,9 +141,14 @@ def parse_gen(body: dict, limits: ServerLimits, default_max: int) -> GenerationC
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
         raise ApiError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
+    for s in stop:
+        _text(s, "stop")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, f"'seed' must be an integer, got {seed!r}", param="seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ApiError(400, f"'seed' must be an integer in [0, {MAX_SEED}], got {seed!r}", param="seed")
+    for flag in ("stream", "echo"):
+        if body.get(flag) is not None and not isinstance(body.get(flag), bool):
+            raise ApiError(400, f"'{flag}' must be true or false, got {body.get(flag)!r}", param=flag)
     mt = _num(body, "max_tokens", default_max, int, 0, limits.max_tokens,
               f"'max_tokens'={body.get('max_tokens')} exceeds this server's limit of {limits.max_tokens}")
     if "max_completion_tokens" in body:
@@ -146,9 +158,23 @@ def parse_gen(body: dict, limits: ServerLimits, default_max: int) -> GenerationC
         max_new_tokens=mt,
         temperature=_num(body, "temperature", 1.0, float, 0.0, 2.0),
         top_p=_num(body, "top_p", 1.0, float, 0.0, 1.0),
-        top_k=_num(body, "top_k", 0, int, 0),
+        top_k=_num(body, "top_k", 0, int, 0, MAX_TOP_K),
         repetition_penalty=_num(body, "repetition_penalty", 1.0, float, 0.01, 10.0),
         n=_num(body, "n", 1, int, 1, limits.max_n), stop=stop, seed=seed)
+
+
+def _text(s: str, param: str) -> str:
+    """A request string must be encodable text: JSON may carry lone surrogates (\\ud800) and NULs."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(400, f"'{param}' is not valid Unicode text (lone surrogate at character {e.start})",
+                       param=param) from None
+    return s
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
 
 
 # ------------------------------------------------------------------------------------------------ app
@@ -168,6 +194,15 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request, exc: Exception):  # a bug: one line to the client, the traceback to the log
+        import logging
+
+        logging.getLogger("lmlab.server").exception("unhandled error on %s", request.url.path)
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+        return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}: {first[:200]}", "server_error").body(),
+                            status_code=500)
 
     @app.exception_handler(404)
     async def _not_found(request, exc):
@@ -196,9 +231,11 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         if len(raw) > limits.max_body_bytes:
             raise ApiError(413, f"request body exceeds the limit of {limits.max_body_bytes} bytes")
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+            body = json.loads(raw, parse_constant=_reject_constant)
+        except UnicodeDecodeError as e:
+            raise ApiError(400, f"request body is not UTF-8 ({e.reason} at byte {e.start})") from None
+        except (ValueError, RecursionError) as e:
+            raise ApiError(400, f"request body is not valid JSON: {str(e).splitlines()[0] if str(e) else e}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
         model = body.get("model")
@@ -359,6 +396,8 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
+        for p in prompts:
+            _text(p, "prompt")
         gen = parse_gen(body, limits, default_max=16)
         lp = body.get("logprobs")
         return await generation_response("text", prompts, gen, bool(body.get("stream")), bool(body.get("echo")),
@@ -373,6 +412,9 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
                 for m in msgs):
             raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with string content",
                            param="messages")
+        for m in msgs:
+            _text(m["role"], "messages")
+            _text(m["content"], "messages")
         gen = parse_gen(body, limits, default_max=limits.max_tokens)
         from lmlab.infer.backend_impls import _chat_prompt
 
@@ -383,7 +425,8 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
 
 
 def serve(spec: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
-          limits: Optional[ServerLimits] = None, hydragen: bool = True) -> None:
+          limits: Optional[ServerLimits] = None, hydragen: bool = True, backend=None) -> None:
+    """Serve `backend` (already loaded) or the model `spec` names."""
     import uvicorn
 
     from lmlab.backend import load_backend
@@ -391,7 +434,8 @@ def serve(spec: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, api_
     from lmlab.infer.backend_impls import LocalBackend
 
     local = spec == "smollm2" or spec.endswith(".gguf")
-    be = LocalBackend.from_spec(spec, hydragen=hydragen) if local else load_backend(spec, hydragen=hydragen)
+    be = backend if backend is not None else (LocalBackend.from_spec(spec, hydragen=hydragen) if local
+                                              else load_backend(spec, hydragen=hydragen))
     if not isinstance(be, LocalBackend):
         raise ConfigError(f"lmlab serve --model {spec!r}: serving needs a local model (smollm2, lmlab:PATH, PATH.gguf)")
     app = create_app(be.engine, be.name, be.tokenizer, api_key, limits)

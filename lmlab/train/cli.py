@@ -5,6 +5,8 @@ import os
 import time
 from pathlib import Path
 
+from lmlab.argtypes import out_path, text
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config with dotted overrides",
@@ -12,16 +14,18 @@ def register(sub) -> None:
                                    "e.g. `lmlab train configs/base.yaml model.n_layer=4 train.lr=3e-4`. The run dir "
                                    "gets config.yaml, meta.json, metrics.jsonl, TensorBoard logs and checkpoints; "
                                    "rerunning with the same --out resumes from the latest checkpoint.")
-    p.add_argument("config", nargs="?", help="YAML config file (omit for defaults)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides key=value")
-    p.add_argument("--out", type=Path, help="run directory (default runs/<name>-<timestamp>)")
+    p.add_argument("config", nargs="?", type=text, help="YAML config file (omit for defaults)")
+    p.add_argument("overrides", nargs="*", type=text, help="dotted overrides key=value")
+    p.add_argument("--out", type=out_path, help="run directory (default runs/<name>-<timestamp>)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
+    p.add_argument("--allow-large", action="store_true",
+                   help="train even when the estimated memory exceeds what is available")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from lmlab.config import load_config
-    from lmlab.train.trainer import train
+    from lmlab.resources import check_memory
 
     overrides = list(args.overrides)
     config = args.config
@@ -29,6 +33,9 @@ def _run(args) -> int:
         overrides.insert(0, config)
         config = None
     cfg = load_config(config, overrides)
+    check_memory(cfg, allow_large=args.allow_large, device=cfg.train.device)  # before anything is built
+    from lmlab.train.trainer import train  # torch: only once the config is known to be good
+
     out = args.out or Path(cfg.out_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = train(cfg, out, resume=not args.no_resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
