@@ -110,6 +110,24 @@ def generate_completions(vlm: VLM, images, prompts: list[str], gen: Optional[Gen
     return engine.generate_ids(ids, gen, hydragen=hydragen, extra_embeds=extra)
 
 
+def request_prompt_ids(vlm: VLM, text: str, n_images: int) -> list[int]:
+    """Ids of one request's prompt whose k-th image is named by local slot k (ids V + k·n + j);
+    `merge_image_requests` maps them onto one table for a batch of requests."""
+    return ImageTable(vlm).prompt_ids(as_prompt(vlm, text, n_images), list(range(n_images)))
+
+
+def merge_image_requests(vlm: VLM, requests: list[tuple[list[int], list]]) -> tuple[list[list[int]], torch.Tensor]:
+    """Requests [(ids with local image slots, [(digest, image)])] -> (ids on one shared table, its embeddings).
+    Equal digests share a slot, so their image tokens have equal ids (a shared prefix for Hydragen)."""
+    n, V = vlm.n_image_tokens, vlm.lm.embed.num_embeddings
+    table = ImageTable(vlm)
+    out = []
+    for ids, imgs in requests:
+        slots = [table.add(img, key) for key, img in imgs]
+        out.append([t if t < V else V + slots[(t - V) // n] * n + (t - V) % n for t in ids])
+    return out, table.embeddings()
+
+
 @torch.no_grad()
 def naive_generate(vlm: VLM, image, prompt: str, max_new_tokens: int = 16) -> list[int]:
     """Reference: greedy ids for one prompt, recomputing the whole VLM forward for every new token."""
@@ -130,4 +148,5 @@ def naive_generate(vlm: VLM, image, prompt: str, max_new_tokens: int = 16) -> li
     return out
 
 
-__all__ = ["generate", "generate_completions", "naive_generate", "image_tokens", "ImageTable", "as_prompt"]
+__all__ = ["generate", "generate_completions", "naive_generate", "image_tokens", "ImageTable", "as_prompt",
+           "request_prompt_ids", "merge_image_requests"]
