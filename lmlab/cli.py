@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "data": "lmlab.cli:register_data",
     "tokenizer": "lmlab.data.cli:register_tokenizer",
     "align": "lmlab.align.cli:register",
+    "vlm": "lmlab.eval.vlm:register",
     "probe": "lmlab.eval.probes:register",
     "reproduce": "lmlab.experiments.cli:register_reproduce",
     "report": "lmlab.experiments.cli:register_report",

@@ -85,7 +85,8 @@ def test_cli_bad_config_no_traceback(tmp_path):
 
 
 # Sub-folders whose YAML files follow another schema, each validated by its own test.
-OWN_SCHEMA = {"align": "tests/test_align_cli.py::test_every_config_validates"}
+OWN_SCHEMA = {"align": "tests/test_align_cli.py::test_every_config_validates",
+              "vlm": "tests/test_vlm.py::test_every_vlm_config_validates"}
 
 
 def test_every_shipped_config_validates():

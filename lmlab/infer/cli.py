@@ -22,7 +22,10 @@ def _gen_args(p) -> None:
 
 def register_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a local or remote model")
-    p.add_argument("--prompt", type=text, action="append", required=True, help="repeat for a batch")
+    p.add_argument("text", nargs="*", type=text, help="prompt(s), as well as or instead of --prompt")
+    p.add_argument("--prompt", type=text, action="append", default=[], help="repeat for a batch")
+    p.add_argument("--image", action="append", default=[],
+                   help="image file for a saved VLM (--model DIR); repeat for several images per prompt")
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message (chat template)")
     p.add_argument("-n", "--n", type=int_range(1, 1024), default=1, help="samples per prompt")
     p.add_argument("--stop", type=text, action="append", default=[], help="stop string (repeatable)")
@@ -89,6 +92,11 @@ def run_generate(args) -> int:
     gen = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop,
                            n=args.n, seed=args.seed)
+    args.prompt = list(args.prompt) + list(args.text)
+    if not args.prompt:
+        raise ValueError("give a prompt (positional or --prompt)")
+    if args.image:
+        return run_generate_image(args, gen)
     be = _backend(args)
     streaming = args.stream and len(args.prompt) == 1 and args.n == 1
     cb = (lambda i, j, s: (sys.stdout.write(s), sys.stdout.flush())) if streaming else None
@@ -106,9 +114,38 @@ def run_generate(args) -> int:
     return 0
 
 
+def run_generate_image(args, gen) -> int:
+    """`lmlab generate --image PATH --model DIR "question"`: each prompt about all the given images."""
+    from PIL import Image, UnidentifiedImageError
+
+    from lmlab.infer.vlm import generate
+    from lmlab.train.vlm import is_vlm_dir, load_vlm
+
+    path = args.model.removeprefix("lmlab:")
+    try:
+        if not is_vlm_dir(path):
+            raise ValueError(f"--image needs a saved VLM directory as --model (got {args.model!r})")
+        images = []
+        for f in args.image:
+            try:
+                images.append(Image.open(f).convert("RGB"))
+            except (OSError, UnidentifiedImageError) as e:
+                raise ValueError(f"--image {f}: cannot read it as an image ({type(e).__name__})") from None
+        vlm = load_vlm(path)
+        out = generate(vlm, [images] * len(args.prompt), args.prompt, gen, hydragen=not args.no_hydragen)
+    except ValueError as e:
+        print(f"lmlab generate: error: {e}", file=sys.stderr)
+        return 2
+    for prompt, row in zip(args.prompt, out):
+        for j, text in enumerate(row):
+            head = f"[{j}] " if len(row) > 1 else ""
+            print(f"{head}{text.strip()}" if len(args.prompt) == 1 else f"{prompt!r} {head}-> {text.strip()}")
+    return 0
+
+
 def register_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")
-    p.add_argument("--model", type=text, default="smollm2", help="smollm2 | lmlab:PATH | PATH.gguf")
+    p.add_argument("--model", type=text, default="smollm2", help="smollm2 | lmlab:PATH | PATH.gguf | a saved VLM dir")
     p.add_argument("--host", type=text, default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000)
     p.add_argument("--api-key", type=text, default=None,

@@ -12,6 +12,11 @@ How a batch is laid out (a 2-level prefix tree, detected from the token ids):
     level 1   the rest of each distinct prompt         KV (G, k, R, d)    prefilled once per prompt (ragged)
     suffix    each sequence's own generated tokens     KV (N, k, T, d)    preallocated, written per step
 
+Image tokens (a VLM's projected patches) are embeddings, not ids: `generate_ids(..., extra_embeds=E)` with
+E (M, d) reads every id j >= vocab_size as the row E[j − vocab_size]. Prompts that show the same image under
+the same ids share that prefix like any other text, so Hydragen batches many questions about one image. A
+model with Partial LoRA layers gets the mask "id >= vocab_size" (the image tokens) for each forward.
+
 Decode attention of sequence i reads level 0 + level 1 of its prompt + its suffix. With `hydragen=True`
 the three blocks are attended separately (prefix blocks batched over all the sequences that share them)
 and merged by log-sum-exp (lmlab.nn.hydragen); with `hydragen=False` the prefixes are copied into a
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from lmlab.backend import GenerationConfig
 from lmlab.nn.attention import Attention
 from lmlab.nn.hydragen import PrefixLevel, hydragen_attention
+from lmlab.nn.peft import peft_context
 
 StreamFn = Callable[[int, int, str], None]   # (prompt index, sample index, new text)
 PREFILL_SCORE_BUDGET = 1 << 26               # elements of one level-1 prefill score tensor
@@ -209,6 +215,7 @@ class Engine:
         self.stop_ids = set(stop_token_ids or []) | ({eos} if eos is not None else set())
         self.tree_ok = all(type(b.mixer) is Attention and b.mixer.window is None for b in model.blocks)
         self.last_stats: dict = {}  # timings of the latest call: prefill_s, decode_s, decode_steps, prefix
+        self._extra: Optional[torch.Tensor] = None  # (M, d) embeddings of ids >= vocab_size, during a call
 
     @property
     def device(self):
@@ -219,12 +226,31 @@ class Engine:
                  last: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (b, V) fp32 of position `last` (b,) (default: the final one) only."""
         m = self.model
-        h = m.residual_cls.expand(m.embed(idx), m.cfg)
-        for blk, c in zip(m.blocks, caches):
-            h, _ = blk(h, state=c, positions=positions)
+        with self._image_mask(idx):
+            h = m.residual_cls.expand(self._embed(idx), m.cfg)
+            for blk, c in zip(m.blocks, caches):
+                h, _ = blk(h, state=c, positions=positions)
         x = m.residual_cls.reduce(h, m.cfg)
         x = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
         return m.head(m.norm(x)).float()
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; ids >= vocab_size read the call's extra embeddings (image tokens)."""
+        emb = self.model.embed
+        if self._extra is None:
+            return emb(idx)
+        V = emb.num_embeddings
+        img = idx >= V
+        out = emb(idx.clamp_max(V - 1))
+        if bool(img.any()):
+            out = out.masked_scatter(img.unsqueeze(-1), self._extra[idx[img] - V].to(out.dtype))
+        return out
+
+    def _image_mask(self, idx: torch.Tensor):
+        """Partial LoRA's token mask (the image tokens) for one forward; a no-op without extra embeddings."""
+        if self._extra is None:
+            return peft_context(self.model, {})
+        return peft_context(self.model, {"lora_mask": idx >= self.model.embed.num_embeddings})
 
     # -------------------------------------------------------------------------------------- generate
     def generate(self, prompts: list[str], gen: GenerationConfig, stream: Optional[StreamFn] = None,
@@ -235,7 +261,22 @@ class Engine:
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], gen: GenerationConfig, stream: Optional[StreamFn] = None,
-                     hydragen: Optional[bool] = None) -> list[list[Completion]]:
+                     hydragen: Optional[bool] = None, extra_embeds: Optional[torch.Tensor] = None
+                     ) -> list[list[Completion]]:
+        """Completions of token-id prompts; ids >= vocab_size index `extra_embeds` (M, d) (see the module doc)."""
+        if extra_embeds is None:
+            return self._generate_ids(prompts, gen, stream, hydragen)
+        V = self.model.embed.num_embeddings
+        top = max((t for p in prompts for t in p), default=0)
+        if top >= V + extra_embeds.shape[0]:
+            raise ValueError(f"generation: id {top} is past the vocabulary ({V}) + {extra_embeds.shape[0]} extra embeddings")
+        self._extra = extra_embeds.to(self.device)
+        try:
+            return self._generate_ids(prompts, gen, stream, hydragen)
+        finally:
+            self._extra = None
+
+    def _generate_ids(self, prompts, gen, stream, hydragen):
         validate_gen(gen)
         if not prompts:
             return []
@@ -299,7 +340,7 @@ class Engine:
         if gen.repetition_penalty != 1.0:
             seen = torch.zeros(N, V, dtype=torch.bool, device=dev)
             for r, (i, _) in enumerate(seqs):
-                seen[r, torch.tensor(prompts[i], device=dev)] = True
+                seen[r, torch.tensor([t for t in prompts[i] if t < V], dtype=torch.long, device=dev)] = True
         seed = gen.seed if gen.seed is not None else random.randrange(2**31)
         generator = torch.Generator(device=dev).manual_seed(seed)
         out_ids: list[list[int]] = [[] for _ in range(N)]
@@ -354,7 +395,9 @@ class Engine:
             row = []
             for j in range(gen.n):
                 st = {"states": self.model.init_states(1, len(p) + gen.max_new_tokens)}
-                res = self.model(torch.tensor([p], device=dev), states=st["states"])
+                x = torch.tensor([p], device=dev)
+                with self._image_mask(x):
+                    res = self.model(x, states=st["states"], embeds=self._embed(x))
                 st["states"] = res.states
 
                 def step_fn(nxt, step, st=st):

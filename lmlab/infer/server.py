@@ -9,6 +9,14 @@ then runs every queued request with the same sampling settings as one engine cal
 sequences), so n samples and prompts that share a system prompt across requests hit Hydragen's shared
 prefix decode. Streamed tokens travel from the worker to each request's SSE response through an asyncio
 queue. Every bad request gets a 4xx JSON error {"error": {"message", "type", "code"}}; nothing crashes.
+
+Images (a saved VLM served with `lmlab serve --model DIR`): chat messages may carry OpenAI vision content
+parts, [{"type": "text", "text": ...}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}].
+Only base64 `data:` URLs are read (the server fetches nothing); bad base64, a non-image, an image over
+`max_image_bytes` / `max_image_pixels` or more than `max_images` images is a 400 with a one-line message. The
+VLM answers the last user message's text, with every image of the conversation in its prompt template. The
+batcher gives equal images (by pixel digest) one slot of the engine's image-token table across requests, so
+questions about one image share its prefix.
 """
 import json
 import math
@@ -30,6 +38,9 @@ class ServerLimits:
     max_n: int = 16
     batch_window_s: float = 0.01
     max_batch: int = 64               # sequences per engine call
+    max_image_bytes: int = 4 << 20    # decoded bytes of one image_url
+    max_image_pixels: int = 4096 * 4096
+    max_images: int = 8               # per request
 
 
 class ApiError(Exception):
@@ -49,13 +60,14 @@ class _Request:
     gen: GenerationConfig
     emit: Any                                   # emit(kind, payload) -> thread-safe push to the request
     done: threading.Event = field(default_factory=threading.Event)
+    images: list = field(default_factory=list)  # [(digest, PIL image)]; ids >= vocab name them by position
 
 
 class Batcher:
     """One worker thread; groups queued requests by sampling settings and runs each group as one batch."""
 
-    def __init__(self, engine, limits: ServerLimits):
-        self.engine, self.limits = engine, limits
+    def __init__(self, engine, limits: ServerLimits, vlm=None):
+        self.engine, self.limits, self.vlm = engine, limits, vlm
         self.queue: list[_Request] = []
         self.cv = threading.Condition()
         self.stopped = False
@@ -104,8 +116,13 @@ class Batcher:
                 return
             gen = batch[0].gen
             try:
-                out = self.engine.generate_ids([r.prompt_ids for r in batch], gen,
-                                               stream=lambda i, j, s: batch[i].emit("delta", (j, s)))
+                prompts, extra = [r.prompt_ids for r in batch], None
+                if self.vlm is not None and any(r.images for r in batch):
+                    from lmlab.infer.vlm import merge_image_requests
+
+                    prompts, extra = merge_image_requests(self.vlm, [(r.prompt_ids, r.images) for r in batch])
+                out = self.engine.generate_ids(prompts, gen, stream=lambda i, j, s: batch[i].emit("delta", (j, s)),
+                                               extra_embeds=extra)
                 self.batches.append(len(batch) * gen.n)
                 for r, row in zip(batch, out):
                     r.emit("done", row)
@@ -179,7 +196,7 @@ def _reject_constant(name: str):
 
 # ------------------------------------------------------------------------------------------------ app
 def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None,
-               limits: Optional[ServerLimits] = None):
+               limits: Optional[ServerLimits] = None, vlm=None):
     import asyncio
 
     from fastapi import FastAPI, Request
@@ -187,7 +204,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
 
     limits = limits or ServerLimits()
     app = FastAPI(title="lmlab", docs_url=None, redoc_url=None)
-    batcher = Batcher(engine, limits)
+    batcher = Batcher(engine, limits, vlm)
     app.state.batcher = batcher
     state = {"in_flight": 0}
 
@@ -255,13 +272,13 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
             raise ApiError(400, "prompt is empty", param="prompt")
         return ids
 
-    async def run(prompt_ids: list[list[int]], gen: GenerationConfig, on_delta=None) -> list[list]:
+    async def run(prompt_ids: list[list[int]], gen: GenerationConfig, on_delta=None, images=None) -> list[list]:
         """Submit every prompt; await the completions. on_delta(prompt_idx, sample_idx, text) as they come."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         for i, ids in enumerate(prompt_ids):
             emit = (lambda i_: lambda kind, payload: loop.call_soon_threadsafe(q.put_nowait, (i_, kind, payload)))(i)
-            batcher.submit(_Request(ids, gen, emit))
+            batcher.submit(_Request(ids, gen, emit, images=list(images or [])))
         results: list = [None] * len(prompt_ids)
         pending = len(prompt_ids)
         while pending:
@@ -311,8 +328,16 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         return {"tokens": toks, "token_logprobs": [None] + lp, "top_logprobs": None, "text_offset": offsets}
 
     async def generation_response(kind: str, prompts_text: list[str], gen: GenerationConfig, stream: bool,
-                                  echo: bool = False, logprobs: bool = False):
-        prompt_ids = [encode(p) for p in prompts_text]
+                                  echo: bool = False, logprobs: bool = False, images=None):
+        if images:
+            from lmlab.infer.vlm import request_prompt_ids
+
+            prompt_ids = [request_prompt_ids(vlm, prompts_text[0], len(images))]
+            if len(prompt_ids[0]) > limits.max_prompt_tokens:
+                raise ApiError(400, f"prompt has {len(prompt_ids[0])} tokens (with image tokens), over this "
+                                    f"server's limit of {limits.max_prompt_tokens}", param="messages")
+        else:
+            prompt_ids = [encode(p) for p in prompts_text]
         rid = ("cmpl-" if kind == "text" else "chatcmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         obj = "text_completion" if kind == "text" else "chat.completion"
@@ -328,7 +353,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         admit()
         if not stream:
             try:
-                rows = await run(prompt_ids, gen)
+                rows = await run(prompt_ids, gen, images=images)
             finally:
                 state["in_flight"] -= 1
             choices = []
@@ -363,7 +388,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
 
             async def producer():
                 try:
-                    rows = await run(prompt_ids, gen, on_delta)
+                    rows = await run(prompt_ids, gen, on_delta, images=images)
                     for i, row in enumerate(rows):
                         for j, c in enumerate(row):
                             await out.put(sse(chunk(i * gen.n + j, None if kind == "chat" else "", c.finish_reason)))
@@ -408,7 +433,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         body = await read_json(request)
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), (str, list))
                 for m in msgs):
             raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with string content",
                            param="messages")
@@ -416,12 +441,81 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
             _text(m["role"], "messages")
             _text(m["content"], "messages")
         gen = parse_gen(body, limits, default_max=limits.max_tokens)
+        msgs, images = content_parts(msgs, limits, vlm is not None)
+        if images:
+            prompt = vlm.format_prompt(next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
+                                       len(images))
+            return await generation_response("chat", [prompt], gen, bool(body.get("stream")), images=images)
         from lmlab.infer.backend_impls import _chat_prompt
 
         prompt = _chat_prompt(tokenizer, [{"role": m["role"], "content": m["content"]} for m in msgs])
         return await generation_response("chat", [prompt], gen, bool(body.get("stream")))
 
     return app
+
+
+def decode_image_url(url: Any, limits: ServerLimits):
+    """(digest, RGB PIL image) of a base64 `data:image/...` URL, or a 400 ApiError saying what is wrong."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image
+
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise ApiError(400, "image_url: only base64 data: URLs are accepted (data:image/png;base64,...); "
+                            "this server fetches nothing", param="messages")
+    head, sep, payload = url.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise ApiError(400, "image_url: expected a base64 data URL (data:image/<type>;base64,...)", param="messages")
+    if len(payload) * 3 // 4 > limits.max_image_bytes:
+        raise ApiError(400, f"image_url: image of about {len(payload) * 3 // 4} bytes exceeds the limit of "
+                            f"{limits.max_image_bytes}", param="messages")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "image_url: the data is not valid base64", param="messages") from None
+    try:
+        img = Image.open(io.BytesIO(raw))
+        if img.size[0] * img.size[1] > limits.max_image_pixels:
+            raise ApiError(400, f"image_url: {img.size[0]}x{img.size[1]} pixels exceeds the limit of "
+                                f"{limits.max_image_pixels}", param="messages")
+        img = img.convert("RGB")
+    except ApiError:
+        raise
+    except Exception as e:  # PIL: UnidentifiedImageError, truncated data, decompression bomb
+        raise ApiError(400, f"image_url: not a decodable image ({type(e).__name__})", param="messages") from None
+    from lmlab.vision.cache import image_digest
+
+    return image_digest(img), img
+
+
+def content_parts(msgs: list[dict], limits: ServerLimits, images_ok: bool) -> tuple[list[dict], list]:
+    """Messages with string content (text parts joined) and the decoded images, in order."""
+    out, images = [], []
+    for m in msgs:
+        c = m["content"]
+        if isinstance(c, str):
+            out.append({"role": m["role"], "content": c})
+            continue
+        texts = []
+        for part in c:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url":
+                if not images_ok:
+                    raise ApiError(400, "this model does not accept images (serve a saved VLM directory)",
+                                   param="messages")
+                iu = part.get("image_url")
+                images.append(decode_image_url(iu.get("url") if isinstance(iu, dict) else iu, limits))
+                if len(images) > limits.max_images:
+                    raise ApiError(400, f"more than {limits.max_images} images in one request", param="messages")
+            else:
+                raise ApiError(400, "content parts must be {type: text, text} or {type: image_url, image_url: {url}}",
+                               param="messages")
+        out.append({"role": m["role"], "content": "".join(texts)})
+    return out, images
 
 
 def serve(spec: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
@@ -433,12 +527,34 @@ def serve(spec: str = "smollm2", host: str = "127.0.0.1", port: int = 8000, api_
     from lmlab.config import ConfigError
     from lmlab.infer.backend_impls import LocalBackend
 
+    from lmlab.train.vlm import is_vlm_dir
+
+    if is_vlm_dir(spec.removeprefix("lmlab:")):
+        return serve_vlm(spec.removeprefix("lmlab:"), host, port, api_key, limits, hydragen)
     local = spec == "smollm2" or spec.endswith(".gguf")
     be = backend if backend is not None else (LocalBackend.from_spec(spec, hydragen=hydragen) if local
                                               else load_backend(spec, hydragen=hydragen))
     if not isinstance(be, LocalBackend):
         raise ConfigError(f"lmlab serve --model {spec!r}: serving needs a local model (smollm2, lmlab:PATH, PATH.gguf)")
     app = create_app(be.engine, be.name, be.tokenizer, api_key, limits)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {host} without --api-key", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def serve_vlm(path: str, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+              limits: Optional[ServerLimits] = None, hydragen: bool = True) -> None:
+    """`lmlab serve --model DIR` for a saved VLM: chat requests may carry images (see the module doc)."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from lmlab.infer.engine import Engine
+    from lmlab.train.vlm import load_vlm
+
+    vlm = load_vlm(path)
+    app = create_app(Engine(vlm.lm, vlm.tokenizer, hydragen=hydragen), Path(path).resolve().name, vlm.tokenizer,
+                     api_key, limits, vlm=vlm)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without --api-key", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

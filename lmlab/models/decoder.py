@@ -102,13 +102,14 @@ class Decoder(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, states: Optional[list] = None,
                 positions: Optional[torch.Tensor] = None, return_hidden: bool = False,
-                reduction: str = "mean") -> DecoderOutput:
-        """idx (b, t) token ids; targets (b, t) with -100 = ignore; states from init_states() for decoding.
+                reduction: str = "mean", embeds: Optional[torch.Tensor] = None) -> DecoderOutput:
+        """idx (b, t) token ids; targets (b, t) with -100 = ignore; states from init_states() for decoding;
+        `embeds` (b, t, d) replaces the token embeddings (a VLM's image tokens spliced into the text).
 
         With targets, a mean loss, gradients on and a plain linear head (training), the head and the
         cross-entropy run fused (lmlab.nn.losses.linear_cross_entropy): no (b, t, vocab) logits tensor is made
         unless the caller reads `out.logits`."""
-        h = self.residual_cls.expand(self.embed(idx), self.cfg)
+        h = self.residual_cls.expand(self.embed(idx) if embeds is None else embeds, self.cfg)
         new_states = [] if states is not None else None
         for i, blk in enumerate(self.blocks):
             h, s = blk(h, state=states[i] if states is not None else None, positions=positions)
