@@ -439,7 +439,10 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
                            param="messages")
         for m in msgs:
             _text(m["role"], "messages")
-            _text(m["content"], "messages")
+            for part in m["content"] if isinstance(m["content"], list) else [m["content"]]:
+                text_of_part = part.get("text") if isinstance(part, dict) else part
+                if isinstance(text_of_part, str):
+                    _text(text_of_part, "messages")
         gen = parse_gen(body, limits, default_max=limits.max_tokens)
         msgs, images = content_parts(msgs, limits, vlm is not None)
         if images:
