@@ -12,7 +12,9 @@ Reference log-probs are precomputed once (`precompute_ref_logps`), so the refere
 next to the policy during training.
 
 Direct Principle Feedback (Castricato et al. 2024): for a response that mentions a forbidden entity, ask
-any backend for a critique and then a revision; DPO on (revision ≻ original).
+any backend for a critique and then a revision; DPO on (revision ≻ original). `RuleReviser` is a deterministic
+backend that rewrites the sentences mentioning the entity (quick runs, tests); `response_kl` measures what else
+the policy changed (KL to the SFT policy on prompts without the entity).
 """
 from __future__ import annotations
 
