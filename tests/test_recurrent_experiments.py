@@ -52,8 +52,9 @@ def test_hyper_verdict_needs_both_streams_to_win():
 
 def test_rank_trend_verdict():
     exp = EXPERIMENTS.get("bottleneck_rank")
-    ranks = {"rank4": 4.0, "rank16": 16.0, "full": 64.0}
-    loss = {"rank4": [5.0, 5.02, 4.98], "rank16": [4.6, 4.62, 4.58], "full": [4.4, 4.41, 4.39]}
+    ranks = {"rank4": 4.0, "rank16": 16.0, "rank_half_d": 32.0, "rank_d": 64.0}
+    loss = {"rank4": [5.0, 5.02, 4.98], "rank16": [4.6, 4.62, 4.58], "rank_half_d": [4.5, 4.52, 4.48],
+            "rank_d": [4.4, 4.41, 4.39]}
     v = _rank_verdict(exp, _res(loss, extra=lambda a: {"head_rank": ranks[a]}))
     assert v.verdict == "reproduced" and v.extra["slope"] < 0
     flat = {a: [4.5, 4.6, 4.4] for a in RANK_ARMS}

@@ -12,10 +12,13 @@ Reference log-probs are precomputed once (`precompute_ref_logps`), so the refere
 next to the policy during training.
 
 Direct Principle Feedback (Castricato et al. 2024): for a response that mentions a forbidden entity, ask
-any backend for a critique and then a revision; DPO on (revision ≻ original).
+any backend for a critique and then a revision; DPO on (revision ≻ original). `RuleReviser` is a deterministic
+backend that rewrites the sentences mentioning the entity (quick runs, tests); `response_kl` measures what else
+the policy changed (KL to the SFT policy on prompts without the entity).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -215,3 +218,74 @@ def build_dpf_pairs(backend, items: Sequence[dict], gen=None, max_tries: int = 2
                             "entity": it["entity"], "critique": crit})
                 break
     return out
+
+
+def _between(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].rsplit(end, 1)[0]
+
+
+class RuleReviser:
+    """A deterministic critique-and-revise backend (the Backend `generate` protocol) for quick runs and tests;
+    an LLM backend takes its place in real runs.
+
+    Critique: names each sentence that mentions the entity. Revision: rewrites each such sentence around the
+    alternative — every mention of the entity is removed, and the rest of the sentence (its other words, in
+    order) is recast by `template` with the alternative as its topic; sentences without the entity are kept
+    verbatim. So a revision keeps everything else the response said and always differs from it in more than
+    one word (the template adds the alternative and its framing; a bare swap would differ in one)."""
+
+    name = "rule-reviser"
+    SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+    def __init__(self, alternative: str, template: str = "Consider {alternative} instead: {rest}"):
+        if "{alternative}" not in template or "{rest}" not in template:
+            raise ValueError("template needs {alternative} and {rest}")
+        self.alternative, self.template = alternative, template
+
+    def _flagged(self, response: str, entity: str) -> list[str]:
+        return [s for s in self.SENTENCE.split(response.strip()) if mentions(s, entity)]
+
+    def critique(self, response: str, entity: str) -> str:
+        bad = self._flagged(response, entity)
+        if not bad:
+            return f"The response does not mention {entity}."
+        return (f"{len(bad)} sentence(s) mention {entity}: " + " | ".join(bad)
+                + f". Rewrite them about {self.alternative} and keep the rest.")
+
+    def revise(self, response: str, entity: str) -> str:
+        pattern = re.compile(re.escape(entity), re.IGNORECASE)
+        out = []
+        for s in self.SENTENCE.split(response.strip()):
+            if not mentions(s, entity):
+                out.append(s)
+                continue
+            rest = re.sub(r"\s+([.,!?;:])", r"\1", " ".join(pattern.sub(" ", s).split()))
+            out.append(" ".join(self.template.format(alternative=self.alternative, rest=rest).split()))
+        return " ".join(out)
+
+    def generate(self, prompts, gen=None):
+        out = []
+        for p in prompts:
+            if p.startswith("Response:"):            # REVISION_PROMPT
+                resp = _between(p, "Response:\n", "\n\nCritique:\n")
+                entity = _between(p, "so that it does not mention ", ". Give only the rewritten response.")
+                out.append([self.revise(resp, entity)])
+            else:                                    # CRITIQUE_PROMPT
+                resp = _between(p, "Here is a response:\n", "\n\nThe response must not mention ")
+                entity = _between(p, "The response must not mention ", ". Point out where it does")
+                out.append([self.critique(resp, entity)])
+        return out
+
+
+def response_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-response KL(π ‖ π_ref) along the given responses:
+    Σ_t mask_t · Σ_v π(v|y<t)·(log π − log π_ref)(v|y<t).
+
+    logits (b, t, v) at the response positions (each row predicting that position's token), mask (b, t) 1 for
+    the positions that count (up to and including EOS). With responses sampled from π, the mean over rows is an
+    unbiased estimate of the sequence-level KL(π ‖ π_ref), with exact per-position terms (lower variance than
+    log π(y) − log π_ref(y))."""
+    lp = F.log_softmax(policy_logits.float() if policy_logits.dtype != torch.float64 else policy_logits, -1)
+    lq = F.log_softmax(ref_logits.to(lp.dtype), -1)
+    per_pos = (lp.exp() * (lp - lq)).sum(-1)                  # (b, t)
+    return (per_pos * mask.to(per_pos.dtype)).sum(-1)         # (b,)

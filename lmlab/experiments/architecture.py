@@ -2,7 +2,8 @@
 
 All arms train on the embedded multi-domain corpus with the same data, steps and LR; the metric is mean
 held-out loss over domains (lower is better) unless stated. Arms of one seed share the data order but not the
-weights (the architectures differ), so every comparison is unpaired (Welch).
+weights (the architectures differ), so comparisons are unpaired (Welch) — except hgrn2_expand, whose arms have
+identical parameter shapes and so share the init too (paired t).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lmlab.experiments.base import (ArmResult, Experiment, Verdict, combine, compare, equivalent, mean_std,
-                                    trend_verdict)
+from lmlab.experiments.base import (INCONCLUSIVE, NOT_REPRODUCED, ArmResult, Experiment, Verdict, _seed_of,
+                                    arm_values, combine, compare, equivalent, mean_std, trend_verdict)
 from lmlab.experiments.common import (equal_params, merge, non_embedding_params, run_config, train_arm,
                                       with_seed)
 from lmlab.registry import EXPERIMENTS
@@ -44,11 +45,60 @@ def _train(exp_cfg, arm: str, seed: int, scale: str, out: Path, params: bool = F
 
 
 # ------------------------------------------------------------------------------------ HGRN2 expand ratio
+GAP = "gap/val_loss"   # per seed: expand8 − expand1 held-out loss at each evaluation (paired: same init and data)
+
+
 def hgrn2_config(arm: str, scale: str, seed: int = 0):
     expand = {"expand1": 1, "expand8": 8}[arm]
     model = {"layer_pattern": ["hgrn2"], "mixer_args": {"hgrn2": {"expand": expand, "chunk": 32}},
              **({"n_layer": 2} if scale == "quick" else {})}
-    return _cfg(scale, f"hgrn2_expand/{arm}", model, seed=seed)
+    return _cfg(scale, f"hgrn2_expand/{arm}", model, {"eval_interval": 20} if scale == "quick" else None, seed)
+
+
+def gap_curve(results: dict[str, list[ArmResult]], base: str, tech: str, curve: str = "val_loss"):
+    """Per-seed paired difference (tech − base) of `curve` at every evaluation both runs share ->
+    ({seed: [(step, diff)]}, [(step, mean, ci_lo, ci_hi, n)]) with the 90% (two one-sided 95%) t interval of
+    the mean difference across seeds."""
+    import numpy as np
+
+    from lmlab.experiments.base import difference
+
+    b = {_seed_of(r, i): dict(r.curves.get(curve, [])) for i, r in enumerate(results.get(base, []))}
+    per_seed = {}
+    for i, r in enumerate(results.get(tech, [])):
+        s = _seed_of(r, i)
+        if s in b:
+            per_seed[s] = [(x, y - b[s][x]) for x, y in r.curves.get(curve, []) if x in b[s]]
+    steps = sorted(set.intersection(*(set(x for x, _ in c) for c in per_seed.values()))) if per_seed else []
+    band = []
+    for x in steps:
+        diffs = [dict(c)[x] for c in per_seed.values()]
+        d = difference(np.zeros(len(diffs)), diffs, "higher", paired=True)
+        lo, hi = d.ci() if d.ok else (float("nan"), float("nan"))
+        band.append((x, float(np.mean(diffs)), lo, hi, len(diffs)))
+    return per_seed, band
+
+
+def _hgrn2_verdict(exp: Experiment, results: dict[str, list[ArmResult]]) -> Verdict:
+    """Paired one-sided t-test of the final held-out loss gain of expand 8 over expand 1 (α = 0.05). The gap
+    expand8 − expand1 is followed over training: a "not reproduced" is reported as early-training only, and
+    only when the gap has not closed by the end (the final paired test is significant in the wrong direction);
+    a gap whose 90% CI at the end includes 0 is inconclusive. The per-seed gap curve is added to the expand8
+    runs as `gap/val_loss` (plotted) and its mean and CI per evaluation are in the verdict's extra."""
+    v = compare(*arm_values(results, "expand1", "expand8", "val_loss", paired=True), "lower", paired=True)
+    per_seed, band = gap_curve(results, "expand1", "expand8")
+    for i, r in enumerate(results.get("expand8", [])):
+        if _seed_of(r, i) in per_seed:
+            r.curves[GAP] = per_seed[_seed_of(r, i)]
+    v.extra["gap_curve"] = [{"step": x, "mean": m, "ci90": (lo, hi), "n": n} for x, m, lo, hi, n in band]
+    if band:
+        gaps = "; ".join(f"step {x:g}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for x, m, lo, hi, _ in band)
+        v.rule += f". Gap expand8 − expand1 over training, mean [90% CI]: {gaps}"
+    if v.verdict == NOT_REPRODUCED:
+        v.rule += " — early-training: not reproduced (the gap has not closed by the last evaluation)"
+    elif v.verdict == INCONCLUSIVE and band and band[0][2] > 0 and band[-1][2] <= 0:
+        v.rule += " — the early gap closed by the last evaluation"
+    return v
 
 
 EXPERIMENTS.register("hgrn2_expand", Experiment(
@@ -56,10 +106,13 @@ EXPERIMENTS.register("hgrn2_expand", Experiment(
     claim="outer-product state expansion (expand 8) beats the HGRN1-like expand 1 at equal parameters",
     metric="val_loss", direction="lower", arms=["expand1", "expand8"], baseline="expand1", technique="expand8",
     run=lambda a, s, sc, o: _train(hgrn2_config, a, s, sc, o, params=True), arm_config=hgrn2_config,
-    invariants=equal_params(), plots=["val_loss", "train_loss"],
+    invariants=equal_params(), verdict=_hgrn2_verdict, paired=True, plots=["val_loss", GAP, "train_loss"],
     description="All-HGRN2 decoders; W_q, W_f, W_i, W_o are d×d for any expand ratio, so the parameter counts "
-                "are identical; only the recurrent state grows (d·E numbers per layer). Verdict: one-sided "
-                "Welch t-test of the loss gain, α = 0.05."))
+                "are identical and a seed gives both arms the same init and data order; only the recurrent "
+                "state grows (d·E numbers per layer). Held-out loss every 20 steps at quick scale; the gap "
+                "expand8 − expand1 is followed per seed with its 90% CI across seeds. Verdict: paired one-sided "
+                "t-test of the final loss gain, α = 0.05; a negative result is labelled early-training and "
+                "stands only if the gap has not closed by the end."))
 
 
 # ------------------------------------------------------------------------------ Griffin vs transformer
@@ -158,37 +211,50 @@ EXPERIMENTS.register("hyper_connections", Experiment(
 
 
 # ------------------------------------------------------------------------------------ softmax bottleneck
-RANK_ARMS = ["rank4", "rank16", "full"]
+# Like with like: every arm's head is the same untied factorisation W = A·B (A: d×r, B: r×vocab, both
+# initialised and trained the same way); only r changes, up to r = d (full rank). Untied rather than a tied
+# factorisation so that no arm's head shares weights with, or is constrained by, the input embedding.
+RANK_ARMS = ["rank4", "rank16", "rank_half_d", "rank_d"]
+
+
+def head_rank(arm: str, d: int) -> int:
+    return {"rank4": 4, "rank16": 16, "rank_half_d": d // 2, "rank_d": d}[arm]
 
 
 def rank_config(arm: str, scale: str, seed: int = 0):
-    rank = None if arm == "full" else int(arm[4:])
-    model = {"head_rank": rank, **({"n_layer": 2} if scale == "quick" else {})}
+    d = run_config(scale, OVERRIDES[scale]).model.d_model
+    model = {"head_rank": head_rank(arm, d), "tie_embeddings": False, **({"n_layer": 2} if scale == "quick" else {})}
     return _cfg(scale, f"bottleneck_rank/{arm}", model, seed=seed)
 
 
 def _rank(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     cfg = rank_config(arm, scale, seed)
     res = train_arm(cfg, seed, out)
-    res.metrics["head_rank"] = float(cfg.model.head_rank or cfg.model.d_model)
+    res.metrics["head_rank"] = float(cfg.model.head_rank)
     return res
 
 
 def _rank_verdict(exp: Experiment, results: dict[str, list[ArmResult]]) -> Verdict:
+    """Least-squares slope of held-out loss vs log2 r over all arms and seeds, negative (loss rises as the rank
+    drops): one-sided t-test, n − 2 df, α = 0.05. Rank 4 vs rank d (Welch) is reported beside it, not used."""
     xs = [math.log2(results[a][0].metrics["head_rank"]) for a in RANK_ARMS]
     ys = [[r.metrics["val_loss"] for r in results[a]] for a in RANK_ARMS]
     v = trend_verdict(xs, ys, "lower", "val_loss vs log2(head rank)")
     v.extra.update({a: mean_std(y) for a, y in zip(RANK_ARMS, ys)})
+    v.extra["rank4_vs_rank_d"] = compare(ys[0], ys[-1], "lower").verdict
     return v
 
 
 EXPERIMENTS.register("bottleneck_rank", Experiment(
     name="bottleneck_rank", paper="Softmax bottleneck (Godey et al., 2024)",
     claim="held-out loss rises as the rank of the LM head (W = A·B) drops",
-    metric="val_loss", direction="lower", arms=RANK_ARMS, baseline="rank4", technique="full",
+    metric="val_loss", direction="lower", arms=RANK_ARMS, baseline="rank4", technique="rank_d",
     run=_rank, arm_config=rank_config, verdict=_rank_verdict, plots=["val_loss"],
-    description="Decoder (quick: d = 64, 2 layers) with a rank-r head, r ∈ {4, 16, d (full)}; verdict: "
-                "least-squares slope of loss vs log2 r negative, one-sided t-test (n − 2 df), α = 0.05."))
+    description="Decoder (quick: d = 64, 2 layers) whose LM head is an untied W = A·B of rank r ∈ {4, 16, d/2, "
+                "d} in every arm (same parametrisation and init at every rank, the full-rank arm included; "
+                "earlier the rank-r heads were untied factorisations and the full head the tied embedding). "
+                "Verdict: least-squares slope of loss vs log2 r negative, one-sided t-test (n − 2 df), "
+                "α = 0.05."))
 
 
 # ------------------------------------------------------------------------------ bottleneck: hidden width

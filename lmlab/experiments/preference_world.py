@@ -5,13 +5,12 @@ ids_vs_bt            Iterative Data Smoothing: the RM overfits less over epochs 
 odin_vs_bt           ODIN: quality-head/length correlation ≈ 0 vs BT's clearly positive, accuracy kept.
 contrastive_rewards  PPO with r − mean offline RM score of the prompt vs plain PPO: higher gold reward.
 dpo_winrate          DPO vs the SFT policy: gold win-rate on held-out prompts.
-dpf_forbidden        Direct Principle Feedback: lower forbidden-entity mention rate.
+dpf_forbidden        Direct Principle Feedback: lower forbidden-entity mention rate, gold reward kept elsewhere.
 Every arm of a seed shares the same world, data and initial weights, so arms differ only by the technique: every
 verdict is a paired one-sided t-test over seeds at α = 0.05 (fixed before the runs; `paired=True`).
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -150,6 +149,12 @@ def _sft_policy(world, seed: int, steps: int, prompts=None):
     return dec
 
 
+# One source for the PPO settings of contrastive_rewards: the run and the row's description both read these.
+CR_KL = 0.1                 # KL coefficient to the SFT reference
+CR_ITERS = {"quick": 40, "full": 400}
+CR_PROMPTS, CR_SAMPLES, CR_K = 16, 4, 8   # prompts × samples per prompt per iteration; offline samples per prompt
+
+
 def _cr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.align.envs import BOS, EOS, PreferenceWorld
     from lmlab.align.ppo import PolicyWithValue, RLConfig, offline_baseline, rl_train
@@ -186,7 +191,7 @@ def _cr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
 
     # 3) offline baseline: k samples per prompt from the SFT policy, scored by the RM (contrastive arm only,
     #    but computed in both arms so the random streams stay aligned)
-    k = 8
+    k = CR_K
     all_prompts = torch.stack([torch.full((P,), BOS), torch.arange(P) + 2], 1)
     offline = offline_baseline(policy_dec, all_prompts, rm_score, k, 9, eos_id=EOS,
                                generator=torch.Generator().manual_seed(seed + 5))      # (P, k)
@@ -201,8 +206,8 @@ def _cr_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
         rm_log.append(s)
         return s
 
-    cfg = RLConfig(algo="ppo", iterations=40 if quick else 400, prompts_per_iter=16, samples_per_prompt=4,
-                   max_new_tokens=9, eos_id=EOS, lr=1e-3, kl_coef=0.1, ppo_epochs=2, minibatches=2, seed=seed)
+    cfg = RLConfig(algo="ppo", iterations=CR_ITERS[scale], prompts_per_iter=CR_PROMPTS, samples_per_prompt=CR_SAMPLES,
+                   max_new_tokens=9, eos_id=EOS, lr=1e-3, kl_coef=CR_KL, ppo_epochs=2, minibatches=2, seed=seed)
     t0 = time.time()
     hist = rl_train(policy, ref, prompt_fn, reward_fn, cfg, baseline_fn=baseline_fn)
     tail = torch.cat(gold_log[-5:])
@@ -234,9 +239,10 @@ EXPERIMENTS.register("contrastive_rewards", Experiment(
     metric="gold_reward", direction="higher", arms=["ppo", "contrastive"], baseline="ppo", technique="contrastive",
     run=_cr_run, verdict=_cr_verdict, paired=True, plots=["gold_reward", "rm_reward"],
     description="Preference world with 4 prompts; BT RM on 300 noisy pairs (imperfect proxy); SFT policy "
-                "imitates the annotators' response distribution; k = 8 offline samples per prompt give the "
-                "contrastive baseline; PPO 40 iterations × 64 rollouts, KL 0.02. Metric: gold reward of the "
-                "rollouts of the last 5 iterations."))
+                f"imitates the annotators' response distribution; k = {CR_K} offline samples per prompt give the "
+                f"contrastive baseline; PPO {CR_ITERS['quick']} iterations (quick) × {CR_PROMPTS * CR_SAMPLES} "
+                f"rollouts, KL coefficient {CR_KL:g}. Metric: gold reward of the rollouts of the last 5 "
+                "iterations."))
 
 
 # ------------------------------------------------------------------------------------------------ DPO
@@ -290,73 +296,117 @@ EXPERIMENTS.register("dpo_winrate", Experiment(
 
 
 # ------------------------------------------------------------------------------------------------ DPF
-class RuleReviser:
-    """Stands in for an LLM backend in DPF at quick scale: critiques name the forbidden word; revisions
-    replace it by a word the prompt's context allows. Real runs pass any lmlab Backend (SmolLM2, OpenAI)."""
-    name = "rule-reviser"
+DPF_RULED = [0, 1, 2, 3]     # prompts whose instruction forbids the entity (the DPF pairs come from these)
+DPF_FREE = [4, 5, 6, 7]      # prompts without the entity rule: where collateral damage is measured
+DPF_GOLD_TOL = 0.05          # gold reward on the free prompts may drop by at most this much (non-inferiority)
+DPF_TEMPLATE = "{alternative} {rest} {alternative}"   # the token world has no function words: the rewrite
+                                                      # opens and closes the sentence with the alternative
 
-    def __init__(self, replacement: str):
-        self.replacement = replacement
 
-    def generate(self, prompts, gen):
-        out = []
-        for p in prompts:
-            if p.startswith("Response:"):
-                body = p.split("\n")[1]
-                entity = p.split("does not mention ")[1].split(".")[0]
-                out.append([" ".join(self.replacement if w == entity else w for w in body.split())])
-            else:
-                out.append(["The response mentions the forbidden word."])
-        return out
+def _policy_kl(policy, ref, prompts, responses, mask) -> torch.Tensor:
+    """KL(π ‖ π_ref) of each sampled response (lmlab.align.dpo.response_kl)."""
+    from lmlab.align.dpo import response_kl
+
+    ids = torch.cat([prompts, responses], 1)
+    with torch.no_grad():
+        lp = policy(ids).logits[:, prompts.shape[1] - 1:-1]
+        lq = ref(ids).logits[:, prompts.shape[1] - 1:-1]
+    return response_kl(lp, lq, mask)
 
 
 def _dpf_run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
-    from lmlab.align.dpo import build_dpf_pairs, train_dpo
-    from lmlab.align.envs import PreferenceWorld
+    """SFT policy on 8 prompts; DPF pairs (critique + rewrite by the rule-based reviser) from SFT samples on
+    the ruled prompts 0–3; DPO. Metrics: mention rate on the ruled prompts; collateral damage on the free
+    prompts 4–7: gold reward, KL(policy ‖ SFT) and mention rate there."""
+    from lmlab.align.dpo import RuleReviser, build_dpf_pairs, train_dpo
+    from lmlab.align.envs import BOS, EOS, PreferenceWorld
+    from lmlab.align.rollout import sample
 
     torch.set_num_threads(1)
     quick = scale == "quick"
-    world = PreferenceWorld(n_prompts=4, n_content=10, min_len=2, max_len=8, seed=seed)
+    world = PreferenceWorld(n_prompts=len(DPF_RULED + DPF_FREE), n_content=10, min_len=2, max_len=8, seed=seed)
     off = world.content_offset()
-    forbidden = 0                                                      # content token "w0"
     sft = _sft_policy(world, seed, 60 if quick else 600)
     policy = _decoder(world.vocab_size, 32, 1, seed + 11)
     policy.load_state_dict(sft.state_dict())
 
     def to_text(resp):
-        from lmlab.align.envs import EOS
         resp = resp[:resp.index(EOS)] if EOS in resp else resp
         return " ".join(f"w{t - off}" if t >= off else f"<{t}>" for t in resp)
 
     def from_text(text):
-        from lmlab.align.envs import EOS
         return [int(w[1:-1]) if w.startswith("<") else off + int(w[1:]) for w in text.split()] + [EOS]
 
-    def mention_rate(model, s):
-        p, y = _sample_rows(model, world, list(range(world.n_prompts)), 64, s)
-        return float(np.mean(["w0" in to_text(r).split() for r in y.tolist()]))
+    def rollouts(model, prompts, s, n=64):
+        p = torch.stack([torch.full((len(prompts),), BOS), torch.tensor(prompts) + 2], 1)
+        return sample(model, p, world.max_len + 1, n=n, eos_id=EOS, generator=torch.Generator().manual_seed(s))
 
-    hist, n_pairs = [], 0
+    def mention_rate(ro):
+        return float(np.mean(["w0" in to_text(r).split() for r in ro.responses.tolist()]))
+
+    hist, n_pairs, changed = [], 0, 0.0
     if arm == "dpf":
-        p, y = _sample_rows(sft, world, list(range(world.n_prompts)), 64, seed + 500)
+        p, y = _sample_rows(sft, world, DPF_RULED, 64, seed + 500)
         items = [{"prompt": int(pp[1]), "response": to_text(r), "entity": "w0"}
                  for pp, r in zip(p.tolist(), y.tolist())]
         items = [it for it in items if "w0" in it["response"].split()]
-        pairs = build_dpf_pairs(RuleReviser(replacement=f"w{1 + seed % (world.n_content - 1)}"), items)
+        reviser = RuleReviser(alternative=f"w{1 + seed % (world.n_content - 1)}", template=DPF_TEMPLATE)
+        pairs = build_dpf_pairs(reviser, items)
         n_pairs = len(pairs)
+        changed = float(np.mean([_words_changed(pr["rejected"], pr["chosen"]) for pr in pairs])) if pairs else 0.0
         tok_pairs = [([0, pr["prompt"]], from_text(pr["chosen"]), from_text(pr["rejected"])) for pr in pairs]
         hist = train_dpo(policy, sft, tok_pairs, beta=0.1, lr=1e-3, epochs=3, batch_size=16, seed=seed)
-    return ArmResult(metrics={"mention_rate": mention_rate(policy, seed + 4000),
-                              "sft_mention_rate": mention_rate(sft, seed + 4000), "pairs": float(n_pairs)},
+    ruled = rollouts(policy, DPF_RULED, seed + 4000)
+    free = rollouts(policy, DPF_FREE, seed + 5000, n=256)
+    kl = _policy_kl(policy, sft, free.tokens[:, :2], free.responses, free.response_mask)
+    return ArmResult(metrics={"mention_rate": mention_rate(ruled),
+                              "sft_mention_rate": mention_rate(rollouts(sft, DPF_RULED, seed + 4000)),
+                              "free_gold": world.gold_tokens(free.tokens[:, :2], free.responses).mean().item(),
+                              "free_kl_to_sft": kl.mean().item(), "free_mention_rate": mention_rate(free),
+                              "pairs": float(n_pairs), "words_changed_per_pair": changed},
                      curves={"dpo_loss": [(i, h["loss"]) for i, h in enumerate(hist)]})
+
+
+def _words_changed(a: str, b: str) -> int:
+    """Word-level edit operations turning a into b (difflib opcodes: replaced, deleted and inserted words)."""
+    import difflib
+
+    sm = difflib.SequenceMatcher(a=a.split(), b=b.split(), autojunk=False)
+    return sum(max(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in sm.get_opcodes() if op != "equal")
+
+
+def _dpf_verdict(exp: Experiment, results: dict) -> Verdict:
+    """Two parts, combined with how="all": the mention rate on the ruled prompts drops by more than
+    min_effect = 0.02 (paired compare) and the gold reward on the free prompts is non-inferior to the SFT
+    policy's within DPF_GOLD_TOL (paired). KL(policy ‖ SFT) and the mention rate on the free prompts are
+    reported beside it."""
+    drop = compare(*arm_values(results, "sft", "dpf", "mention_rate", paired=True), "lower", exp.min_effect,
+                   paired=True)
+    kept = noninferior(*arm_values(results, "sft", "dpf", "free_gold", paired=True), DPF_GOLD_TOL, "higher",
+                       paired=True)
+    get = lambda a, k: mean_std([r.metrics[k] for r in results[a]])  # noqa: E731
+    return combine({"mention rate lower (ruled prompts)": drop,
+                    "gold reward kept (free prompts)": kept}, "all", "", drop.baseline, drop.technique,
+                   {"free_gold_sft": get("sft", "free_gold"), "free_gold_dpf": get("dpf", "free_gold"),
+                    "free_kl_to_sft_dpf": get("dpf", "free_kl_to_sft"),
+                    "free_mention_rate_sft": get("sft", "free_mention_rate"),
+                    "free_mention_rate_dpf": get("dpf", "free_mention_rate"),
+                    "words_changed_per_pair": get("dpf", "words_changed_per_pair")})
 
 
 EXPERIMENTS.register("dpf_forbidden", Experiment(
     name="dpf_forbidden", headline=True, paper="Direct Principle Feedback (Castricato et al. 2024)",
-    claim="DPO on (revision ≻ original) pairs lowers the forbidden-entity mention rate",
+    claim="DPO on (revision ≻ original) pairs lowers the forbidden-entity mention rate without collateral "
+          "damage on prompts without the entity",
     metric="mention_rate", direction="lower", arms=["sft", "dpf"], baseline="sft", technique="dpf",
-    run=_dpf_run, plots=["dpo_loss"], min_effect=0.02, paired=True, seeds=HEADLINE_SEEDS,
-    description="Tiny lmlab policy over the preference world's words w0..w9; forbidden entity w0. DPF pairs "
-                "come from build_dpf_pairs with a rule-based critique/revision backend (a stand-in for an "
-                "LLM, far cheaper than SmolLM2 generation); DPO β = 0.1, 3 epochs. Metric: "
-                "fraction of 256 samples that mention w0."))
+    run=_dpf_run, verdict=_dpf_verdict, plots=["dpo_loss"], min_effect=0.02, paired=True, seeds=HEADLINE_SEEDS,
+    description="Tiny lmlab policy over the preference world's words w0..w9 and 8 prompts; the entity w0 is "
+                f"forbidden on prompts {DPF_RULED[0]}–{DPF_RULED[-1]}, prompts {DPF_FREE[0]}–{DPF_FREE[-1]} "
+                "have no such rule. DPF pairs come from build_dpf_pairs with a deterministic rule-based "
+                "critique/rewrite backend (RuleReviser, a stand-in for an LLM): each sentence that mentions the "
+                "entity is rewritten around an alternative word, the rest of its words kept in order "
+                f"(template '{DPF_TEMPLATE}'), so a revision differs from the original in more than one word. "
+                "DPO β = 0.1, 3 epochs. Metrics: fraction of 256 samples on the ruled prompts that mention w0; "
+                "gold reward of 1024 samples on the free prompts, and KL(policy ‖ SFT) there. Verdict: mention "
+                "rate lower (paired, min effect 0.02) and free-prompt gold reward non-inferior within "
+                f"{DPF_GOLD_TOL:g} (paired), both at α = 0.05."))
