@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 from lmlab.registry import CHANNEL_MIXERS, RESIDUALS, TOKEN_MIXERS, RegistryError
@@ -88,6 +88,27 @@ class ComponentArgs(BaseModel):
 
     def check(self, dims: Dims) -> None:
         """Raise `ArgError(field, why)` when these arguments do not fit the model's sizes."""
+
+
+def at_most_n_experts(v: int, info: ValidationInfo) -> int:
+    """`top_k` of a mixture (MoE, MoA): at most `n_experts` (declare n_experts first)."""
+    n = info.data.get("n_experts")
+    if n is not None and v > n:
+        raise ValueError(f"must be <= n_experts={n}")
+    return v
+
+
+TopK = Annotated[int, AfterValidator(at_most_n_experts)]
+
+
+def one_of(choices: Callable[[], Iterable[str]], what: str = "allowed") -> AfterValidator:
+    """A string argument that must be one of `choices()` (called at validation, so registries can fill late)."""
+    def check(v: str) -> str:
+        names = list(choices())
+        if v not in names:
+            raise ValueError(f"{what}: {', '.join(names)}")
+        return v
+    return AfterValidator(check)
 
 
 class KVHeadsArg(ComponentArgs):

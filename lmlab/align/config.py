@@ -15,9 +15,9 @@ are looked up in lmlab.registry (REWARD_MODELS, ALIGN_ALGOS). The flat layout of
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from lmlab.config import ModelConfig, _Base, load_config
 from lmlab.registry import RegistryError
@@ -35,6 +35,12 @@ class AlignData(_Base):
     task_args: dict[str, Any] = Field(default_factory=dict, description="rl: keyword arguments of the task")
 
 
+# names a stage can run, checked through the registry when the config loads
+RMKind = Annotated[str, AfterValidator(lambda v: _registered("rm", v))]
+DPOLoss = Annotated[str, AfterValidator(lambda v: _registered("dpo", v))]
+RLAlgo = Annotated[str, AfterValidator(lambda v: _registered("rl", v))]
+
+
 class SFTSection(_Base):
     steps: int = Field(100, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1)
@@ -44,7 +50,7 @@ class SFTSection(_Base):
 
 
 class RMSection(_Base):
-    method: str = Field("bt", description="a reward-model kind of lmlab.registry.REWARD_MODELS: bt | ids | odin")
+    method: RMKind = Field("bt", description="a reward-model kind of lmlab.registry.REWARD_MODELS: bt | ids | odin")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -52,27 +58,17 @@ class RMSection(_Base):
     odin_lambda_l: float = Field(1.0, ge=0)
     odin_lambda_o: float = Field(1.0, ge=0)
 
-    @field_validator("method")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("rm", v)
-
 
 class DPOSection(_Base):
-    loss_type: str = Field("sigmoid", description="a dpo loss of lmlab.registry.ALIGN_ALGOS: sigmoid | ipo | hinge")
+    loss_type: DPOLoss = Field("sigmoid", description="a dpo loss of lmlab.registry.ALIGN_ALGOS: sigmoid | ipo | hinge")
     beta: float = Field(0.1, gt=0)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
 
-    @field_validator("loss_type")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("dpo", v)
-
 
 class RLSection(_Base):
-    algo: str = Field("ppo", description="an rl algorithm of lmlab.registry.ALIGN_ALGOS: ppo | rloo | grpo")
+    algo: RLAlgo = Field("ppo", description="an rl algorithm of lmlab.registry.ALIGN_ALGOS: ppo | rloo | grpo")
     iterations: int = Field(20, ge=1)
     prompts_per_iter: int = Field(8, ge=1)
     samples_per_prompt: int = Field(4, ge=1)
@@ -83,11 +79,6 @@ class RLSection(_Base):
     kl_target: float = Field(6.0, gt=0)
     clip_eps: float = Field(0.2, gt=0)
     lr: float = Field(1e-3, gt=0)
-
-    @field_validator("algo")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registered("rl", v)
 
 
 def _registered(stage: str, name: str) -> str:

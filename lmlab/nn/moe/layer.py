@@ -17,13 +17,13 @@ YAML:  model: {ffn: moe, ffn_args: {moe: {router: softmax_ec, n_experts: 8, top_
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 from torch import nn
 
-from lmlab.config import ArgError, ComponentArgs, Dims
+from lmlab.config import ArgError, ComponentArgs, Dims, TopK, one_of
 from lmlab.nn.block import Component
 from lmlab.nn.ffn import SwiGLU
 from lmlab.nn.moe.experts import (SwiGLUExperts, dispatch_combine, naive_dispatch_combine,
@@ -39,9 +39,10 @@ class MoE(Component):
     class Args(ComponentArgs):
         """ffn_args.moe: the router (a ROUTERS name) and its options, expert count/size and aux-loss weights."""
 
-        router: str = Field("topk_softmax_tc", description="a ROUTERS name (lmlab list)")
+        router: Annotated[str, one_of(ROUTERS.names, "unknown MoE router; choose one of")] = Field(
+            "topk_softmax_tc", description="a ROUTERS name (lmlab list)")
         n_experts: int = Field(8, ge=1)
-        top_k: int = Field(2, ge=1, description="experts per token (token choice); default cf (expert choice)")
+        top_k: TopK = Field(2, ge=1, description="experts per token (token choice); default cf (expert choice)")
         capacity_factor: Optional[float] = Field(None, gt=0, description="None = dropless (token choice)")
         granularity: int = Field(1, ge=1, description="G: each expert split into G of hidden d_ff/G")
         d_expert: Optional[int] = Field(None, ge=1, description="expert hidden; None = model.d_ff")
@@ -57,21 +58,6 @@ class MoE(Component):
         load_weight: float = Field(0.0, ge=0)
         bias_update_rate: float = Field(0.0, ge=0)
         out_bias: bool = False
-
-        @field_validator("router")
-        @classmethod
-        def _known_router(cls, v: str) -> str:
-            if v not in ROUTERS:
-                raise ValueError(f"unknown MoE router {v!r}; choose one of: {', '.join(ROUTERS.names())}")
-            return v
-
-        @field_validator("top_k")
-        @classmethod
-        def _top_k_fits(cls, v: int, info: ValidationInfo) -> int:
-            n = info.data.get("n_experts")
-            if n is not None and v > n:
-                raise ValueError(f"must be <= n_experts={n}")
-            return v
 
         def check(self, dims: Dims) -> None:
             base_h = self.d_expert or dims.ffn_hidden

@@ -19,10 +19,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 from torch import nn
 
-from lmlab.config import Dims, KVHeadsArg
+from lmlab.config import Dims, KVHeadsArg, TopK
 from lmlab.nn.attention import KVCache, apply_rope, naive_attention, rope_cache, sdpa_attention
 from lmlab.nn.block import Component, Init
 from lmlab.nn.moe.experts import from_slots, slot_table, to_slots
@@ -39,19 +39,11 @@ class MixtureOfAttention(Component):
         model's), balance_weight, z_ratio, out_bias."""
 
         n_experts: int = Field(8, ge=1)
-        top_k: int = Field(2, ge=1)
+        top_k: TopK = Field(2, ge=1)
         head_dim: Optional[int] = Field(None, ge=1, description="None = d_model / n_head")
         balance_weight: float = Field(0.01, ge=0)
         z_ratio: float = Field(0.1, ge=0)
         out_bias: bool = True
-
-        @field_validator("top_k")
-        @classmethod
-        def _top_k_fits(cls, v: int, info: ValidationInfo) -> int:
-            n = info.data.get("n_experts")
-            if n is not None and v > n:
-                raise ValueError(f"must be <= n_experts={n}")
-            return v
 
     RESIDUAL_OUT = ("w_o",)
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
-from lmlab.config import ArgError, ComponentArgs, Dims
+from lmlab.config import ArgError, ComponentArgs, Dims, one_of
 from lmlab.nn.block import Component
 from lmlab.registry import TOKEN_MIXERS
 
@@ -165,15 +165,8 @@ class RecurrentBlock(Component):
         lru_width: Optional[int] = Field(None, ge=1, description="RG-LRU width; None = d_model")
         heads: Optional[int] = Field(None, ge=1, description="gate blocks; None = model.n_head")
         conv_width: int = Field(4, ge=1, description="temporal conv width")
-        scan: str = "scan"
+        scan: Annotated[str, one_of(lambda: SCANS)] = "scan"
         doc_reset: bool = True
-
-        @field_validator("scan")
-        @classmethod
-        def _known_scan(cls, v: str) -> str:
-            if v not in SCANS:
-                raise ValueError(f"allowed: {', '.join(SCANS)}")
-            return v
 
         def check(self, dims: Dims) -> None:
             w = self.lru_width or dims.d_model
