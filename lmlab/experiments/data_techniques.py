@@ -1,6 +1,45 @@
 """Data-technique claims: model collapse with truncated tails, reasoning-path random walks, Rho-1 selective
 language modeling, WRAP rephrasing. Each experiment's arms see equal training tokens; verdict rules are
 written next to each registration.
+
+Rho-1 (`rho1_slm`), in the paper's setting — design and rule fixed before any run of this version. (The
+earlier version trained the reference on the target domain of a mixed corpus, so SLM mostly kept target-domain
+tokens: it measured domain filtering, and its paired rule was adopted after seeing the data.)
+
+Pool: the packed training windows (seq_len + 1 tokens each; a window is the pool's "document") of one mixed
+distribution — docs + bible_web at quick scale, all five embedded domains at full scale. Synthetic noise is
+injected into a fraction `noise_docs` of the windows, chosen by a generator seeded with `noise_seed` (the same
+pool for every seed and arm): in a chosen window, spans of U[span] tokens are overwritten at random positions
+until at least `noise_frac` of its tokens are noise; each span is, with probability 1/2, uniformly random token
+ids (garbage) or else the start of a fixed tokenized boilerplate line (cookie banner / navigation text,
+duplicated across the pool). Quick scale: half the windows, at least half of each chosen window's tokens.
+The clean subset is the windows that received no noise; they are bitwise the pre-noise windows.
+
+Reference: the same model trained with plain CLM on the clean subset only (`ref_steps` × batch windows),
+once, shared by every seed and arm; its training tokens and the SLM arm's extra reference forward passes are
+reported in the verdict's extra fields.
+
+Arms (same model and config; the arms of one seed share model init and batch order over the pool):
+  clm         CLM on every token of the noisy pool;
+  slm         SLM, k = 60 %: the top ⌈k·n⌉ tokens of each batch by excess loss L_θ − L_ref (online reference);
+  random      the same budget on a uniformly random ⌈k·n⌉ of each batch's tokens;
+  clean_only  CLM on the reference's clean subset alone — an upper reference, reported, not claimed.
+Equal training tokens: every arm runs the same steps × batch × seq_len tokens through its forward pass (the
+token budget); slm and random take the gradient of exactly ⌈60 %⌉ of them, clm and clean_only of all.
+Metric: held-out loss on the clean validation windows of the pool's domains (documents never in the pool),
+mean over domains (`val_loss`).
+
+Verdict rule: reproduced iff SLM's held-out loss is lower than CLM's AND lower than random-k's, each by a
+one-sided paired t-test over seeds at α = 0.05 (compare(..., paired=True)), combined with combine(how="all");
+not reproduced if either test is significant the other way; inconclusive otherwise. clean_only is reported.
+Settings were fixed before any run (no tuning: a smoke run on seeds 100–101 only checked the wiring);
+reported numbers come from seeds 0, 1, 2.
+
+WRAP (`wrap_rephrase`) — rule fixed before the rerun. The claim is unchanged: real vs real + SmolLM2 rephrases
+on held-out perplexity over KJV, WEB, BBE and docstrings, one-sided Welch t-test at α = 0.05; neither arm
+trains on WEB or BBE. The stand-in arms train on WEB (real_medium) and BBE (real_easy), which were also
+evaluation domains, so every comparison involving a stand-in arm is now scored on KJV + docstrings only
+(`standin_ppl`); the stand-ins stay as reported extras, never the verdict.
 """
 from __future__ import annotations
 
@@ -12,7 +51,7 @@ from typing import Optional
 
 import numpy as np
 
-from lmlab.experiments.base import ArmResult, Experiment, Verdict, combine, compare, exceeds, mean_std
+from lmlab.experiments.base import ArmResult, Experiment, Verdict, arm_values, combine, compare, exceeds, mean_std
 from lmlab.registry import EXPERIMENTS
 
 
@@ -199,103 +238,192 @@ EXPERIMENTS.register("reasoning_paths", Experiment(
 
 
 # ============================================================================================================
-# Rho-1 — selective LM vs plain CLM on a mixed corpus, judged on the target domain's held-out loss.
+# Rho-1 — selective LM on one noisy pool, a reference trained on the pool's clean subset, judged on clean
+# held-out text of the same distribution.
 # ============================================================================================================
-RHO1 = {"quick": dict(domains=["code", "docs", "bible_web"], target="bible_web", seq_len=64, d_model=64,
-                      n_layer=2, n_head=4, steps=200, ref_steps=200, batch=16, ratio=0.6, lr=3e-3),
-        "full": dict(domains=["code", "docs", "bible_kjv", "bible_web", "bible_bbe"], target="bible_web",
-                     seq_len=512, d_model=512, n_layer=8, n_head=8, steps=5000, ref_steps=3000, batch=64,
-                     ratio=0.6, lr=1e-3)}
+RHO1 = {"quick": dict(domains=["docs", "bible_web"], seq_len=64, d_model=64, n_layer=2, n_head=4, steps=200,
+                      ref_steps=200, batch=16, ratio=0.6, lr=3e-3, noise_docs=0.5, noise_frac=0.5, span=(4, 16),
+                      noise_seed=1234),
+        "full": dict(domains=["code", "docs", "bible_kjv", "bible_web", "bible_bbe"], seq_len=512, d_model=512,
+                     n_layer=8, n_head=8, steps=5000, ref_steps=3000, batch=64, ratio=0.6, lr=1e-3,
+                     noise_docs=0.5, noise_frac=0.5, span=(8, 64), noise_seed=1234)}
+RHO1_ARMS = ["clm", "slm", "random", "clean_only"]
+BOILERPLATE = ("Accept all cookies | Privacy policy | Terms of use | Subscribe to our newsletter | "
+               "Share on Facebook | Tweet | Home > Blog > Archive | © All rights reserved. ")
 
 
-def _rho1_cfg(c: dict, scale: str, steps: int, name: str, objective: str = "clm", args: Optional[dict] = None):
+def inject_noise(windows: np.ndarray, vocab: int, boilerplate: list[int], noise_docs: float, noise_frac: float,
+                 span: tuple[int, int], seed: int):
+    """(N, w) clean windows -> (noisy copy, (N, w) bool noise mask, (N,) bool corrupted). A fraction
+    `noise_docs` of the windows is corrupted: spans of U[span] tokens at uniform positions, each garbage (uniform
+    token ids) or boilerplate (a prefix of `boilerplate`) with probability 1/2, until ≥ noise_frac·w tokens of
+    the window are noise. Deterministic in `seed`; uncorrupted windows are returned unchanged."""
+    rng = np.random.default_rng(seed)
+    n, w = windows.shape
+    noisy, mask = windows.copy(), np.zeros((n, w), bool)
+    corrupted = rng.random(n) < noise_docs
+    bp = np.asarray(boilerplate, dtype=windows.dtype)
+    for i in np.flatnonzero(corrupted):
+        while mask[i].sum() < noise_frac * w:
+            L = int(rng.integers(span[0], span[1] + 1))
+            s = int(rng.integers(0, w - L + 1))
+            fill = rng.integers(0, vocab, L) if rng.random() < 0.5 else np.resize(bp, L)
+            noisy[i, s:s + L] = fill
+            mask[i, s:s + L] = True
+    return noisy, mask, corrupted
+
+
+def rho1_pool(c: dict, data):
+    """The noisy pool, its noise mask, and the clean subset (the windows left uncorrupted)."""
+    bp = data.tokenizer.encode(BOILERPLATE)
+    noisy, mask, corrupted = inject_noise(data.train, data.tokenizer.vocab_size, bp, c["noise_docs"],
+                                          c["noise_frac"], tuple(c["span"]), c["noise_seed"])
+    return SimpleNamespace(noisy=noisy, mask=mask, corrupted=corrupted, clean=data.train[~corrupted])
+
+
+def _rho1_cfg(c: dict, scale: str, steps: int, name: str):
     from lmlab.experiments.common import run_config
 
     return run_config(scale, {"model": {"d_model": c["d_model"], "n_layer": c["n_layer"], "n_head": c["n_head"],
                                         "max_seq_len": c["seq_len"]},
                               "data": {"domains": c["domains"], "seq_len": c["seq_len"]},
                               "train": {"steps": steps, "batch_size": c["batch"], "lr": c["lr"],
-                                        "eval_interval": max(steps // 4, 1), "objective": objective,
-                                        "objective_args": args or {}}}, name=name)
+                                        "eval_interval": max(steps // 4, 1)}}, name=name)
 
 
-def rho1_reference(c: dict, scale: str, data, ref_dir: Path):
-    """The reference model: trained on the target domain's training windows only; saved once, shared by
-    every seed and arm of the experiment (as the paper trains one reference)."""
-    import torch
+def rho1_reference(c: dict, scale: str, data, pool, ref_dir: Path):
+    """The reference model: CLM on the pool's clean subset; saved once (keyed by the settings), shared by every
+    seed and arm of the experiment, as the paper trains one reference."""
+    import hashlib
+    import json
 
     from lmlab.models.decoder import Decoder
-
     from lmlab.train.checkpoint import load_model_file, load_state_into, save_model
 
-    path = ref_dir / "reference.safetensors"
+    key = hashlib.blake2b(json.dumps([c, scale], sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+    path = Path(ref_dir) / f"reference-{key}.safetensors"
     cfg = _rho1_cfg(c, scale, c["ref_steps"], "rho1/reference")
     mcfg = cfg.model.model_copy(update={"vocab_size": data.tokenizer.vocab_size})
     if path.exists():
         m = Decoder(mcfg)
-        load_state_into(m, load_model_file(path)[0], f"reference {path}")
-        return m
+        sd, meta = load_model_file(path)
+        load_state_into(m, sd, f"reference {path}")
+        return m, meta
     from lmlab.train.trainer import train
 
-    tgt = data.domains.index(c["target"])
-    ref_data = window_data(data.train[data.train_domain == tgt], {c["target"]: data.val[c["target"]]},
-                           data.tokenizer.vocab_size, data.tokenizer)
-    res = train(cfg.model_copy(update={"model": mcfg}), ref_dir / "run", data=ref_data)
-    save_model(res.model, path, {"model_config": mcfg.model_dump(mode="json"), "val_loss": res.val_loss})
-    return res.model
+    ref_data = window_data(pool.clean, data.val, data.tokenizer.vocab_size, data.tokenizer)
+    res = train(cfg.model_copy(update={"model": mcfg}), Path(ref_dir) / f"run-{key}", data=ref_data)
+    meta = {"model_config": mcfg.model_dump(mode="json"), "val_loss": res.val_loss, "train_tokens": res.tokens,
+            "clean_windows": int(len(pool.clean))}
+    save_model(res.model, path, meta)
+    return res.model, meta
 
 
 def rho1_config(arm: str, scale: str, seed: int = 0):
-    """Both arms train this config (plain CLM objective in the config; the SLM arm passes its SelectiveLM
-    objective, which needs the trained reference, to the trainer)."""
+    """Every arm trains this config (plain CLM objective in the config; slm and random pass their objective,
+    SelectiveLM with the trained reference or RandomTokens, to the trainer)."""
     from lmlab.experiments.common import with_seed
 
-    if arm not in ("clm", "slm"):
+    if arm not in RHO1_ARMS:
         raise ValueError(f"unknown arm {arm!r}")
     return with_seed(_rho1_cfg(RHO1[scale], scale, RHO1[scale]["steps"], f"rho1/{arm}"), seed)
 
 
+def _noise_in_selected(model, ref, pool, ratio: float, n: int = 32) -> dict:
+    """Share of noise tokens among the tokens SLM selects on a fixed probe of corrupted windows (final model)."""
+    import torch
+
+    from lmlab.train.objectives_slm import per_token_loss, slm_loss
+
+    rows = np.flatnonzero(pool.corrupted)[:n]
+    w = torch.as_tensor(pool.noisy[rows])
+    noise = torch.as_tensor(pool.mask[rows][:, 1:])
+    model.eval()
+    with torch.no_grad():
+        ref_loss = per_token_loss(ref(w[:, :-1]).logits, w[:, 1:])
+        _, sel, _ = slm_loss(model(w[:, :-1]).logits, w[:, 1:], ref_loss, ratio)
+    return {"noise_share_probe": float(noise.float().mean()), "noise_share_selected": float(noise[sel].float().mean())}
+
+
 def _rho1_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
-    from lmlab.data import load_data
-    from lmlab.experiments.common import train_arm
+    from lmlab.experiments.common import arm_result, cached_data, train_seeded
+    from lmlab.train.objectives_slm import RandomTokens, SelectiveLM, n_selected
 
     c = RHO1[scale]
-    base = rho1_config(arm, scale, seed)
-    data = load_data(base.data)
-    ref = rho1_reference(c, scale, data, Path(out).parent.parent / "_reference")
-    if arm == "clm":
-        cfg = base
-        r = train_arm(cfg, seed, out, data=data)
-    elif arm == "slm":
-        from lmlab.train.objectives_slm import SelectiveLM
-
-        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref, dynamics_every=50)  # logs L->L … in metrics.jsonl
-        r = train_arm(base, seed, out, data=data, objective=obj)
-    else:
-        raise ValueError(f"unknown arm {arm!r}")
-    r.metrics["target_val_loss"] = r.metrics[f"val_loss/{c['target']}"]
+    cfg = rho1_config(arm, scale, seed)
+    data = cached_data(cfg.data)
+    pool = rho1_pool(c, data)
+    ref, ref_meta = rho1_reference(c, scale, data, pool, Path(out).parent.parent / "_reference")
+    rows = pool.clean if arm == "clean_only" else pool.noisy
+    d = window_data(rows, data.val, data.tokenizer.vocab_size, data.tokenizer)
+    obj = None
+    if arm == "slm":
+        obj = SelectiveLM(ratio=c["ratio"], mode="online", reference=ref, dynamics_every=50)
+    elif arm == "random":
+        obj = RandomTokens(ratio=c["ratio"], seed=seed)
+    res = train_seeded(cfg, seed, out, data=d, objective=obj)
+    r = arm_result(res)
+    per_batch = c["batch"] * c["seq_len"]
+    budget = c["steps"] * per_batch
+    r.info.update(seed=seed, forward_tokens=budget,
+                  gradient_tokens=budget if obj is None else c["steps"] * n_selected(c["ratio"], per_batch),
+                  pool_windows=int(len(pool.noisy)), clean_windows=int(len(pool.clean)),
+                  noise_token_share=float(pool.mask.mean()),
+                  reference={"train_tokens": ref_meta.get("train_tokens"), "val_loss": ref_meta.get("val_loss")})
+    if arm == "slm":
+        r.info["reference_forward_tokens"] = budget
+        r.metrics.update(_noise_in_selected(res.model, ref, pool, c["ratio"]))
     return r
+
+
+def _rho1_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
+    """Held-out clean loss: SLM < CLM and SLM < random-k, each a one-sided paired t-test over seeds at α = 0.05,
+    combined with how="all". clean_only, the reference's compute and the noise share of SLM's selection are
+    reported in extra."""
+    parts = {}
+    for other in ("clm", "random"):
+        b, t = arm_values(res, other, "slm", exp.metric, paired=True)
+        parts[f"slm < {other}"] = compare(b, t, "lower", paired=True)
+    extra: dict = {}
+    for arm in exp.arms:
+        if res.get(arm):
+            for k in res[arm][0].metrics:
+                if k.startswith("val_loss") or k.startswith("noise_share"):
+                    extra[f"{arm}/{k}"] = mean_std([r.metrics[k] for r in res[arm]])
+    any_run = next((rs[0] for rs in res.values() if rs), None)
+    if any_run is not None:
+        extra["reference"] = any_run.info.get("reference")
+        extra["token_budget_per_arm"] = any_run.info.get("forward_tokens")
+        extra["noise_token_share"] = any_run.info.get("noise_token_share")
+    first = parts["slm < clm"]
+    return combine(parts, "all", "held-out clean loss", first.baseline, first.technique, extra)
 
 
 EXPERIMENTS.register("rho1_slm", Experiment(
     name="rho1_slm", paper="Rho-1: Not All Tokens Are What You Need",
-    claim="selective LM (top 60% excess-loss tokens) beats causal LM on the target domain at equal tokens",
-    metric="target_val_loss", direction="lower", arms=["clm", "slm"], baseline="clm", technique="slm",
-    run=_rho1_arm, arm_config=rho1_config, paired=True, plots=["val_loss", "train_loss"],
-    description=("Mixed corpus code + docs + bible_web; a reference LM trained on bible_web's training split "
-                 "only (same size, 200 steps); then CLM vs SLM (k=60%, online reference) for the same 200 "
-                 "steps × 16 × 64 tokens; metric: held-out loss on bible_web. Verdict: paired one-sided t-test "
-                 "over seeds (the arms of a seed share the model init and the exact batch order), α = 0.05.")))
+    claim=("on a noisy pool, selective LM (top 60% excess-loss tokens, reference trained on the pool's clean "
+           "subset) beats both CLM and a random 60% of tokens on clean held-out loss at equal tokens"),
+    metric="val_loss", direction="lower", arms=RHO1_ARMS, baseline="clm", technique="slm",
+    run=_rho1_arm, arm_config=rho1_config, verdict=_rho1_verdict, paired=True, plots=["val_loss", "train_loss"],
+    description=("Pool: docs + bible_web training windows (64 tokens), half of them with ≥50% of their tokens "
+                 "overwritten by seeded garbage or duplicated boilerplate spans; reference = the same LM "
+                 "trained 200 steps on the uncorrupted windows; arms clm, slm (k=60%, online reference), "
+                 "random (60% of tokens at random), clean_only (CLM on the clean windows, upper reference), "
+                 "200 steps × 16 × 64 tokens each; metric: held-out loss on clean docs + bible_web. Verdict: SLM "
+                 "beats CLM and beats random, each a one-sided paired t-test over seeds (shared init and "
+                 "batch order), α = 0.05, both must hold.")))
 
 
 # ============================================================================================================
 # WRAP — real vs real + rephrased (1:1) at an equal token budget; style ablation.
 # real = the KJV Bible (archaic English). Technique arm `real_wrap`: KJV + SmolLM2-135M-Instruct rephrases of
 # KJV chunks in the medium (Wikipedia) style, made by `lmlab data rephrase` and cached as a dataset build step
-# (a small slice: CPU generation is slow, so the synthetic half repeats). Stand-in
-# arms (documented as such): the same chapters in the modern WEB translation (≈ medium style) or in Basic
-# English (BBE, ≈ easy style) — a human verse-aligned parallel corpus in place of model rephrases — which also
-# give the style ablation.
+# (a small slice: CPU generation is slow, so the synthetic half repeats). Stand-in arms (documented as such):
+# the same chapters in the modern WEB translation (≈ medium style) or in Basic English (BBE, ≈ easy style) — a
+# human verse-aligned parallel corpus in place of model rephrases — which also give the style ablation. Their
+# training data are the WEB and BBE domains, so every comparison with a stand-in arm is scored on the domains
+# no arm trains on besides KJV: KJV and docstrings (`standin_ppl`); WEB and BBE stay in the claim's metric
+# only for real vs real_wrap, neither of which sees them.
 # ============================================================================================================
 WRAP = {"quick": dict(domains=["bible_kjv", "bible_web", "bible_bbe", "docs"], real="bible_kjv", seq_len=64,
                       d_model=64, n_layer=2, n_head=4, steps=200, batch=16, lr=3e-3),
@@ -401,27 +529,47 @@ def _wrap_arm(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     if arm == "real_wrap":
         r.info["rephrase_cache"] = cache_stats
     r.metrics["mean_val_ppl"] = float(np.mean([math.exp(v) for k, v in r.metrics.items() if k.startswith("val_loss/")]))
+    r.metrics["standin_ppl"] = wrap_standin_ppl(r.metrics)
+    r.info["seed"] = seed
     return r
 
 
+def wrap_standin_domains(domains: list[str]) -> list[str]:
+    """The evaluation domains of comparisons that involve a stand-in arm: all but the stand-ins' own."""
+    return [d for d in domains if d not in WRAP_STYLE_DOMAIN.values()]
+
+
+def wrap_standin_ppl(metrics: dict) -> float:
+    """exp(mean held-out loss over the domains no stand-in arm trains on)."""
+    doms = wrap_standin_domains([k.split("/", 1)[1] for k in metrics if k.startswith("val_loss/")])
+    return math.exp(float(np.mean([metrics[f"val_loss/{d}"] for d in doms])))
+
+
 def _wrap_verdict(exp: Experiment, res: dict[str, list[ArmResult]]) -> Verdict:
-    """compare() on held-out perplexity exp(mean over domains of the loss) (the geometric mean of the
-    per-domain perplexities, so one hard domain does not swamp the rest), real vs real + SmolLM2 rephrases. Reported beside it (extra):
-    the stand-in real vs real + WEB (medium), the style ablation easy (BBE) vs medium (WEB), per-domain losses."""
-    ppl = lambda arm: [r.metrics["val_ppl"] for r in res.get(arm, [])]  # noqa: E731
+    """The claim: compare() (one-sided Welch t, α = 0.05) on held-out perplexity exp(mean over KJV, WEB, BBE and
+    docstrings of the loss) (the geometric mean of the per-domain perplexities, so one hard domain does not
+    swamp the rest), real vs real + SmolLM2 rephrases; neither arm trains on WEB or BBE. Reported beside it
+    (extra), each scored on KJV + docstrings only (`standin_ppl`: WEB and BBE are the stand-ins' training
+    domains): real vs real + WEB (medium), the style ablation easy (BBE) vs medium (WEB), and real_wrap on the
+    same domains; per-domain losses of every arm."""
+    ppl = lambda arm, m="val_ppl": [r.metrics[m] for r in res.get(arm, [])]  # noqa: E731
     v = compare(ppl("real"), ppl("real_wrap"), "lower")
     for arm in exp.arms:
         if res.get(arm):
             v.extra[f"{arm}_val_ppl"] = mean_std(ppl(arm))
+            v.extra[f"{arm}_standin_ppl"] = mean_std(ppl(arm, "standin_ppl"))
             for k in res[arm][0].metrics:
                 if k.startswith("val_loss/"):
                     v.extra[f"{arm}/{k}"] = mean_std([r.metrics[k] for r in res[arm]])
+    if res.get("real_wrap"):
+        s = compare(ppl("real", "standin_ppl"), ppl("real_wrap", "standin_ppl"), "lower")
+        v.extra["real_vs_real_wrap_on_kjv_docs"] = f"{s.verdict}: {s.rule}"
     if res.get("real_medium"):
-        s = compare(ppl("real"), ppl("real_medium"), "lower")
-        v.extra["standin_real_vs_real_medium"] = f"{s.verdict}: {s.rule}"
+        s = compare(ppl("real", "standin_ppl"), ppl("real_medium", "standin_ppl"), "lower")
+        v.extra["standin_real_vs_real_medium_on_kjv_docs"] = f"{s.verdict}: {s.rule}"
     if res.get("real_easy") and res.get("real_medium"):
-        s = compare(ppl("real_medium"), ppl("real_easy"), "lower")
-        v.extra["style_ablation_easy_vs_medium"] = f"easy better: {s.verdict}: {s.rule}"
+        s = compare(ppl("real_medium", "standin_ppl"), ppl("real_easy", "standin_ppl"), "lower")
+        v.extra["style_ablation_easy_vs_medium_on_kjv_docs"] = f"easy better: {s.verdict}: {s.rule}"
     return v
 
 
@@ -434,4 +582,7 @@ EXPERIMENTS.register("wrap_rephrase", Experiment(
     description=("real = KJV Bible; real_wrap = KJV + SmolLM2-135M-Instruct medium-style rephrases of 64 KJV "
                  "chunks (≤128 tokens) made by `lmlab data rephrase` (cached build step; the synthetic half "
                  "repeats); stand-ins: KJV + the same chapters in WEB (medium) or BBE (easy). Equal budget "
-                 "200 steps × 16 × 64 tokens; metric: held-out perplexity exp(mean loss over KJV, WEB, BBE, docstrings).")))
+                 "200 steps × 16 × 64 tokens; metric: held-out perplexity exp(mean loss over KJV, WEB, BBE, "
+                 "docstrings), real vs real_wrap, one-sided Welch t-test, α = 0.05. Comparisons with a stand-in "
+                 "arm (reported, not the claim) are scored on KJV + docstrings only, since the stand-ins train "
+                 "on WEB and BBE.")))

@@ -15,6 +15,9 @@ Reference scores come either online (a forward pass of the frozen reference each
 reference losses computed once with `score_windows` and stored beside the data as an (N, seq_len) array; the
 objective finds each batch row's scores by a hash of its token ids, so it works with any batch order).
 
+The control `random_tokens` keeps the same ⌈k%·n⌉ tokens per batch chosen uniformly at random (a seeded
+generator), so SLM can be compared against "any k% of the tokens" at the same budget.
+
 Token dynamics (paper Fig. 2): on a fixed probe batch, a token is H (high loss) or L (low loss) w.r.t. a
 threshold, at the first step and now; the fractions of L→L, H→H, H→L and L→H are logged.
 """
@@ -241,3 +244,30 @@ class SelectiveLM:
         idx, tgt, l0, thr = self._probe
         now = per_token_loss(_logits(model, idx), tgt)
         return {f"slm/dyn/{k}": v for k, v in token_dynamics(l0, now, thr, tgt != IGNORE).items()}
+
+
+def random_k_mask(valid: torch.Tensor, ratio: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(b, t) bool valid -> (b, t) bool mask with exactly ⌈ratio·n_valid⌉ True, uniformly at random over the
+    valid tokens."""
+    scores = torch.rand(valid.shape, generator=generator).to(valid.device)
+    return select_top_k(scores, valid, ratio)
+
+
+@OBJECTIVES.register("random_tokens")
+class RandomTokens:
+    """Control for SLM: mean CE over a uniformly random ⌈k%·n⌉ of each batch's valid tokens. Objective args:
+    ratio (k as a fraction), seed (of the selection generator)."""
+
+    def __init__(self, ratio: float = 0.6, seed: int = 0):
+        n_selected(ratio, 1)
+        self.ratio = ratio
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model, batch: dict, step: int):
+        idx, tgt = batch["input_ids"], batch["targets"]
+        loss_tok = per_token_loss(_logits(model, idx), tgt)
+        valid = tgt != IGNORE
+        mask = random_k_mask(valid, self.ratio, self.gen)
+        loss = (loss_tok * mask).sum() / mask.sum().clamp_min(1)
+        return loss, {"random/selected_frac": float(mask.sum()) / max(int(valid.sum()), 1),
+                      "random/clm_loss": float(loss_tok.detach()[valid].mean())}
