@@ -107,10 +107,15 @@ def run_generate(args) -> int:
     if streaming:
         print()
         return 0
-    for prompt, row in zip(args.prompt, out):
+    return _print_samples(args.prompt, out)
+
+
+def _print_samples(prompts: list[str], out: list[list[str]], strip: bool = False) -> int:
+    for prompt, row in zip(prompts, out):
         for j, text in enumerate(row):
+            text = text.strip() if strip else text
             head = f"[{j}] " if len(row) > 1 else ""
-            print(f"{head}{text}" if len(args.prompt) == 1 else f"{prompt!r} {head}-> {text}")
+            print(f"{head}{text}" if len(prompts) == 1 else f"{prompt!r} {head}-> {text}")
     return 0
 
 
@@ -136,11 +141,7 @@ def run_generate_image(args, gen) -> int:
     except ValueError as e:
         print(f"lmlab generate: error: {e}", file=sys.stderr)
         return 2
-    for prompt, row in zip(args.prompt, out):
-        for j, text in enumerate(row):
-            head = f"[{j}] " if len(row) > 1 else ""
-            print(f"{head}{text.strip()}" if len(args.prompt) == 1 else f"{prompt!r} {head}-> {text.strip()}")
-    return 0
+    return _print_samples(args.prompt, out, strip=True)
 
 
 def register_serve(sub) -> None:

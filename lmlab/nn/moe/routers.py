@@ -126,15 +126,25 @@ def sinkhorn(logits: torch.Tensor, n_iter: int = 10) -> torch.Tensor:
 
 def naive_sinkhorn(logits: torch.Tensor, n_iter: int = 10) -> torch.Tensor:
     """Same plan by alternately rescaling each row and each column in loops (probability domain)."""
+    return _naive_plan(logits, n_iter)
+
+
+def _naive_plan(logits: torch.Tensor, n_iter: int, capacity: Optional[int] = None) -> torch.Tensor:
+    """Loops over groups, rows and columns: rows to 1/s; with `capacity`, each column keeps its top-c
+    entries; columns to 1/e."""
     g, s, e = logits.shape
     out = torch.empty_like(logits)
     for gi in range(g):
         P = torch.exp(logits[gi].detach() - logits[gi].detach().max())
         for _ in range(n_iter):
             for i in range(s):
-                P[i] = P[i] / P[i].sum() / s
+                P[i] = P[i] / max(float(P[i].sum()), 1e-30) / s
             for j in range(e):
-                P[:, j] = P[:, j] / P[:, j].sum() / e
+                if capacity is not None:
+                    order = sorted(range(s), key=lambda i: -float(P[i, j]))
+                    for i in order[capacity:]:
+                        P[i, j] = 0.0
+                P[:, j] = P[:, j] / max(float(P[:, j].sum()), 1e-30) / e
         out[gi] = P
     return out
 
@@ -159,21 +169,8 @@ def sparse_transport(logits: torch.Tensor, capacity: int, n_iter: int = 10) -> t
 
 
 def naive_sparse_transport(logits: torch.Tensor, capacity: int, n_iter: int = 10) -> torch.Tensor:
-    g, s, e = logits.shape
-    out = torch.empty_like(logits)
-    for gi in range(g):
-        P = torch.exp(logits[gi].detach() - logits[gi].detach().max())
-        for _ in range(n_iter):
-            for i in range(s):
-                tot = P[i].sum()
-                P[i] = P[i] / max(float(tot), 1e-30) / s
-            for j in range(e):
-                order = sorted(range(s), key=lambda i: -float(P[i, j]))
-                for i in order[capacity:]:
-                    P[i, j] = 0.0
-                P[:, j] = P[:, j] / max(float(P[:, j].sum()), 1e-30) / e
-        out[gi] = P
-    return out
+    """`sparse_transport` by loops."""
+    return _naive_plan(logits, n_iter, capacity)
 
 
 # ------------------------------------------------------------------------------------------ base class
