@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from lmlab.experiments.base import ArmResult, Experiment, Verdict, arm_values, combine, compare
+from lmlab.experiments.base import ArmResult, Experiment, Verdict, arm_values, combine, compare, mean_std
 from lmlab.registry import EXPERIMENTS
 
 ARMS = ["softmax_tc", "sinkhorn_tc", "softmax_ec", "soft"]
@@ -170,7 +170,9 @@ def _verdict(exp: Experiment, results) -> Verdict:
     for lo, hi in (("softmax_tc", "softmax_ec"), ("softmax_ec", "soft")):
         b, t = arm_values(results, lo, hi, "accuracy", paired=True)
         parts[f"{hi} > {lo}"] = compare(b, t, "higher", paired=True)
-    out = combine(parts, "all", "Soft MoE > expert choice > token choice on test accuracy")
+    tc, soft = arm_values(results, "softmax_tc", "soft", "accuracy")
+    out = combine(parts, "all", "Soft MoE > expert choice > token choice on test accuracy",
+                  baseline=mean_std(tc), technique=mean_std(soft))
     for arm in ARMS:
         rs = results.get(arm, [])
         if rs:
