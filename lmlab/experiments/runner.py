@@ -235,6 +235,10 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: Op
             p = out / exp.name / f"{exp.metric.replace('/', '_')}_by_arm.png"
             if plot_metric(results, exp.metric, p, f"{exp.name}: {exp.metric} per arm and seed"):
                 plots.append(p)
+            for a in exp.arms:          # images a run saved (info["images"]: files in its dir), first seed
+                for r in results[a][:1]:
+                    d = out / exp.name / a / f"seed_{r.info.get('seed', 0)}"
+                    plots += [d / f for f in r.info.get("images", []) if (d / f).exists()]
             per_arm = "\n".join(
                 f"| {a} | " + " | ".join(f"{r.metrics.get(exp.metric, float('nan')):.4g}" for r in results[a]) + " |"
                 for a in exp.arms if results[a])
