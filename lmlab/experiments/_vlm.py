@@ -73,30 +73,18 @@ def scenes(cfg, size: Optional[tuple[int, int]] = None):
     spec = cfg.data
     if size is None:
         return scene_vqa(spec, "train", spec.n_train), scene_vqa(spec, "heldout", spec.n_eval)
-    from lmlab.train.vlm import VQAData
-
-    return tuple(_scene_vqa_sized(spec, split, n, size, VQAData)
+    return tuple(_scene_vqa_sized(spec, split, n, size)
                  for split, n in (("train", spec.n_train), ("heldout", spec.n_eval)))
 
 
-def _scene_vqa_sized(spec, split: str, n: int, size: tuple[int, int], VQAData):
+def _scene_vqa_sized(spec, split: str, n: int, size: tuple[int, int]):
     from lmlab.data.scenes import scene_dataset
+    from lmlab.train.vlm import vqa_from_rows
 
     rows = scene_dataset(spec.seed, n, split, spec.questions_per_scene, size=tuple(size),
                          objects_per_scene=tuple(spec.objects_per_scene), background=spec.background,
                          words=spec.words, vocab=spec.vocab)
-    d = VQAData([], [], [], [], [], [])
-    for i, (scene, qas) in enumerate(rows):
-        d.images.append(scene.image)
-        d.scenes.append(scene)
-        for qa in qas:
-            if spec.kinds and qa.kind not in spec.kinds:
-                continue
-            d.image_of.append(i)
-            d.questions.append(qa.question)
-            d.answers.append(qa.answer)
-            d.kinds.append(qa.kind)
-    return d
+    return vqa_from_rows(rows, spec.kinds)
 
 
 def run_vqa(cfg, out_dir: Optional[Path], data=None, eval_data=None, title: str = "", vlm=None,

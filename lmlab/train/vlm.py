@@ -62,12 +62,17 @@ def scene_vqa(spec, split: str = "train", n: Optional[int] = None, start: int = 
     rows = scene_dataset(spec.seed, n or spec.n_train, split, spec.questions_per_scene, start=start,
                          size=spec.image_size, objects_per_scene=tuple(spec.objects_per_scene),
                          background=spec.background, words=spec.words, vocab=spec.vocab)
+    return vqa_from_rows(rows, spec.kinds)
+
+
+def vqa_from_rows(rows, kinds=None) -> VQAData:
+    """Flatten `scene_dataset` rows [(scene, [QA])] into VQAData, keeping only questions of `kinds` if given."""
     d = VQAData([], [], [], [], [], [])
     for i, (scene, qas) in enumerate(rows):
         d.images.append(scene.image)
         d.scenes.append(scene)
         for qa in qas:
-            if spec.kinds and qa.kind not in spec.kinds:
+            if kinds and qa.kind not in kinds:
                 continue
             d.image_of.append(i)
             d.questions.append(qa.question)
