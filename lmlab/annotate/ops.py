@@ -50,7 +50,9 @@ class Denied(Exception):
 class Conflict(Exception):
     """The pair (or judgement) changed since the form was drawn; `current` is the row as it is now."""
 
-    def __init__(self, current, submitted: dict):
+    def __init__(self, current, submitted: dict, session: Session | None = None):
+        if session is not None:
+            session.expunge(current)      # keeps its loaded values after the transaction rolls back
         super().__init__(f"changed since version {submitted.get('version')}")
         self.current, self.submitted = current, submitted
 
@@ -214,7 +216,7 @@ def edit_pair(s: Session, user: User, pair_id: int, version: int, prompt: str, c
     if p.version != version:
         if p.last_editor_id == user.id and (p.prompt, p.completion) == (prompt, completion):
             return p                                  # this very edit, posted again after it was stored
-        raise Conflict(p, {"version": version, "prompt": prompt, "completion": completion})
+        raise Conflict(p, {"version": version, "prompt": prompt, "completion": completion}, s)
     if p.status == "approved":
         raise Denied("this pair is approved and frozen")
     if p.status != "draft":
@@ -243,7 +245,7 @@ def review_pair(s: Session, reviewer: User, pair_id: int, version: int, approve:
     if p.version != version:
         if p.reviewer_id == reviewer.id and p.status == ("approved" if approve else "rejected"):
             return p
-        raise Conflict(p, {"version": version, "comment": comment})
+        raise Conflict(p, {"version": version, "comment": comment}, s)
     if p.status != "submitted":
         raise Invalid(f"pair {p.id} is {p.status}, not waiting for review")
     if reviewer.id in (p.last_editor_id, p.author_id) and reviewer.role != "admin":
@@ -319,7 +321,7 @@ def review_preference(s: Session, reviewer: User, pref_id: int, version: int, ap
     if pref is None:
         raise Denied("no such judgement", 404)
     if pref.version != version:
-        raise Conflict(pref, {"version": version, "comment": comment})
+        raise Conflict(pref, {"version": version, "comment": comment}, s)
     if pref.status != "submitted":
         raise Invalid(f"judgement {pref.id} is {pref.status}, not waiting for review")
     if pref.user_id == reviewer.id and reviewer.role != "admin":
