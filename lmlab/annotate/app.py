@@ -61,18 +61,22 @@ class Guard:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
             declared = 0
-        started = False
+        state = {"started": False, "over": False}
 
         async def send_wrapped(msg):
-            nonlocal started
+            if state["over"]:       # the body went over the limit: whatever the app answers, the answer is 413
+                if not state["started"]:
+                    await reject()
+                return
             if msg["type"] == "http.response.start":
-                started = True
+                state["started"] = True
                 msg["headers"] = list(msg.get("headers", [])) + self.HEADERS
             await send(msg)
 
         async def reject():
-            await send_wrapped({"type": "http.response.start", "status": 413,
-                                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            state["started"] = True
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")] + self.HEADERS})
             await send({"type": "http.response.body", "body": f"request body over {limit} bytes\n".encode()})
 
         if declared > limit:
@@ -85,14 +89,21 @@ class Guard:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
+                    state["over"] = True
                     raise TooLarge()
             return msg
 
         try:
             await self.app(scope, receive_counted, send_wrapped)
-        except TooLarge:
-            if not started:
+        except Exception as e:  # noqa: BLE001 - TooLarge may come wrapped in an ExceptionGroup by a task group
+            if not (state["over"] or _contains(e, TooLarge)):
+                raise
+            if not state["started"]:
                 await reject()
+
+
+def _contains(e: BaseException, kind) -> bool:
+    return isinstance(e, kind) or any(_contains(x, kind) for x in getattr(e, "exceptions", ()))
 
 
 class Redirect(Exception):
