@@ -269,3 +269,4 @@ def test_bible_seeds_are_templated_parallel_verses():
     assert all(c["a"] != c["b"] for c in cmps) and {c["language"] for c in cmps} == {"en", "ar"}
     with pytest.raises(ValueError, match="language 'xx'"):
         bible_pairs(["xx"], 1)
+

@@ -11,7 +11,6 @@ waits up to `busy_timeout` for it) so concurrent writers queue instead of failin
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
 import threading
@@ -198,44 +197,18 @@ def sessions(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-class FairLock:
-    """A first-come first-served lock: the writers of one process queue here in arrival order instead of
-    polling SQLite's write lock (its busy handler sleeps in growing steps, so under load some writers wait
-    far longer than others)."""
-
-    def __init__(self):
-        self._mutex = threading.Lock()
-        self._queue: collections.deque = collections.deque()
-        self._held = False
-
-    def __enter__(self):
-        with self._mutex:
-            if not self._held:
-                self._held = True
-                return self
-            ev = threading.Event()
-            self._queue.append(ev)
-        ev.wait()                    # ownership is handed over by __exit__
-        return self
-
-    def __exit__(self, *exc):
-        with self._mutex:
-            if self._queue:
-                self._queue.popleft().set()
-            else:
-                self._held = False
-
-
 _WRITE_LOCKS: dict = {}
 
 
 @contextlib.contextmanager
 def write(factory: sessionmaker):
-    """One write transaction: commits when the block ends, rolls back on any exception. On SQLite the
-    transactions of one process also take turns in arrival order (FairLock); other processes are kept in
-    order by SQLite's own lock and busy timeout."""
+    """One write transaction: commits when the block ends, rolls back on any exception. On SQLite the write
+    transactions of one process also queue on a lock of the process: waiting there blocks until the lock is
+    free, while waiting on SQLite's own lock polls with sleeps that grow to 100 ms, so that under load some
+    writers waited far longer than others (20 writers, this machine: p99 8.8 s polling, 2.5 s with the lock;
+    benchmarks/annotate_load.py). Other processes still queue on SQLite's lock and busy timeout."""
     bind = factory.kw.get("bind")
-    lock = _WRITE_LOCKS.setdefault(id(bind), FairLock()) if bind is not None and bind.dialect.name == "sqlite" \
+    lock = _WRITE_LOCKS.setdefault(id(bind), threading.Lock()) if bind is not None and bind.dialect.name == "sqlite" \
         else contextlib.nullcontext()
     with lock, factory() as s:
         s.connection(execution_options={"write": True})
