@@ -205,8 +205,8 @@ def write(factory: sessionmaker):
     """One write transaction: commits when the block ends, rolls back on any exception. On SQLite the write
     transactions of one process also queue on a lock of the process: waiting there blocks until the lock is
     free, while waiting on SQLite's own lock polls with sleeps that grow to 100 ms, so that under load some
-    writers waited far longer than others (20 writers, this machine: p99 8.8 s polling, 2.5 s with the lock;
-    benchmarks/annotate_load.py). Other processes still queue on SQLite's lock and busy timeout."""
+    writers waited far longer than others (20 writers for 20 s on the loaded 2-core machine: p99 8.8 s polling,
+    2.5 s with the lock; benchmarks/annotate_load.py). Other processes still queue on SQLite's lock."""
     bind = factory.kw.get("bind")
     lock = _WRITE_LOCKS.setdefault(id(bind), threading.Lock()) if bind is not None and bind.dialect.name == "sqlite" \
         else contextlib.nullcontext()
@@ -254,9 +254,16 @@ def current_revision(engine: Engine) -> str | None:
 
 def open_db(url: str, migrate: bool = True):
     """(engine, sessionmaker) for `url`, upgraded to the newest schema when `migrate`."""
+    from sqlalchemy.exc import OperationalError
+
     engine = make_engine(url)
     if migrate:
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except OperationalError as e:
+            engine.dispose()
+            where = url.split("@")[-1]
+            raise ValueError(f"database {where}: {str(e.orig).strip().splitlines()[0] if e.orig else e}") from None
     return engine, sessions(engine)
 
 
