@@ -4,8 +4,11 @@ writes, and a short version of the 20-annotator load test (benchmarks/annotate_l
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import re
 import threading
+import zipfile
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from lmlab.annotate.app import create_app
-from lmlab.annotate.db import Pair, Preference, Rating, Revision, read
+from lmlab.annotate.db import Comparison, Pair, Preference, Rating, Revision, User, read
 
 from _annotate_db import fast_argon2  # noqa: F401 - autouse fixture
 from _annotate_web import key_of, login, make_site, version_of
@@ -83,7 +86,6 @@ def test_activities_review_export_and_align_round_trip(site, tmp_path):
         html = amina.c.get(f"/feedback/compare?lang={lang}").text
         cid = int(html.split('action="/comparisons/')[1].split("/")[0])
         with read(factory) as s:
-            from lmlab.annotate.db import Comparison
             c = s.get(Comparison, cid)
         good = "a" if c.completion_a.startswith(("Hello", "أهلا")) else "b"
         r = amina.c.post(f"/comparisons/{cid}/judge", data={"csrf": amina.csrf, "client_key": key_of(html),
@@ -92,7 +94,6 @@ def test_activities_review_export_and_align_round_trip(site, tmp_path):
     assert _count(factory, Rating) == 2 and _count(factory, Preference) == 2
     # review: rita approves everything in her queue
     q = rita.c.get("/review").text
-    import re
     for kind, iid, ver in re.findall(r'action="/review/(pairs|preferences)/(\d+)" class="review">\s*'
                                      r'<input type="hidden" name="csrf" value="[^"]+"><input type="hidden" '
                                      r'name="version" value="(\d+)"', q):
@@ -125,8 +126,6 @@ def test_activities_review_export_and_align_round_trip(site, tmp_path):
     assert summ["sft"]["examples"] == 4 and summ["dpo"]["pairs"] == 2 and summ["rm"]["pairs"] == 2
     # the datasets folder comes zipped, with its card
     z = rita.c.get("/export/dataset.zip?license=cc-by-4.0")
-    import io
-    import zipfile
     names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
     assert "dataset/README.md" in names and "dataset/data/sft.parquet" in names
     card = zipfile.ZipFile(io.BytesIO(z.content)).read("dataset/README.md").decode()
@@ -134,6 +133,15 @@ def test_activities_review_export_and_align_round_trip(site, tmp_path):
     # progress and leaderboard show the work
     prog = rita.c.get("/progress").text
     assert "Arabic (ar)" in prog and "amina" in prog and "bo" in prog
+    # search and filter: language, status, annotator, text
+    def ids_of(query):
+        return sorted(int(x) for x in re.findall(r'<td><a href="/pairs/(\d+)">', rita.c.get("/browse?" + query).text))
+    with read(factory) as s:
+        ar_approved = sorted(s.scalars(select(Pair.id).where(Pair.language == "ar", Pair.status == "approved")))
+        by_bo = sorted(s.scalars(select(Pair.id).where(Pair.last_editor_id == ids["bo"])))
+    assert len(ar_approved) == 2 and ids_of("language=ar&status=approved") == ar_approved
+    assert len(by_bo) == 2 and ids_of("annotator=bo") == by_bo
+    assert len(ids_of("q=" + "الرباط")) == 1 and ids_of("status=seed&language=en") == [ids["seeds"][2]]
 
 
 def test_concurrent_edit_gets_the_conflict_page_and_nothing_is_overwritten(site):
@@ -159,6 +167,30 @@ def test_concurrent_edit_gets_the_conflict_page_and_nothing_is_overwritten(site)
     assert r.status_code == 303
     with read(factory) as s:
         assert s.get(Pair, pid).revision == 3
+
+
+def test_people_set_languages_and_admins_set_roles(site):
+    base, factory, ids = site
+    eve, root = login(base, "eve"), login(base, "root")
+    assert eve.c.get("/annotate/new?lang=ar").status_code == 200        # the page draws; the write is refused
+    html = eve.c.get("/annotate/new?lang=fr").text
+    r = eve.c.post("/annotate/new", data={"csrf": eve.csrf, "client_key": key_of(html), "language": "ar",
+                                          "prompt": "سؤال", "completion": "جواب", "action": "submit"})
+    assert r.status_code == 403 and "not one of yours" in r.text
+    assert eve.c.post("/account", data={"csrf": eve.csrf, "languages": "fr, ar"}).status_code == 200
+    r = eve.c.post("/annotate/new", data={"csrf": eve.csrf, "client_key": key_of(html), "language": "ar",
+                                          "prompt": "سؤال", "completion": "جواب", "action": "submit"})
+    assert r.status_code == 303
+    assert eve.c.post("/account", data={"csrf": eve.csrf, "languages": "français"}).status_code == 400
+    r = root.c.post(f"/admin/users/{ids['eve']}", data={"csrf": root.csrf, "role": "reviewer", "languages": "fr",
+                                                        "active": "1"})
+    assert r.status_code == 303
+    with read(factory) as s:
+        u = s.get(User, ids["eve"])
+        assert (u.role, u.languages) == ("reviewer", "fr")
+    assert eve.c.get("/review").status_code == 200                       # the new role applies at once
+    root.c.post(f"/admin/users/{ids['eve']}", data={"csrf": root.csrf, "active": "0"})
+    assert eve.c.get("/").status_code == 303                             # a deactivated account is logged out
 
 
 def test_a_form_posted_twice_stores_one_pair(site):
