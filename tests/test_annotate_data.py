@@ -14,7 +14,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from lmlab.align.data import load_chat, load_preferences
 from lmlab.annotate import ops, transfer
-from lmlab.annotate.db import (TABLES, Base, Comparison, Pair, Preference, Rating, Revision, User, current_revision,
+from lmlab.annotate.db import (TABLES, Base, Comparison, Pair, Preference, Rating, Revision, current_revision,
                                read, upgrade, write)
 
 from _annotate_db import fast_argon2, make_db  # noqa: F401 - fast_argon2 is an autouse fixture

@@ -60,7 +60,7 @@ def test_activities_review_export_and_align_round_trip(site, tmp_path):
                                                 "prompt": p, "completion": c, "action": "submit"})
         assert r.status_code == 303 and r.headers["location"].startswith("/pairs/")
         page = amina.c.get(r.headers["location"]).text
-        assert c in page and (f'lang="ar" dir="rtl"' in page) == (lang == "ar")
+        assert c in page and ('lang="ar" dir="rtl"' in page) == (lang == "ar")
     # (b) re-annotation of a seed pair in each language: the original stays, the diff shows
     for lang in ("en", "ar"):
         r = bo.c.get(f"/reannotate?lang={lang}")
@@ -214,7 +214,7 @@ def test_kill_9_during_a_burst_of_writes_loses_no_committed_annotation(tmp_path)
         t.start()
     clock.start()
     t0 = time.time()
-    while sum(len(t.acked) for t in ts) < 30 and time.time() - t0 < 25:
+    while sum(len(t.acked) for t in ts) < 20 and time.time() - t0 < 25:
         time.sleep(0.05)
     bench.stop_server(proc, kill=True)                     # SIGKILL while requests are in flight
     stop.set()

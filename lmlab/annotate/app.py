@@ -15,13 +15,12 @@ import io
 import os
 import re
 import secrets
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -30,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from . import ops, transfer
-from .db import PAIR_STATUSES, ROLES, Comparison, Invite, Pair, Preference, Rating, Revision, User, open_db, read, write
+from .db import PAIR_STATUSES, ROLES, Comparison, Invite, Pair, Rating, Revision, User, open_db, read, write
 from .security import RateLimiter, Sessions, csrf_ok, verify_password
 
 HERE = Path(__file__).resolve().parent
@@ -567,7 +566,7 @@ def create_app(db_url: str, secret: str | None = None, max_body: int = 256 * 102
 
     @app.post("/admin/import")
     async def admin_import(request: Request):
-        user = await _async_user(request, "admin")
+        await _async_user(request, "admin")          # 303 to the login page or 403 for non-admins
         f = form(request)
         up = f.get("file")
         if up is None or not getattr(up, "filename", ""):
@@ -640,7 +639,6 @@ def create_app(db_url: str, secret: str | None = None, max_body: int = 256 * 102
                 for p in sorted((Path(d) / "dataset").rglob("*")):
                     if p.is_file():
                         z.write(p, p.relative_to(Path(d)))
-            shutil.rmtree(d, ignore_errors=True)
         return Response(buf.getvalue(), media_type="application/zip",
                         headers={"content-disposition": 'attachment; filename="lmlab-annotations.zip"'})
 

@@ -54,7 +54,14 @@ def _secret(url: str, secret_file: str | None) -> str:
 
 
 def register(sub) -> None:
+    import importlib.util
+
     from lmlab.argtypes import int_range, text
+
+    missing = [m for m in ("fastapi", "sqlalchemy", "alembic", "argon2", "itsdangerous", "jinja2", "multipart",
+                           "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:   # lmlab.cli then lists `annotate` as unavailable, with this reason
+        raise ImportError(f"missing {', '.join(missing)} (pip install 'lmlab[web]')")
 
     p = sub.add_parser("annotate", help="Aya-style annotation platform: serve it, manage people, import/export data",
                        description="A web app where people write, re-annotate, rate and compare prompt/completion "
