@@ -247,3 +247,39 @@ def test_short_load_20_annotators_lose_and_duplicate_nothing(tmp_path):
     assert res["acked_writes"] >= 20 and res["lost"] == 0 and res["duplicated"] == 0 and res["unexpected"] == 0, res
     assert res["retry_mismatch"] == 0 and res["integrity"] == "ok" and res["pairs_without_revision"] == 0, res
     assert res["latency_ms"]["p99"] > 0
+
+
+def test_the_same_app_on_postgresql(tmp_path):
+    """The web app on PostgreSQL (skipped when none is reachable): write, concurrent edit -> conflict, export."""
+    from _annotate_db import make_db
+
+    gen = make_db("postgresql", tmp_path)
+    db = next(gen)
+    try:
+        ids = make_site(db.url)
+        app = create_app(db.url, secret="test-secret-0123456789")
+        db.engines.append(app.state.engine)
+        with serving(app) as base:
+            base = base[: -len("/v1")]
+            amina, bo, rita = login(base, "amina"), login(base, "bo"), login(base, "rita")
+            html = amina.c.get("/annotate/new?lang=ar").text
+            form = {"csrf": amina.csrf, "client_key": key_of(html), "language": "ar", "prompt": "ما لون السماء؟",
+                    "completion": "زرقاء.", "action": "submit"}
+            locs = {amina.c.post("/annotate/new", data=form).headers["location"] for _ in range(2)}
+            assert len(locs) == 1
+            pid = ids["seeds"][0]
+            ha, hb = amina.c.get(f"/pairs/{pid}/edit").text, bo.c.get(f"/pairs/{pid}/edit").text
+            ra = amina.c.post(f"/pairs/{pid}/edit", data={"csrf": amina.csrf, "version": version_of(ha),
+                                                          "prompt": "Genesis 1:1", "completion": "A", "action": "submit"})
+            rb = bo.c.post(f"/pairs/{pid}/edit", data={"csrf": bo.csrf, "version": version_of(hb),
+                                                       "prompt": "Genesis 1:1", "completion": "B", "action": "submit"})
+            assert (ra.status_code, rb.status_code) == (303, 409)
+            q = rita.c.get("/review").text
+            for iid, ver in re.findall(r'action="/review/pairs/(\d+)" class="review">\s*<input type="hidden" '
+                                       r'name="csrf" value="[^"]+"><input type="hidden" name="version" value="(\d+)"', q):
+                assert rita.c.post(f"/review/pairs/{iid}", data={"csrf": rita.csrf, "version": ver,
+                                                                 "decision": "approve"}).status_code == 303
+            rows = [json.loads(x) for x in rita.c.get("/export/sft.jsonl").text.splitlines()]
+            assert sorted(r["messages"][1]["content"] for r in rows) == ["A", "زرقاء."]
+    finally:
+        next(gen, None)
