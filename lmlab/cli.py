@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "reproduce": "lmlab.experiments.cli:register_reproduce",
     "report": "lmlab.experiments.cli:register_report",
     "list": "lmlab.cli:register_list",
+    "annotate": "lmlab.annotate.cli:register",
 }
 
 DATA_COMMANDS: dict[str, str] = {
