@@ -105,7 +105,7 @@ def _f(x) -> float:
 
 
 def _fmt(x: float) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:+.3g}"
+    return "—" if x is None or not math.isfinite(x) else f"{x + 0.0:+.3g}"      # + 0.0: no "-0"
 
 
 def effect_text(e: dict) -> str:
@@ -114,7 +114,7 @@ def effect_text(e: dict) -> str:
         return "no estimate"
     s = f"{_fmt(e['gain'])} [{_fmt(e['lo'])}, {_fmt(e['hi'])}]"
     if e.get("relative"):
-        s += f" ({e['relative']['gain']:+.3g} %)"
+        s += f" ({e['relative']['gain'] + 0.0:+.3g} %)"
     return s
 
 

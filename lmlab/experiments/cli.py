@@ -40,7 +40,7 @@ def _reproduce(args) -> int:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise ValueError("--ray: the ray package is not installed (pip install 'lmlab[ray]')") from None
+            raise ValueError("--ray: the ray package is not installed (pip install 'lmlab[dist]')") from None
     reproduce(args.only, args.scale, args.seeds, args.out, args.all, not args.no_progress, jobs=args.jobs,
               ray=args.ray, ray_address=args.ray_address)
     return 0

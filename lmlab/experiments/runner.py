@@ -327,7 +327,7 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: Op
                 if r is None:
                     err = res.get("error", "no result")
                     failures[t.exp].append(f"{t.label}: {err} (failed twice: first try and one retry)")
-                    _record_failure(d, res.get("traceback") or err)
+                    _record_failure(d, f"{err}\n{res.get('traceback') or ''}")
                     log(f"[red]failed[/red] {t.label} after a retry: {err}")
                 else:
                     runs[t.exp][(t.arm, t.seed)] = r
@@ -339,8 +339,9 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: Op
                 if left[t.exp] == 0:
                     finalize(by_name[t.exp])
 
-            with pool:
-                run_tasks(tasks, pool, on_start, on_done, on_retry)
+            if tasks:
+                with pool:
+                    run_tasks(tasks, pool, on_start, on_done, on_retry)
     rows = [finished[e.name] for e in exps]
     all_failures = [f for e in exps for f in failures[e.name]]
     from lmlab.report import write_report
