@@ -97,6 +97,7 @@ def fake(tmp_path, monkeypatch):
 def ray_cluster():
     ray = pytest.importorskip("ray")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")        # a busy machine registers slowly
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([repo] + [p for p in sys.path if p])}})
     yield ray
@@ -158,3 +159,33 @@ def test_ray_gives_the_sequential_claims_and_retries_a_killed_task(fake, ray_clu
     ray = _repro(fake.det + fake.kill, fake.tmp / "ray", ray=True, jobs=2)
     assert _claims(seq) == _claims(ray)[:2]
     assert "Ray task failed" in _check_kills(fake, ray)
+
+
+def test_live_table_eta_from_recorded_durations_and_summary_line():
+    from rich.console import Console
+
+    from lmlab.experiments.progress import Board, summary_line
+
+    now = [100.0]
+    b = Board(workers=2, clock=lambda: now[0])
+    b.add("e", "base", 0, "reused", seconds=10.0)        # saved run: measured 10 s
+    b.add("e", "base", 1, "queued", seconds=30.0)        # a stale result recorded 30 s: its estimate
+    b.add("e", "tech", 0, "queued")                      # no record: mean of e/tech, else of e (10 s)
+    b.add("f", "x", 0, "queued")                         # no record for f: mean of every measured run
+    assert b.expected(("e", "base", 1)) == 30.0 and b.expected(("e", "tech", 0)) == 10.0
+    assert b.eta() == pytest.approx((30 + 10 + 10) / 2)
+    b.start("e", "base", 1)
+    now[0] += 12
+    assert b.eta() == pytest.approx((18 + 10 + 10) / 2)  # the running one has 30 - 12 s left
+    b.finish("e", "base", 1, True, 12.0)
+    b.start("e", "tech", 0)
+    b.retry("e", "tech", 0)
+    b.decided("e", "reproduced")
+    con = Console(record=True, width=150)
+    con.print(b)
+    text = con.export_text()
+    assert "base =✓" in text and "tech ↻" in text and "x ·" in text and "2/3" in text and "reproduced" in text
+    assert "ETA" in text and "elapsed 0:12" in text
+    line = summary_line(["reproduced", "inconclusive", "reproduced"], {"ran": 5, "reused": 2, "stale": 1}, 1, 75)
+    assert line == ("3 claims: 2 reproduced, 1 inconclusive; runs: 5 run, 2 reused (1 stale reruns), 1 failed; "
+                    "wall 1:15")

@@ -199,12 +199,18 @@ class RayPool:
         import ray
 
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                path = os.pathsep.join(p for p in sys.path if p)
-                ray.init(num_cpus=self.jobs * self.threads, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": str(self.threads)}})
+            # a busy machine can take more than Ray's default minute to register the local node
+            os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
+            try:
+                if self.address:
+                    ray.init(address=self.address, log_to_driver=False)
+                else:
+                    path = os.pathsep.join(p for p in sys.path if p)
+                    ray.init(num_cpus=self.jobs * self.threads, include_dashboard=False, log_to_driver=False,
+                             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": str(self.threads)}})
+            except Exception as e:
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
+                raise ConnectionError(f"--ray: could not start or reach {where}: {str(e).splitlines()[0]}") from None
             self.started = True
         self.remote = ray.remote(max_retries=0, num_cpus=self.threads)(_ray_execute)
         return self

@@ -8,6 +8,13 @@ deleted and run again, never relabelled. So a crash or Ctrl-C loses at most the 
 edit exactly the runs that depend on the edited code or config run again. Caches an experiment shares between
 its runs live in `<out>/<exp>/_*` (e.g. Rho-1's reference model); they are dropped whenever any run of that
 experiment is stale, since they were made by the same code.
+
+Which runs to reuse and which to run is decided here, in the driver, before anything runs. The runs to run are
+then executed in this process one after the other (default), in `--jobs N` local worker processes, or as Ray
+tasks (`--ray`; see `lmlab.experiments.parallel`): each writes its own run folder, and the driver gathers the
+results, computes each experiment's verdict once all of its runs are in, and writes the report (README.md with
+the forest plot of every claim first, claims.json, report.html). A live table (`lmlab.experiments.progress`)
+shows every run while they go, and a summary line with the counts per verdict ends the call.
 """
 from __future__ import annotations
 
@@ -342,6 +349,8 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: Op
             if tasks:
                 with pool:
                     run_tasks(tasks, pool, on_start, on_done, on_retry)
+    if show_progress and not console.is_terminal:
+        console.print()                   # the table's last frame ends without a newline off a terminal
     rows = [finished[e.name] for e in exps]
     all_failures = [f for e in exps for f in failures[e.name]]
     from lmlab.report import write_report
