@@ -98,6 +98,14 @@ def curve_figure(results: dict[str, list[Any]], curve: str, title: str, experime
     meta = axis_for(experiment, curve, sorted(set(all_x)))
     ax.set_xscale(meta.xscale)
     ax.set_yscale(meta.yscale)
+    if meta.xscale == "log":            # a sweep: its own values as ticks, written plainly (4, 16, 64)
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+        xs = sorted(set(all_x))
+        if len(xs) <= 12:
+            ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_title(title + ("; band: ± 1 std over seeds" if any(len(r) > 1 for r in results.values()) else ""),
                  fontsize=9)
     ax.set_xlabel(meta.x)
