@@ -148,14 +148,16 @@ def plot_forest(rows: list[dict], path: Path, title: str = "Every claim: effect 
 
     n = len(rows)
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.38 * n))
-    labels, vals = [], []
+    labels, vals, other = [], [], False
     for i, r in enumerate(rows):
         y = n - 1 - i
         e = row_effect(r)
         g, lo, hi, rel = _xy(e)
         c = COLOURS.get(r.get("verdict"), OTHER)
         arrow = "↓" if r.get("direction") == "lower" else "↑"
-        labels.append((y, f"{r['name']} ({r.get('metric', '?')} {arrow})"))
+        mark = "" if direct_test(r) else " †"
+        other = other or bool(mark)
+        labels.append((y, f"{r['name']} ({r.get('metric', '?')} {arrow}){mark}"))
         if math.isfinite(g):
             ax.errorbar([g], [y], xerr=[[g - lo], [hi - g]] if math.isfinite(lo) else None, fmt="o", color=c,
                         ecolor=c, capsize=3, ms=6)
@@ -168,13 +170,23 @@ def plot_forest(rows: list[dict], path: Path, title: str = "Every claim: effect 
     _setup_axis(ax, vals)
     ax.set_yticks([y for y, _ in labels], [lab for _, lab in labels], fontsize=8)
     ax.set_ylim(-0.7, n - 0.3)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, pad=22)
     handles = [Line2D([], [], marker="o", color=c, ls="", label=v) for v, c in COLOURS.items()]
     ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
+    if other:
+        ax.annotate("† the verdict's rule is not this two-arm difference (a trend, a threshold or several parts): "
+                    "see the rule in its section", (0, 0), xycoords="figure fraction", xytext=(4, 2),
+                    textcoords="offset points", fontsize=7, color=OTHER)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def direct_test(row: dict) -> bool:
+    """Whether the row's verdict tested this very difference (technique vs baseline on the metric: compare,
+    noninferior or equivalent), as opposed to a trend, a threshold or a combination of parts."""
+    return (row.get("extra") or {}).get("test") in ("Welch t", "paired t")
 
 
 # ---------------------------------------------------------------------------------------------- diff

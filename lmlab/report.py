@@ -200,7 +200,8 @@ def write_report(out: Path, rows: list[dict], failures: list[str], meta: dict, s
         md += ["![every claim: effect with its 95% CI](forest.png)", "",
                "*Forest plot: the technique's gain over the baseline on each claim's metric (> 0 = better in the "
                "claim's direction), as a % of the baseline mean, with its 95% confidence interval (Welch, or "
-               "paired t where the arms of a seed share init and data); colour = verdict.*", ""]
+               "paired t where the arms of a seed share init and data); colour = verdict; † marks a claim whose verdict "
+               "tests something else (a trend, a threshold, several parts: see its rule).*", ""]
     md += [claims_table(rows), ""]
     if failures:
         md += ["## Failures", ""] + [f"- {f}" for f in failures] + [""]

@@ -39,7 +39,7 @@ def screenshot(html: Path, png: Path, width: int = 1300, height: int = 1500) -> 
 
     with sync_playwright() as p:
         browser, page, _ = open_page(p, html, width)
-        page.screenshot(path=str(png), clip={"x": 0, "y": 0, "width": width, "height": height})
+        page.screenshot(path=str(png), full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
         browser.close()
     return png
 
