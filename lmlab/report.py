@@ -1,5 +1,9 @@
 """Reports: the claims table (markdown) and plots (PNG) of a `lmlab reproduce` run, and the README
-catalogue table generated from a committed claims.json (`lmlab report readme`)."""
+catalogue table generated from a committed claims.json (`lmlab report readme`).
+
+Curves are drawn as the mean over seeds with a ± 1 std band per arm, each arm in the same colour in every
+figure of its experiment; axis labels, units and scales come from `lmlab.experiments.axes`. The forest plot
+of every claim and `report diff` are in `lmlab.forest`, the self-contained report.html in `lmlab.report_html`."""
 from __future__ import annotations
 
 import math

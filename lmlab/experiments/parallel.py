@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 RETRIES = 1      # a failed or killed task is run once more, then reported as a failure
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -60,10 +61,9 @@ def execute(task: RunTask) -> dict:
         if p not in sys.path:
             sys.path.insert(0, p)
     t0 = time.time()
+    for k in THREAD_VARS:           # read by torch (and BLAS) when first imported in this worker
+        os.environ[k] = str(task.threads)
     try:
-        import torch
-
-        torch.set_num_threads(task.threads)
         from lmlab.experiments.runkey import RunDeps
         from lmlab.experiments.runner import _run_one
         from lmlab.registry import EXPERIMENTS
@@ -71,6 +71,8 @@ def execute(task: RunTask) -> dict:
         if task.module:
             __import__(task.module)
         exp = EXPERIMENTS.get(task.exp)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(task.threads)
         d = Path(task.run_dir)
         _run_one(exp, task.arm, task.seed, task.scale, d, task.want, RunDeps(tuple(task.roots)), task.version)
         text = (d / "arm_result.json").read_text()
@@ -83,7 +85,7 @@ def execute(task: RunTask) -> dict:
 
 # ------------------------------------------------------------------------------------------- local pool
 def _worker_main(conn, threads: int) -> None:
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for k in THREAD_VARS:
         os.environ[k] = str(threads)
     while True:
         try:
