@@ -288,9 +288,9 @@ def plot_forest_pair(diff: list[dict], path: Path, old_label: str = "old", new_l
     ax.set_yticks([y for y, _ in ticks], [t for _, t in ticks], fontsize=8)
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_title(f"Claims, {old_label} (hollow) vs {new_label} (filled); * = verdict, effect or CI changed",
-                 fontsize=9)
+                 fontsize=9, pad=22)
     handles = [Line2D([], [], marker="o", color=c, ls="", label=v) for v, c in COLOURS.items()]
-    ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.04), ncol=3, frameon=False)
+    ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

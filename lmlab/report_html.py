@@ -131,7 +131,7 @@ def _section(out: Path, r: dict) -> str:
  {'lower' if r.get('direction') == 'lower' else 'higher'} is better; effect, 95% CI: {esc(effect_text(row_effect(r)))})</p>
 <div class="rule">Rule: {esc(r.get('rule'))}</div>
 <p>Runs: {counts.get('ran', 0)} run now, {counts.get('reused', 0)} reused, {counts.get('stale', 0)} stale reruns;
- {esc(r.get('seconds', '?'))} s wall.</p>
+ {esc(r.get("seconds", "?"))} s for the runs run now and the figures.</p>
 {per_seed}
 {cfg}
 {_samples(r.get('samples') or {})}
