@@ -173,6 +173,11 @@ CASES = [
     ("reproduce-unknown-experiment", ["reproduce", "--only", "nope", "--out", "rep"], ["nope"], False),
     ("reproduce-out-under-file", ["reproduce", "--only", "hydragen", "--out", "afile/rep"], ["afile"], False),
     ("reproduce-bad-scale", ["reproduce", "--scale", "huge"], ["--scale", "huge"], False),
+    ("reproduce-zero-jobs", ["reproduce", "--jobs", "0"], ["--jobs", "0"], False),
+    ("reproduce-ray-address-alone", ["reproduce", "--only", "hydragen", "--ray-address", "h:1"], ["--ray-address"],
+     False),
+    ("report-diff-missing", ["report", "diff", "nope", "confdir"], ["nope"], False),
+    ("report-diff-not-claims", ["report", "diff", "notjson.jsonl", "list.jsonl"], ["notjson.jsonl"], False),
 ]
 
 

@@ -42,6 +42,7 @@ RANK = {
     "align": 6, "eval": 6,         # peers: neither imports the other
     "experiments": 7, "report": 7, "vlm_plots": 7,   # vlm_plots: VQA sample grids, beside report.py
     "annotate": 7,                 # the annotation platform: an application on top of align's data formats
+    "report_html": 7, "forest": 7,                    # report.html, forest plots and `report diff`
     "cli": 8,
 }
 PEERS_MAY_IMPORT = {0, 7}  # base modules use each other; experiments use report; align and eval stay apart

@@ -18,7 +18,14 @@ def register_reproduce(sub) -> None:
                    help="seeds per arm (default: 3, or more where an experiment declares more)")
     p.add_argument("--out", type=out_path, help="output dir (default reports/<timestamp>); reusing it resumes and "
                                                 "reruns exactly the runs whose config or code changed")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--jobs", type=int_range(1, 256), default=1, metavar="N",
+                   help="run the (experiment, arm, seed) runs in N local worker processes, each with "
+                        "cores // N torch threads (default 1: sequential, in this process)")
+    p.add_argument("--ray", action="store_true",
+                   help="submit the runs as Ray tasks: to a local cluster started here with --jobs slots, or to "
+                        "the cluster at --ray-address")
+    p.add_argument("--ray-address", type=text, metavar="ADDR", help="an existing Ray cluster (with --ray)")
+    p.add_argument("--no-progress", action="store_true", help="no live table of runs")
     p.set_defaults(func=_reproduce)
 
 
@@ -27,7 +34,15 @@ def _reproduce(args) -> int:
 
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds={args.seeds}: must be >= 1")
-    reproduce(args.only, args.scale, args.seeds, args.out, args.all, not args.no_progress)
+    if args.ray_address and not args.ray:
+        raise ValueError(f"--ray-address={args.ray_address}: needs --ray")
+    if args.ray:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ValueError("--ray: the ray package is not installed (pip install 'lmlab[dist]')") from None
+    reproduce(args.only, args.scale, args.seeds, args.out, args.all, not args.no_progress, jobs=args.jobs,
+              ray=args.ray, ray_address=args.ray_address)
     return 0
 
 
@@ -47,6 +62,17 @@ def register_report(sub) -> None:
     r.add_argument("--allow-uncommitted", action="store_true",
                    help="with --from: accept a run made from uncommitted code")
     r.set_defaults(func=_report_readme)
+    d = rsub.add_parser("diff", help="which claims changed verdict, effect or CI between two reports",
+                        description="Compares two `lmlab reproduce` folders (or two claims.json files) claim by "
+                                    "claim: prints a table and writes diff.md, diff.json and a paired forest plot.")
+    d.add_argument("old", type=Path, metavar="OLD", help="report folder or claims.json before")
+    d.add_argument("new", type=Path, metavar="NEW", help="report folder or claims.json after")
+    d.add_argument("--out", type=out_path, help="where to write diff.md, diff.json, diff_forest.png "
+                                                "(default reports/diff-<timestamp>)")
+    d.set_defaults(func=_report_diff)
+    h = rsub.add_parser("html", help="(re)write report.html of a reproduce folder from its files")
+    h.add_argument("folder", type=Path, metavar="RUN_DIR")
+    h.set_defaults(func=_report_html)
 
 
 def _report_readme(args) -> int:
@@ -90,3 +116,32 @@ def _report_readme(args) -> int:
     print(f"{readme}: catalogue table {'rewritten' if new != text else 'already up to date'} from {claims}")
     return 0
 
+
+
+def _report_diff(args) -> int:
+    import json
+    import time
+
+    from lmlab.forest import diff_claims, diff_table, load_rows, plot_forest_pair
+    from lmlab.io import atomic_write_text
+
+    diff = diff_claims(load_rows(args.old), load_rows(args.new))
+    out = Path(args.out or Path("reports") / f"diff-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    table = diff_table(diff)
+    changed = [d for d in diff if d["changed"]]
+    head = (f"# lmlab report diff\n\nOLD: `{args.old}`\nNEW: `{args.new}`\n\n"
+            f"{len(changed)} of {len(diff)} claims changed verdict, effect or CI.\n\n")
+    fig = plot_forest_pair(diff, out / "diff_forest.png", "old", "new")
+    atomic_write_text(out / "diff.md", head + table + ("\n![paired forest plot](diff_forest.png)\n" if fig else ""))
+    atomic_write_text(out / "diff.json", json.dumps(diff, indent=2, default=float))
+    print(table, end="")
+    print(f"{len(changed)} of {len(diff)} claims changed; written {out / 'diff.md'} and {out / 'diff_forest.png'}")
+    return 0
+
+
+def _report_html(args) -> int:
+    from lmlab.report_html import write_html
+
+    print(write_html(args.folder))
+    return 0
