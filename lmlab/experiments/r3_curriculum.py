@@ -21,11 +21,11 @@ import torch
 from lmlab.experiments.base import ArmResult, Experiment, Verdict, arm_values, compare, mean_std
 from lmlab.registry import EXPERIMENTS
 
-N_STEPS, OPS, MAX_OPERAND, MODULUS = 3, "+", 2, 5
+N_STEPS, OPS, MAX_OPERAND, MODULUS = 5, "+", 4, 10
 N_DEMO = 128
-WARM_STEPS = 100                 # SFT warm-up shared by all arms
+WARM_STEPS = 200                 # SFT warm-up shared by all arms
 SFT_EXTRA = 120                  # the sft arm's extra SFT steps (batch 32), in place of RL
-ITERS = {"quick": 30, "full": 300}
+ITERS = {"quick": 60, "full": 300}
 PROMPTS, K = 16, 4
 KL, LR, PARTIAL = 0.02, 1e-3, 0.2
 EVAL_N = 256
