@@ -7,8 +7,9 @@ Tasks (one vocabulary, one policy, prompts of 4 tokens):
           pairs train the BT reward model like it (+FORBID_BONUS per mention) and like length (+LEN_BIAS per word),
           so the RM rewards exactly what the gold reward punishes: the classic reward-hacking set-up.
           Judges: ForbiddenJudge(["w0"]) and LengthJudge(max_words=MAX_WORDS).
-  arith   [BOS, ARITH, a, b] with a, b ∈ 0..ARITH_MAX -> the digit a + b. Its reward model is a format-only stand-in (1 for one
-          digit followed by EOS, else 0: it cannot check the sum). Judge: ExactAnswerJudge. Gold = accuracy.
+  arith   [BOS, ARITH, a, b] with a, b ∈ 0..ARITH_MAX -> the digit a + b. Its reward model is a format-only
+          stand-in (1 for one digit followed by EOS, else 0: it cannot check the sum). Judge: ExactAnswerJudge.
+          Gold = accuracy.
 Calibration references ȳ: the golden answer for arith; one fixed SFT sample per prompt for pref.
 Arms at equal samples (ITERS iterations × PROMPTS prompts × K samples): ppo and rloo (lmlab.align.ppo.rl_train
 on the RM reward of the mixed batch, KL 0.05) and the three CGPO optimizers (lmlab.align.cgpo.cgpo_train with
@@ -302,8 +303,8 @@ EXPERIMENTS.register("cgpo_judges", Experiment(
     description="Small-scale stand-in, tiny lmlab policy (1 layer, d = 32). Two tasks in one token vocabulary: "
                 "a preference world whose annotators (and so the BT reward model) like the forbidden word w0 "
                 f"(+{FORBID_BONUS} per mention; gold weight {FORBID_GOLD}) and length (+{LEN_BIAS} per word), "
-                f"judged by ForbiddenJudge(w0) and LengthJudge(≤ {MAX_WORDS} words); and a + b (a, b ≤ {ARITH_MAX}) with a "
-                "format-only reward model, judged by ExactAnswerJudge. Equal samples: "
+                f"judged by ForbiddenJudge(w0) and LengthJudge(≤ {MAX_WORDS} words); and a + b "
+                f"(a, b ≤ {ARITH_MAX}) with a format-only reward model, judged by ExactAnswerJudge. Equal samples: "
                 f"{ITERS['quick']} iterations × {PROMPTS} prompts × {K} samples (quick). PPO/RLOO: rl_train on the "
                 f"RM reward, KL {KL_BASE}; CGPO: per-task KL {KL['pref']}/{KL['arith']} and lengths "
                 f"{NEW_TOKENS['pref']}/{NEW_TOKENS['arith']}, calibrated rewards, 2 steps per batch. Metrics on "
