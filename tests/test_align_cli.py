@@ -139,5 +139,5 @@ def test_run_files_written_once_and_rl_shorthand(tmp_path):
     assert meta["seed"] == 3 and meta["align_stage"] == "rl" and "versions" in meta
     assert yaml.safe_load((tmp_path / "g/config.yaml").read_text())["rl"]["algo"] == "grpo"
     from lmlab.registry import RegistryError
-    with pytest.raises(RegistryError, match="choose one of: dpo, rl, rm, sft"):
+    with pytest.raises(RegistryError, match="choose one of: cgpo, dpo, rl, rm, sft"):
         run_stage("nope", cfg)
