@@ -27,7 +27,11 @@ def _run(args) -> int:
     from lmlab.align.stages import run_stage
     from lmlab.resources import check_model_memory
 
-    cfg = load_align_config(args.config, args.overrides)
+    from lmlab.registry import ALIGN_STAGES
+
+    # a stage may bring its own config model (e.g. cgpo: AlignConfig + a `cgpo` section)
+    loader = getattr(ALIGN_STAGES.get(args.stage), "load_config", None) if args.stage in ALIGN_STAGES else None
+    cfg = (loader or load_align_config)(args.config, args.overrides)
     # before anything is built: the largest batch any stage forms, at the model's full length
     batch = max(cfg.sft.batch_size, cfg.rm.batch_size, 2 * cfg.dpo.batch_size,
                 cfg.rl.prompts_per_iter * cfg.rl.samples_per_prompt)
