@@ -41,6 +41,7 @@ RANK = {
     "infer": 5,
     "align": 6, "eval": 6,         # peers: neither imports the other
     "experiments": 7, "report": 7, "vlm_plots": 7,   # vlm_plots: VQA sample grids, beside report.py
+    "vlm_figures": 7,              # boxes drawn on images, accuracy per aspect-ratio bucket
     "cli": 8,
 }
 PEERS_MAY_IMPORT = {0, 7}  # base modules use each other; experiments use report; align and eval stay apart
