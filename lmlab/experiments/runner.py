@@ -235,6 +235,12 @@ def reproduce(names: Optional[list[str]] = None, scale: str = "quick", seeds: Op
             p = out / exp.name / f"{exp.metric.replace('/', '_')}_by_arm.png"
             if plot_metric(results, exp.metric, p, f"{exp.name}: {exp.metric} per arm and seed"):
                 plots.append(p)
+            summary = getattr(exp, "summary_plots", None)   # cross-arm figures an experiment draws itself
+            if summary is not None and any(results.get(a) for a in exp.arms):
+                try:
+                    plots += [p for p in summary(results, out / exp.name) if Path(p).exists()]
+                except Exception as e:  # a figure must not cost the verdict
+                    console.print(f"{exp.name}: summary plot failed: {type(e).__name__}: {e}")
             for a in exp.arms:          # images a run saved (info["images"]: files in its dir), first seed
                 for r in results[a][:1]:
                     d = out / exp.name / a / f"seed_{r.info.get('seed', 0)}"
