@@ -3,8 +3,9 @@ two claims on synthetic scenes, at our scale (a stand-in: a 2-layer byte-level d
 features, not a 7B LLaVA).
 
 Setting: scenes of 2–4 objects rendered at 192 px (so raw pixel coordinates reach three digits), frozen
-MobileNetV2 features at 128 px (cached), MLP projector, 2-layer d = 96 lmlab decoder with the byte tokenizer;
-projector-only alignment then projector + LM, the same total steps, batch and LR in every arm. Training scenes
+MobileNetV2 features at 128 px (cached), MLP projector, 2-layer d = 64 lmlab decoder with the byte tokenizer,
+8 object kinds; projector + LM trained together (single stage, 300 steps of 16), the same steps, batch and LR
+in every arm. Training scenes
 are the train split; every probe is asked on held-out scenes (object pairs never seen together, objects in a
 quadrant they never occupied). Per seed the arms share the scenes, the initialisation and the shuffling seed
 (paired tests over seeds 0, 1, 2; one-sided, α = 0.05). Hyperparameters were set by hand with timing and
@@ -35,8 +36,8 @@ from lmlab.experiments.base import ArmResult, Experiment, Verdict, arm_values, c
 from lmlab.registry import EXPERIMENTS
 
 PAPER = "LocVLM: Learning to Localize Objects Improves Spatial Reasoning in Visual-LLMs (Ranasinghe et al., 2024)"
-SCALE = {"quick": {"d_model": 64, "n_layer": 2, "n_head": 4, "n_train": 160, "n_eval": 30, "questions": 4,
-                   "batch": 16, "steps": 400, "lr": 3e-3, "image_size": 192},
+SCALE = {"quick": {"d_model": 64, "n_layer": 2, "n_head": 4, "n_train": 160, "n_eval": 24, "questions": 4,
+                   "batch": 16, "steps": 300, "lr": 3e-3, "image_size": 192},
          "full": {"d_model": 256, "n_layer": 4, "n_head": 8, "n_train": 2000, "n_eval": 300, "questions": 6,
                   "batch": 32, "steps": 3000, "lr": 1e-3, "image_size": 192}}
 VQA_KINDS = ["exists", "count", "region", "relation"]
@@ -180,7 +181,7 @@ EXPERIMENTS.register("locvlm_objectives", Experiment(
     metric="spatial_acc", direction="higher", arms=list(OBJECTIVE_ARMS), baseline="vqa_only", technique="loc",
     run=_run_objectives, arm_config=objectives_config, verdict=_objectives_verdict,
     invariants=_same_scenes_and_steps, **_COMMON,
-    description="Tiny VLM (frozen MobileNetV2, MLP projector, 2-layer d=96 byte-level decoder; a stand-in for the "
+    description="Tiny VLM (frozen MobileNetV2, MLP projector, 2-layer d=64 byte-level decoder; a stand-in for the "
                 "paper's LLaVA) finetuned on scene VQA only, or on VQA + LocPred/NegPred/RevLoc (bins100), or "
                 "with pseudo-labelled extra scenes from our box regressor, at equal steps. Probes on held-out "
                 "scenes: region/relation exact match (spatial_acc) and POPE absent-object probes answered yes "

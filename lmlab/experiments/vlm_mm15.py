@@ -14,7 +14,7 @@ MLP projector and LM trained together for the same steps, batch and LR in both a
 the images, the initialisation and the example order (paired tests over seeds 0, 1, 2, one-sided,
 α = 0.05). Hyperparameters set by hand with timing runs on seed 100 only.
 
-Metric: exact match on the reading questions ("What is word j?") of 60 held-out images, overall and per
+Metric: exact match on the reading questions ("What is word j?") of 48 held-out images, overall and per
 aspect bucket max(a, 1/a) ∈ [1, 2), [2, 4), [4, 8].
 Rule (fixed before running): combine(all) of dynamic > fixed_grid on accuracy (paired t) and the gain of
 dynamic over fixed_grid in the 4–8 bucket > its gain in the 1–2 bucket (paired t over seeds).
@@ -28,7 +28,7 @@ from lmlab.experiments.base import ArmResult, Experiment, Verdict, combine, comp
 from lmlab.registry import EXPERIMENTS
 
 PAPER = "MM1.5: Methods, Analysis & Insights from Multimodal LLM Fine-tuning (Zhang et al., 2024)"
-SCALE = {"quick": {"d_model": 64, "n_layer": 2, "n_head": 4, "n_train": 200, "n_eval": 60, "batch": 16,
+SCALE = {"quick": {"d_model": 64, "n_layer": 2, "n_head": 4, "n_train": 160, "n_eval": 48, "batch": 16,
                    "steps": 300, "lr": 3e-3, "tile": 128, "n_max": 4, "long_side": 512},
          "full": {"d_model": 256, "n_layer": 4, "n_head": 8, "n_train": 2000, "n_eval": 300, "batch": 32,
                   "steps": 3000, "lr": 1e-3, "tile": 128, "n_max": 4, "long_side": 512}}
