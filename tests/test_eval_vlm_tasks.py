@@ -106,3 +106,26 @@ def test_same_answers_in_process_and_through_the_server(tmp_path):
         b = evaluate(task, load_backend(f"openai:{url}#m"), progress=False, n_boot=50)
     assert [s["response"] for s in a.samples] == [s["response"] for s in b.samples]
     assert math.isclose(a.metrics["exact_match"], b.metrics["exact_match"])
+
+
+def test_lmlab_eval_cli_on_a_saved_vlm(tmp_path, capsys):
+    from lmlab.cli import main
+    from lmlab.config import load_config
+    from lmlab.models.vlm import VLMConfig, build_vlm
+    from lmlab.train.vlm import save_vlm
+
+    cfg = load_config(None, ["encoder.name=vit", "encoder.size=32", "encoder.frozen=false",
+                             "encoder.args={image_size: 32, patch: 8, width: 32, depth: 1, n_heads: 2}",
+                             "lm.model={d_model: 32, n_layer: 1, n_head: 2, max_seq_len: 160}"], model=VLMConfig)
+    save_vlm(build_vlm(cfg), tmp_path / "m")
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--task", "vlm_grounding", "--model", f"vlm:{tmp_path / 'm'}", "--limit", "2",
+              "--max-new-tokens", "4", "--no-progress", "--out", str(tmp_path / "out")])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "vlm_grounding" in out and "acc_iou50" in out and "95% CI" in out
+    assert list((tmp_path / "out").glob("vlm_grounding-*.json"))
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--task", "vlm_grounding", "--model", f"vlm:{tmp_path / 'nope'}", "--limit", "1"])
+    assert e.value.code != 0
+    assert "not a saved VLM directory" in capsys.readouterr().err
