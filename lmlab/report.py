@@ -163,6 +163,12 @@ def experiment_figures(exp: Any, results: dict[str, list[Any]], folder: Path) ->
     p = folder / f"{exp.metric.replace('/', '_')}_by_arm.png"
     if plot_metric(results, exp.metric, p, f"{exp.name}: {exp.metric} per arm and seed", colours):
         plots.append(p)
+    summary = getattr(exp, "summary_plots", None)   # cross-arm figures an experiment draws itself
+    if summary is not None and any(results.get(a) for a in exp.arms):
+        try:
+            plots += [Path(q) for q in summary(results, folder) if Path(q).exists()]
+        except Exception as e:  # a figure must not cost the verdict
+            print(f"{exp.name}: summary plot failed: {type(e).__name__}: {e}")
     for a in exp.arms:
         for r in results.get(a, [])[:1]:
             d = folder / a / f"seed_{r.info.get('seed', 0)}"

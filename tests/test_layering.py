@@ -43,6 +43,7 @@ RANK = {
     "experiments": 7, "report": 7, "vlm_plots": 7,   # vlm_plots: VQA sample grids, beside report.py
     "annotate": 7,                 # the annotation platform: an application on top of align's data formats
     "report_html": 7, "forest": 7,                    # report.html, forest plots and `report diff`
+    "vlm_figures": 7,              # boxes drawn on images, accuracy per aspect-ratio bucket
     "cli": 8,
 }
 PEERS_MAY_IMPORT = {0, 7}  # base modules use each other; experiments use report; align and eval stay apart
