@@ -43,17 +43,23 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def colocated_flow(cluster):
-    f = HybridFlow(colocated(2, 1)).start()
-    yield f
-    f.shutdown()
+def flows(cluster):
+    """Both placements' workers, started together."""
+    fs = (HybridFlow(colocated(2, 1)).start(wait=False),
+          HybridFlow(split(1, 2, resources={"train": {"node_a": 1}, "gen": {"node_b": 1}})).start(wait=False))
+    yield tuple(f.ready() for f in fs)
+    for f in fs:
+        f.shutdown()
 
 
 @pytest.fixture(scope="module")
-def split_flow(cluster):
-    f = HybridFlow(split(1, 2, resources={"train": {"node_a": 1}, "gen": {"node_b": 1}})).start()
-    yield f
-    f.shutdown()
+def colocated_flow(flows):
+    return flows[0]
+
+
+@pytest.fixture(scope="module")
+def split_flow(flows):
+    return flows[1]
 
 
 @pytest.mark.parametrize("algo", ["ppo", "rloo"])
@@ -102,6 +108,7 @@ def test_kill_actor_mid_iteration_restarts_from_checkpoint(split_flow, tmp_path)
     assert killed and split_flow.restarts == 1
     restart = [r for r in records if r.get("event") == "restart"]
     assert len(restart) == 1 and restart[0]["iter"] == 1 and restart[0]["resume_from"] == 1
+    assert restart[0]["rebuilt_pools"] == ["train"]                 # the rollout pool kept its processes
     assert [h["iter"] for h in hist] == [0, 1, 2] and hist[-1]["restarts"] == 1
     assert max_diff(want, pol) <= TOL                               # same weights as the uninterrupted run
     ck = torch.load(tmp_path / "ckpt" / "dataflow_ckpt.pt", weights_only=True)

@@ -81,38 +81,64 @@ class HybridFlow:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every, self.max_restarts = checkpoint_every, max_restarts
         self.pools: dict[str, list] = {}
-        self._pgs: list = []
+        self._pgs: dict = {}
         self.restarts = 0
 
     # ------------------------------------------------------------------------------ pools and groups
-    def start(self) -> "HybridFlow":
-        """Create every pool's workers (Ray: a placement group per pool, one actor per bundle)."""
-        pl = self.placement
+    def start(self, wait: bool = True) -> "HybridFlow":
+        """Create every pool's workers (Ray: a placement group per pool, one actor per bundle). wait=False
+        returns while the worker processes start (several flows can start together); `ready()` waits."""
         if self.backend == "local":
-            self.pools = {p: [RoleWorker(p, i, self.threads, self.device) for i in range(n)] for p, n in pl.pools.items()}
+            self.pools = {p: [RoleWorker(p, i, self.threads, self.device) for i in range(n)]
+                          for p, n in self.placement.pools.items()}
             return self
+        import ray
+
+        if not ray.is_initialized():
+            init_ray()
+        for pool in self.placement.pools:
+            self._start_pool(pool)
+        return self.ready() if wait else self
+
+    def _start_pool(self, pool: str) -> None:
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        if not ray.is_initialized():
-            init_ray()
+        pl, n = self.placement, self.placement.pools[pool]
+        bundle = {"CPU": pl.cpus_per_worker, **({"GPU": pl.gpus_per_worker} if pl.gpus_per_worker else {}),
+                  **pl.resources.get(pool, {})}
+        pg = placement_group([dict(bundle) for _ in range(n)], strategy=pl.strategy)
+        self._pgs[pool] = pg
         cls = ray.remote(RoleWorker)
-        pending = []
-        for pool, n in pl.pools.items():
-            bundle = {"CPU": pl.cpus_per_worker, **({"GPU": pl.gpus_per_worker} if pl.gpus_per_worker else {}),
-                      **pl.resources.get(pool, {})}
-            pg = placement_group([dict(bundle) for _ in range(n)], strategy=pl.strategy)
-            self._pgs.append(pg)
-            pending.append((pool, n, pg))
-        ray.get([pg.ready() for _, _, pg in pending])
-        for pool, n, pg in pending:
-            self.pools[pool] = [
-                cls.options(num_cpus=pl.cpus_per_worker, num_gpus=pl.gpus_per_worker, max_restarts=0,
-                            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
-                .remote(pool, i, self.threads, self.device) for i in range(n)]
-        ray.get([w.info.remote() for ws in self.pools.values() for w in ws])
+        self.pools[pool] = [
+            cls.options(num_cpus=pl.cpus_per_worker, num_gpus=pl.gpus_per_worker, max_restarts=0,
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
+            .remote(pool, i, self.threads, self.device) for i in range(n)]
+
+    def ready(self) -> "HybridFlow":
+        """Wait until every worker answers."""
+        if self.backend == "ray":
+            import ray
+
+            ray.get([w.info.remote() for ws in self.pools.values() for w in ws])
         return self
+
+    def _restart_dead_pools(self, timeout: float = 30.0) -> list[str]:
+        """Rebuild the pools that have a dead worker (a pool's processes host its roles together)."""
+        import ray
+
+        dead = []
+        for pool, ws in self.pools.items():
+            try:
+                ray.get([w.info.remote() for w in ws], timeout=timeout)
+            except Exception:           # RayActorError / GetTimeoutError: this pool lost a worker
+                dead.append(pool)
+        for pool in dead:
+            self._stop_pool(pool)
+            self._start_pool(pool)
+        self.ready()
+        return dead
 
     def use(self, placement: Placement) -> "HybridFlow":
         """Run later trainings with `placement`'s roles on the same started pools (same pool names and sizes)."""
@@ -141,21 +167,26 @@ class HybridFlow:
     def info(self) -> list[dict]:
         return self._all("info")
 
+    def _stop_pool(self, pool: str) -> None:
+        import ray
+
+        for w in self.pools.pop(pool, []):
+            try:
+                ray.kill(w)
+            except Exception:      # already dead
+                pass
+        pg = self._pgs.pop(pool, None)
+        if pg is not None:
+            try:
+                ray.util.remove_placement_group(pg)
+            except Exception:
+                pass
+
     def shutdown(self) -> None:
         if self.backend == "ray":
-            import ray
-
-            for w in self.workers():
-                try:
-                    ray.kill(w)
-                except Exception:      # already dead
-                    pass
-            for pg in self._pgs:
-                try:
-                    ray.util.remove_placement_group(pg)
-                except Exception:
-                    pass
-        self.pools, self._pgs = {}, []
+            for pool in list(self.pools):
+                self._stop_pool(pool)
+        self.pools, self._pgs = {}, {}
 
     def _load(self, policy, ref, cfg: dict, state: Optional[dict]) -> None:
         """Build every worker's roles; join the actor's process group when it is data-parallel."""
@@ -187,58 +218,14 @@ class HybridFlow:
               hook: Optional[Callable[[str, int, "HybridFlow"], None]] = None) -> list[dict]:
         """rl_train's contract (same arguments, same metrics, `policy` holds the trained weights at the end),
         run as a dataflow. hook(stage, iteration, self) is called before each stage (tests kill workers)."""
-        from lmlab.align.algorithms import algorithm
-        from lmlab.align.ppo import AdaptiveKLController, PolicyWithValue
-        from lmlab.registry import RegistryError
+        run = self.session(policy, ref, prompt_fn, reward_fn, cfg, baseline_fn, log, hook)
+        while len(run.history) < cfg.iterations:
+            run.step()
+        return run.finish()
 
-        try:
-            algo = algorithm("rl", cfg.algo)
-        except RegistryError as e:
-            raise ValueError(f"rl_train: algo={cfg.algo!r}: {e}") from None
-        if algo.critic and not isinstance(policy, PolicyWithValue):
-            raise ValueError(f"rl_train: algo={cfg.algo!r} needs a PolicyWithValue policy")
-        if not algo.critic and cfg.samples_per_prompt < 2:
-            raise ValueError(f"rl_train: algo={cfg.algo!r} needs samples_per_prompt >= 2 (got {cfg.samples_per_prompt})")
-        if not self.pools:
-            self.start()
-        c = asdict(cfg)
-        g = torch.Generator().manual_seed(cfg.seed)
-        klc = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-        ref.eval()
-        self._sd_bytes = _state_bytes(policy.state_dict())
-        self._load(policy, ref, c, None)
-        history: list[dict] = []
-        ckpt = self._checkpoint(-1, g, klc, history, initial=policy)
-        it = 0
-        while it < cfg.iterations:
-            try:
-                m = self._iteration(it, algo, prompt_fn, reward_fn, baseline_fn, cfg, g, klc, hook)
-            except _ray_errors() as e:
-                if self.restarts >= self.max_restarts or self.checkpoint_every <= 0:
-                    raise
-                self.restarts += 1
-                rec = {"event": "restart", "iter": it, "restarts": self.restarts, "resume_from": ckpt["iter"] + 1,
-                       "error": type(e).__name__}
-                if log:
-                    log(rec)
-                self.shutdown()
-                self.start()
-                ckpt = self._read_checkpoint() or ckpt
-                self._load(policy, ref, c, ckpt["state"])
-                g.set_state(ckpt["g"])
-                klc.value = ckpt["kl_coef"]
-                del history[ckpt["iter"] + 1:]
-                it = ckpt["iter"] + 1
-                continue
-            m["restarts"] = self.restarts
-            history.append(m)
-            if log:
-                log(m)
-            if self.checkpoint_every > 0 and ((it + 1) % self.checkpoint_every == 0 or it + 1 == cfg.iterations):
-                ckpt = self._checkpoint(it, g, klc, history)
-            it += 1
-        policy.load_state_dict(self.group("actor").call("get_weights").get())
-        return history
+    def session(self, policy, ref, prompt_fn, reward_fn, cfg, baseline_fn=None, log=None, hook=None) -> "Session":
+        """Load the models into the workers and return a Session that runs one iteration per `step()`."""
+        return Session(self, policy, ref, prompt_fn, reward_fn, cfg, baseline_fn, log, hook)
 
     def _checkpoint(self, it: int, g, klc, history, initial: Optional[nn.Module] = None) -> dict:
         if initial is not None:
@@ -330,7 +317,10 @@ class HybridFlow:
         worker_t: dict[str, float] = {}
         for d in self._all("pop_timings"):
             for key, v in d.items():
-                worker_t[f"t_{key}"] = worker_t.get(f"t_{key}", 0.0) + v
+                if key == "cpu_workers" and self.backend == "local":
+                    continue                        # the workers are this process: its CPU is not theirs
+                name = key if key == "cpu_workers" else f"t_{key}"
+                worker_t[name] = worker_t.get(name, 0.0) + v
         return {"iter": it, "reward": raw.mean().item(), "reward_std": raw.std().item(), "score": score.mean().item(),
                 "kl": mean_kl, "kl_coef": klc.value, "entropy_est": ent.item(),
                 "response_len": mask.sum(1).mean().item(), "samples_per_s": b / dt,
@@ -369,3 +359,70 @@ def dataflow_rl_train(policy, ref, prompt_fn, reward_fn, cfg, baseline_fn=None, 
         return flow.train(policy, ref, prompt_fn, reward_fn, cfg, baseline_fn, log)
     finally:
         flow.shutdown()
+
+
+class Session:
+    """One training on a started HybridFlow: `step()` runs the next iteration (restarting dead pools from the
+    last checkpoint when a worker dies), `finish()` copies the actor's weights into `policy`."""
+
+    def __init__(self, flow: HybridFlow, policy, ref, prompt_fn, reward_fn, cfg, baseline_fn=None, log=None, hook=None):
+        from lmlab.align.algorithms import algorithm
+        from lmlab.align.ppo import AdaptiveKLController, PolicyWithValue
+        from lmlab.registry import RegistryError
+
+        try:
+            self.algo = algorithm("rl", cfg.algo)
+        except RegistryError as e:
+            raise ValueError(f"rl_train: algo={cfg.algo!r}: {e}") from None
+        if self.algo.critic and not isinstance(policy, PolicyWithValue):
+            raise ValueError(f"rl_train: algo={cfg.algo!r} needs a PolicyWithValue policy")
+        if not self.algo.critic and cfg.samples_per_prompt < 2:
+            raise ValueError(f"rl_train: algo={cfg.algo!r} needs samples_per_prompt >= 2 (got {cfg.samples_per_prompt})")
+        self.flow, self.policy, self.ref, self.cfg = flow, policy, ref, cfg
+        self.prompt_fn, self.reward_fn, self.baseline_fn, self.log, self.hook = prompt_fn, reward_fn, baseline_fn, log, hook
+        if not flow.pools:
+            flow.start()
+        self.c = asdict(cfg)
+        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.klc = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        ref.eval()
+        flow._sd_bytes = _state_bytes(policy.state_dict())
+        flow._load(policy, ref, self.c, None)
+        self.history: list[dict] = []
+        self.ckpt = flow._checkpoint(-1, self.g, self.klc, self.history, initial=policy)
+
+    def step(self) -> dict:
+        """Run iterations until one more has completed; returns its metrics."""
+        f, cfg = self.flow, self.cfg
+        while True:
+            it = len(self.history)
+            try:
+                m = f._iteration(it, self.algo, self.prompt_fn, self.reward_fn, self.baseline_fn, cfg, self.g,
+                                 self.klc, self.hook)
+                break
+            except _ray_errors() as e:
+                if f.restarts >= f.max_restarts or f.checkpoint_every <= 0:
+                    raise
+                f.restarts += 1
+                rebuilt = f._restart_dead_pools() if f.backend == "ray" else []
+                ck = f._read_checkpoint() or self.ckpt
+                rec = {"event": "restart", "iter": it, "restarts": f.restarts, "resume_from": ck["iter"] + 1,
+                       "error": type(e).__name__, "rebuilt_pools": rebuilt}
+                if self.log:
+                    self.log(rec)
+                f._load(self.policy, self.ref, self.c, ck["state"])
+                self.g.set_state(ck["g"])
+                self.klc.value = ck["kl_coef"]
+                del self.history[ck["iter"] + 1:]
+                self.ckpt = ck
+        m["restarts"] = f.restarts
+        self.history.append(m)
+        if self.log:
+            self.log(m)
+        if f.checkpoint_every > 0 and ((it + 1) % f.checkpoint_every == 0 or it + 1 == cfg.iterations):
+            self.ckpt = f._checkpoint(it, self.g, self.klc, self.history)
+        return m
+
+    def finish(self) -> list[dict]:
+        self.policy.load_state_dict(self.flow.group("actor").call("get_weights").get())
+        return self.history

@@ -242,6 +242,7 @@ class RoleWorker:
         self.roles: dict[str, tuple[int, int]] = {}
         self.dist = False
         self.timings: dict[str, float] = {}
+        self._cpu0 = time.process_time()
 
     # -- identity / SPMD set-up
     def info(self) -> dict:
@@ -428,5 +429,8 @@ class RoleWorker:
 
     @register(Dispatch.BROADCAST, Collect.LIST)
     def pop_timings(self) -> dict[str, float]:
-        t, self.timings = self.timings, {}
+        """Seconds spent offloading since the last call, and this process's CPU seconds (cpu_workers)."""
+        now = time.process_time()
+        t, self.timings = {**self.timings, "cpu_workers": now - self._cpu0}, {}
+        self._cpu0 = now
         return t
