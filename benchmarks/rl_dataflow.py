@@ -121,6 +121,19 @@ def trl_side(n_steps: int, a):
     return run
 
 
+def noop_rtt(flow, n: int = 50) -> float:
+    """Median seconds of one empty call to a started worker (the dispatch floor of every stage)."""
+    import ray
+
+    w = flow.workers()[0]
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ray.get(w.pop_timings.remote())
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
 VERL_SCRIPT = HERE / "_verl_cpu.py"
 
 
@@ -202,6 +215,8 @@ def main() -> None:
         f.start(wait=False)
     for f in flows.values():
         f.ready()
+    rtt = noop_rtt(flows["ray_col1"])
+    print(f"Ray round trip of an empty actor call: {rtt * 1e3:.2f} ms (median of 50)")
     sides = {"single": single_side(a, False), "single_rs": single_side(a, True),
              "local": flow_side(HybridFlow(colocated(1, 1), backend="local"), a),
              **{n: flow_side(f, a) for n, f in flows.items()}}
@@ -253,24 +268,26 @@ def main() -> None:
     print(f"row-seeded sampler's own cost (single_rs vs single): wall "
           f"{(rows['single_rs']['wall_s'] - rows['single']['wall_s']) / rows['single']['wall_s']:+.1%}")
     # placement search: profile = the one-worker stages of ray_col1 (+ weight sync per replica of ray_split)
+    from lmlab.align.hybridflow.plan import predict
+
     st1 = rows["ray_col1"]["stages"]
-    prof = {"generate": st1["t_generate"], "old_logp": st1["t_old_logp"], "ref_logp": st1["t_ref_logp"],
-            "update": st1["t_update"], "weight_sync": rows["ray_split"]["stages"]["t_weight_sync"]}
-    overhead = st1["other (dispatch, controller)"] / 5
-    pred = dict(search(prof, 2, overhead))
-    measured = {"colocated(2, actor=1)": rows["ray_col2"]["wall_s"], "split(actor=1, rollout=2)": rows["ray_split"]["wall_s"]}
-    print("\nplacement search on 2 workers (profiled on 1 worker; model: stage/w + dispatch):")
-    for name, p in sorted(pred.items(), key=lambda x: x[1]):
-        print(f"  {name:<28} predicted {p * 1e3:6.0f} ms" + (f"   measured {measured[name] * 1e3:6.0f} ms" if name in measured else ""))
-    pr = sorted(measured, key=lambda n: pred[n])
-    mr = sorted(measured, key=lambda n: measured[n])
-    print(f"  ranking of the measured pair: predicted {pr}, measured {mr}: {'agree' if pr == mr else 'DISAGREE'}")
+    prof = {k: max(0.0, st1[f"t_{k}"] - rtt) for k in ("generate", "old_logp", "ref_logp", "update")}
+    prof["weight_sync"] = max(0.0, rows["ray_split"]["stages"]["t_weight_sync"] - rtt) / 2   # per replica
+    pls = {"ray_col1": colocated(1, 1), "ray_col2": colocated(2, 1), "ray_split": split(1, 2)}
+    pred = {n: predict(prof, p.pools, p.roles, rtt) for n, p in pls.items()}
+    measured = {n: rows[n]["wall_s"] for n in pls}
+    print(f"\nplacement model (stages profiled on ray_col1, scaled stage/w, + {rtt * 1e3:.1f} ms per call):")
+    for n in pls:
+        print(f"  {n:<10} predicted {pred[n] * 1e3:6.0f} ms   measured {measured[n] * 1e3:6.0f} ms")
+    pr, mr = sorted(pls, key=lambda n: pred[n]), sorted(pls, key=lambda n: measured[n])
+    print(f"  ranking: predicted {pr}, measured {mr}: {'agree' if pr == mr else 'DISAGREE'}")
+    print("  search over 2 workers: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in search(prof, 2, rtt)))
     verl = try_verl(a.verl_python)
     print("\nverl:", "ran: " + json.dumps(verl) if verl["ok"] else "could not run its CPU path here; last lines:\n"
           + "\n".join("  " + l for l in verl["error"].splitlines()))
     plot(rows, Path(a.plot))
     Path(a.json).write_text(json.dumps({"rows": rows, "overhead": over, "overhead_per_round_wall": per_round,
-                                        "predicted": pred, "measured": measured, "verl": verl,
+                                        "predicted": pred, "measured": measured, "verl": verl, "ray_rtt_s": rtt,
                                         "settings": vars(a)}, indent=1))
     print(f"\nplot: {a.plot}\njson: {a.json}")
 

@@ -306,6 +306,9 @@ class HybridFlow:
             train.update(old_values=old_values, returns=returns)
         stage("update")
         pend = actor.call("update", Batch(train, {"prompt_len": tp}), perms, algo.critic)
+        timing_futs = None
+        if self.backend == "ray":    # queued behind the update: collected with the sync, no extra round trip
+            timing_futs = [w.pop_timings.remote() for w in self.workers()]
         stats = done("update", pend, pend.get())
         stage("sync")
         sync = self._sync_weights()
@@ -315,7 +318,13 @@ class HybridFlow:
         dt = time.perf_counter() - t0
         ent = -(ro["logprobs"] * mask).sum() / mask.sum()
         worker_t: dict[str, float] = {}
-        for d in self._all("pop_timings"):
+        if timing_futs is not None:
+            import ray
+
+            timings = ray.get(timing_futs)
+        else:
+            timings = self._all("pop_timings")
+        for d in timings:
             for key, v in d.items():
                 if key == "cpu_workers" and self.backend == "local":
                     continue                        # the workers are this process: its CPU is not theirs
