@@ -78,10 +78,13 @@ def single_side(a, row_seeded: bool):
         if row_seeded:
             rollout.set_sampler(row_seeded_sample)
         try:
+            c0 = time.process_time()
             m = rl_train(pol, ref, prompt_fn, reward_fn, cfg)[0]
+            cpu = time.process_time() - c0
         finally:
             rollout.set_sampler(rollout.cached_sample)
-        return {"t_generate": m["t_generate"], "t_score": m["t_score"], "t_train": m["t_train"], "cpu_workers": 0.0}
+        return {"t_generate": m["t_generate"], "t_score": m["t_score"], "t_train": m["t_train"],
+                "iter_wall": cfg.prompts_per_iter * cfg.samples_per_prompt / m["samples_per_s"], "iter_cpu": cpu}
     return run
 
 
@@ -91,8 +94,12 @@ def flow_side(flow, a):
     sess = flow.session(pol, ref, prompt_fn, reward_fn, cfg)
 
     def run():
+        flow._all("pop_timings")                  # workers' CPU counts from here (not while other sides ran)
+        c0 = time.process_time()
         m = sess.step()
-        return {k: m.get(k, 0.0) for k in STAGES + ["cpu_workers", "t_iter", "bytes_total", "bytes_weight_sync"]}
+        cpu = time.process_time() - c0 + m.get("cpu_workers", 0.0)
+        return {**{k: m.get(k, 0.0) for k in STAGES + ["bytes_total", "bytes_weight_sync"]},
+                "iter_wall": m["t_iter"], "iter_cpu": cpu}
     return run
 
 
@@ -117,7 +124,7 @@ def trl_side(n_steps: int, a):
         baton.wait("lmlab")
         if err:
             raise err[0]
-        return {"trl_cpu": theirs[-1]["cpu"], "trl_wall": theirs[-1]["wall"], "cpu_workers": 0.0}
+        return {}   # the TRL step ran in this process while the call waited: the call's clocks count it
     return run
 
 
@@ -153,35 +160,37 @@ def try_verl(python: str, timeout: int = 900) -> dict:
 
 
 def plot(rows: dict, path: Path) -> None:
+    """Stacked bars: each side's median stage times (wall ms); overlapping stages are drawn end to end, the
+    rest of the iteration is `other`; the CPU ms of every process involved is written at the bar's end."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = list(rows)
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.5))
-    colors = plt.get_cmap("tab10").colors
-    labels = STAGES + ["t_score", "t_train", "other (dispatch, controller)"]
+    keys = STAGES + ["t_score", "t_train", "other (dispatch, controller)"]
+    colors = dict(zip(keys, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(9.5, 0.55 * len(names) + 1.8))
+    used = []
     for y, n in enumerate(names):
         left = 0.0
-        parts = rows[n]["stages"]
-        for i, key in enumerate(labels):
-            v = parts.get(key, 0.0)
+        for key in keys:
+            v = rows[n]["stages"].get(key, 0.0) * 1e3
             if v <= 0:
                 continue
-            ax.barh(y, v * 1e3, left=left * 1e3, color=colors[i % 10], label=key if y == 0 or key not in
-                    [h.get_label() for h in ax.patches] else None)
+            ax.barh(y, v, left=left, color=colors[key])
+            used += [key] if key not in used else []
             left += v
-    handles, seen = [], set()
-    for p in ax.patches:
-        if p.get_label() and not p.get_label().startswith("_") and p.get_label() not in seen:
-            seen.add(p.get_label())
-            handles.append(p)
+        ax.text(left + 5, y, f"{rows[n]['samples_per_s']:.0f} samples/s, CPU {rows[n]['cpu_s'] * 1e3:.0f} ms",
+                va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("median wall ms per iteration (stages of the same rounds)")
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
-    ax.set_title("RLOO iteration: per-stage time (overlapping stages shown end to end)")
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.25)
+    ax.set_xlabel("median wall ms per iteration (stage medians over the same interleaved rounds)")
+    ax.legend(handles=[Patch(color=colors[k], label=k[2:] if k.startswith("t_") else k) for k in used],
+              fontsize=7, loc="lower right")
+    ax.set_title("RLOO iteration by stage: single process, dataflow (in-process, Ray colocated / split), TRL")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -195,9 +204,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--no-trl", action="store_true")
     ap.add_argument("--verl-python", default="/work/venvs/verl/bin/python")
+    ap.add_argument("--verl-from", help="reuse the verl attempt recorded in an earlier run's --json file")
     ap.add_argument("--plot", default=str(HERE / "results/rl_dataflow.png"))
     ap.add_argument("--json", default=str(HERE / "results/rl_dataflow.json"))
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot from an earlier run's --json file")
     a = ap.parse_args()
+    if a.replot:
+        plot(json.loads(Path(a.replot).read_text())["rows"], Path(a.plot))
+        return
     if a.reps < 5:
         ap.error("--reps: at least 5 for a figure")
     torch.set_num_threads(1)
@@ -239,16 +253,13 @@ def main() -> None:
 
     rows = {}
     for n, ss in times.items():
-        if n == "trl":
-            wall = statistics.median(s.extra["trl_wall"] for s in ss)
-            cpu = statistics.median(s.extra["trl_cpu"] for s in ss)
-        else:
-            wall = statistics.median(s.wall for s in ss)
-            cpu = statistics.median(s.cpu + s.extra.get("cpu_workers", 0.0) for s in ss)
+        wall = statistics.median(s.extra.get("iter_wall", s.wall) for s in ss)   # the loop's own iteration clock
+        cpu = statistics.median(s.extra.get("iter_cpu", s.cpu) for s in ss)
         stages = {k: statistics.median(s.extra.get(k, 0.0) for s in ss) for k in STAGES + ["t_score", "t_train"]}
         stages["other (dispatch, controller)"] = max(0.0, wall - sum(stages.values()))
         rows[n] = {"wall_s": wall, "cpu_s": cpu, "samples_per_s": b / wall, "samples_per_cpu_s": b / cpu,
-                   "stages": stages, "walls": [s.wall for s in ss]}
+                   "stages": stages, "walls": [s.extra.get("iter_wall", s.wall) for s in ss],
+                   "cpus": [s.extra.get("iter_cpu", s.cpu) for s in ss]}
         if n not in ("single", "single_rs", "trl"):
             rows[n]["bytes_per_iter"] = statistics.median(s.extra.get("bytes_total", 0) for s in ss)
             rows[n]["weight_sync_bytes"] = statistics.median(s.extra.get("bytes_weight_sync", 0) for s in ss)
@@ -262,9 +273,13 @@ def main() -> None:
     base = rows["single_rs"]
     over = {clk: (rows["ray_col1"][clk] - base[clk]) / base[clk] for clk in ("wall_s", "cpu_s")}
     per_round = [(r1 - r0) / r0 for r0, r1 in zip(rows["single_rs"]["walls"], rows["ray_col1"]["walls"])]
-    print(f"\ndataflow overhead at equal work (ray_col1 vs single_rs): wall {over['wall_s']:+.1%} "
-          f"(per-round median {statistics.median(per_round):+.1%}), CPU {over['cpu_s']:+.1%}; target <= 15%: "
-          f"{'met' if statistics.median(per_round) <= 0.15 else 'MISSED'} (wall, per-round median)")
+    per_round_cpu = [(r1 - r0) / r0 for r0, r1 in zip(rows["single_rs"]["cpus"], rows["ray_col1"]["cpus"])]
+    print(f"\ndataflow overhead at equal work (ray_col1 vs single_rs), per-round medians: wall "
+          f"{statistics.median(per_round):+.1%}, CPU {statistics.median(per_round_cpu):+.1%} (ratio of medians: wall "
+          f"{over['wall_s']:+.1%}, CPU {over['cpu_s']:+.1%}); in-process controller (local vs single_rs): CPU "
+          f"{(rows['local']['cpu_s'] - base['cpu_s']) / base['cpu_s']:+.1%}; target <= 15%: "
+          f"wall {'met' if statistics.median(per_round) <= 0.15 else 'MISSED'}, "
+          f"CPU {'met' if statistics.median(per_round_cpu) <= 0.15 else 'MISSED'}")
     print(f"row-seeded sampler's own cost (single_rs vs single): wall "
           f"{(rows['single_rs']['wall_s'] - rows['single']['wall_s']) / rows['single']['wall_s']:+.1%}")
     # placement search: profile = the one-worker stages of ray_col1 (+ weight sync per replica of ray_split)
@@ -282,11 +297,11 @@ def main() -> None:
     pr, mr = sorted(pls, key=lambda n: pred[n]), sorted(pls, key=lambda n: measured[n])
     print(f"  ranking: predicted {pr}, measured {mr}: {'agree' if pr == mr else 'DISAGREE'}")
     print("  search over 2 workers: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in search(prof, 2, rtt)))
-    verl = try_verl(a.verl_python)
+    verl = json.loads(Path(a.verl_from).read_text())["verl"] if a.verl_from else try_verl(a.verl_python)
     print("\nverl:", "ran: " + json.dumps(verl) if verl["ok"] else "could not run its CPU path here; last lines:\n"
           + "\n".join("  " + l for l in verl["error"].splitlines()))
     plot(rows, Path(a.plot))
-    Path(a.json).write_text(json.dumps({"rows": rows, "overhead": over, "overhead_per_round_wall": per_round,
+    Path(a.json).write_text(json.dumps({"rows": rows, "overhead": over, "overhead_per_round_wall": per_round, "overhead_per_round_cpu": per_round_cpu,
                                         "predicted": pred, "measured": measured, "verl": verl, "ray_rtt_s": rtt,
                                         "settings": vars(a)}, indent=1))
     print(f"\nplot: {a.plot}\njson: {a.json}")
