@@ -59,8 +59,9 @@ def seeded_sample(model, prompts: torch.Tensor, max_new_tokens: int, n: int, tem
         toks, lps = [], []
         for i in range(max_new_tokens):
             logp = torch.log_softmax(logits / max(temperature, 1e-6), -1)
-            probs = logp.exp()
+            probs = logp.exp().cpu()                     # the row generators are CPU generators
             tok = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])  # (b, 1)
+            tok = tok.to(logp.device)
             toks.append(tok)
             lps.append(logp.gather(-1, tok)[:, 0])
             if i + 1 < max_new_tokens:
