@@ -171,7 +171,7 @@ def plot(rows: dict, path: Path) -> None:
     names = list(rows)
     keys = STAGES + ["t_score", "t_train", "other (dispatch, controller)"]
     colors = dict(zip(keys, plt.get_cmap("tab10").colors))
-    fig, ax = plt.subplots(figsize=(9.5, 0.55 * len(names) + 1.8))
+    fig, ax = plt.subplots(figsize=(11.5, 0.55 * len(names) + 1.8))
     used = []
     for y, n in enumerate(names):
         left = 0.0
@@ -186,10 +186,10 @@ def plot(rows: dict, path: Path) -> None:
                 va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlim(0, ax.get_xlim()[1] * 1.25)
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.3)
     ax.set_xlabel("median wall ms per iteration (stage medians over the same interleaved rounds)")
     ax.legend(handles=[Patch(color=colors[k], label=k[2:] if k.startswith("t_") else k) for k in used],
-              fontsize=7, loc="lower right")
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("RLOO iteration by stage: single process, dataflow (in-process, Ray colocated / split), TRL")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
