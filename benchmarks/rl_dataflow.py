@@ -128,6 +128,28 @@ def trl_side(n_steps: int, a):
     return run
 
 
+def cpu_split(a, steps: int = 8) -> None:
+    """Where the dataflow's CPU goes: controller vs worker process, in-process workers vs one Ray worker
+    (same colocated(1, 1) placement), medians over `steps` iterations after 2 warm-up ones."""
+    from lmlab.align.hybridflow.controller import HybridFlow
+    from lmlab.align.hybridflow.workers import colocated
+
+    for name, f in (("in-process", HybridFlow(colocated(1, 1), backend="local")), ("ray", HybridFlow(colocated(1, 1)).start())):
+        pol, ref, cfg = make(10 ** 6, a.gen, a.prompts, a.k)
+        f.checkpoint_every = 0
+        sess = f.session(pol, ref, prompt_fn, reward_fn, cfg)
+        ctl, wk = [], []
+        for _ in range(steps + 2):
+            f._all("pop_timings")
+            c0 = time.process_time()
+            m = sess.step()
+            ctl.append(time.process_time() - c0)
+            wk.append(m.get("cpu_workers", 0.0))
+        print(f"{name:<10} controller process {statistics.median(ctl[2:]) * 1e3:6.1f} CPU-ms, worker process "
+              f"{statistics.median(wk[2:]) * 1e3:6.1f} CPU-ms per iteration (median of {steps})")
+        f.shutdown()
+
+
 def noop_rtt(flow, n: int = 50) -> float:
     """Median seconds of one empty call to a started worker (the dispatch floor of every stage)."""
     import ray
@@ -207,10 +229,18 @@ def main() -> None:
     ap.add_argument("--verl-from", help="reuse the verl attempt recorded in an earlier run's --json file")
     ap.add_argument("--plot", default=str(HERE / "results/rl_dataflow.png"))
     ap.add_argument("--json", default=str(HERE / "results/rl_dataflow.json"))
+    ap.add_argument("--cpu-split", action="store_true", help="only split the dataflow's CPU into controller and worker")
     ap.add_argument("--replot", metavar="JSON", help="only redraw the plot from an earlier run's --json file")
     a = ap.parse_args()
     if a.replot:
         plot(json.loads(Path(a.replot).read_text())["rows"], Path(a.plot))
+        return
+    if a.cpu_split:
+        from lmlab.align.hybridflow.controller import init_ray
+
+        torch.set_num_threads(1)
+        init_ray(num_cpus=2)
+        cpu_split(a)
         return
     if a.reps < 5:
         ap.error("--reps: at least 5 for a figure")
