@@ -99,5 +99,7 @@ def test_cli_plan_and_bad_flags():
                                     capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     r = run("--plan", "16xH100, actor 7B, critic 7B")
     assert r.returncode == 0 and "not a measurement" in r.stdout and "chosen:" in r.stdout
-    r = run("--plan", "16xT4, actor 7B")
-    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "T4" in r.stderr
+    for args, msg in ((["--plan", "16xT4, actor 7B"], "T4"), (["rl.iterations=1", "--ray", "--rollout-workers", "0"],
+                      "--rollout-workers=0"), (["--ray", "--placement", "colocated", "--actor-workers", "3"], "actor workers")):
+        r = run(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
