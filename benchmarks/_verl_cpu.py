@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--cpus", type=int, default=2, help="Ray num_cpus (verl's GPU bundles ask for 3 CPUs each)")
     ap.add_argument("--fake-gpu", action="store_true",
                     help="declare one Ray GPU resource (none exists) to get past verl's GPU check and see the next blocker")
     a = ap.parse_args()
@@ -73,7 +74,7 @@ def main() -> None:
         "actor_rollout_ref.actor.optim.lr=1e-4", f"custom_reward_function.path={d}/reward.py",
         "trainer.device=cpu", "trainer.n_gpus_per_node=1", "trainer.nnodes=1", "trainer.logger=['console']",
         f"trainer.total_training_steps={a.steps}", "trainer.val_before_train=False", "trainer.test_freq=-1",
-        "trainer.save_freq=-1", "ray_kwargs.ray_init.num_cpus=2", "critic.enable=False", "trainer.use_v1=False",
+        "trainer.save_freq=-1", f"ray_kwargs.ray_init.num_cpus={a.cpus}", "critic.enable=False", "trainer.use_v1=False",
     ]
     ov += ["+ray_kwargs.ray_init.include_dashboard=False", f"+ray_kwargs.ray_init._temp_dir={d}/ray"]
     if a.fake_gpu:
