@@ -21,12 +21,13 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-SENT_SPLIT = re.compile(r"(?<=[.!?])[\"')]*\s+|\n+")
+SENT_SPLIT = re.compile(r"(?<=[.!?][\"')\u201d])\s+|(?<=[^\d\s][.!?])\s+|\n+")
 WORD = re.compile(r"[A-Za-z']+")
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences (split after . ! ? and at line breaks), stripped, non-empty."""
+    """Sentences (split after . ! ? — with a closing quote kept — and at line breaks; '1.' of a list item does
+    not end a sentence), stripped, non-empty."""
     return [s.strip() for s in SENT_SPLIT.split(text) if s and s.strip()]
 
 
@@ -320,3 +321,44 @@ def build_examples(skills: Sequence[str], ks: Sequence[int], n: int, topics: Seq
                 raise AssertionError(f"grammar text fails {failed or 'topic'}: {text!r}")
         out.append({"prompt": prompt(sk, topic), "text": text, "skills": sk, "topic": topic, "k": k})
     return out
+
+
+class PieceTokenizer:
+    """A closed-vocabulary tokenizer for grammar texts: pieces are words, single punctuation marks and line
+    breaks, each with or without one leading space, so decode(encode(x)) == x for any text made of known pieces
+    separated by single spaces or newlines. Built from example texts; an unknown piece raises KeyError naming it.
+    Ids: 0 = PAD, 1 = EOS, then the pieces in sorted order."""
+
+    PIECE = re.compile(r" ?(?:[A-Za-z']+|[0-9]+|\n|[^\sA-Za-z0-9])")
+
+    def __init__(self, texts: Sequence[str]):
+        pieces = sorted({p for t in texts for p in self.PIECE.findall(t)})
+        self.itos = ["<pad>", "<eos>"] + pieces
+        self.stoi = {p: i for i, p in enumerate(self.itos)}
+        self.pad_id, self.eos_id = 0, 1
+        self.vocab_size = len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        ids, pos = [], 0
+        for m in self.PIECE.finditer(text):
+            if m.start() != pos:
+                raise KeyError(f"piece tokenizer: unexpected text {text[pos:m.start()]!r}")
+            p = m.group(0)
+            if p not in self.stoi:
+                raise KeyError(f"piece tokenizer: unknown piece {p!r}")
+            ids.append(self.stoi[p])
+            pos = m.end()
+        if pos != len(text):
+            raise KeyError(f"piece tokenizer: unexpected text {text[pos:]!r}")
+        return ids
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[i] for i in ids if i > 1)
+
+
+def grammar_tokenizer(seed: int = 0, n: int = 4000) -> PieceTokenizer:
+    """A PieceTokenizer that covers every grammar text and prompt: built from n random examples over every
+    skill and k, and from one prompt per skill and topic."""
+    ex = build_examples(list(CATALOGUE), [1, 2, 3, 4, 5], n, TOPICS, seed=seed, check=False)
+    extra = [prompt([s], t) + "\n" for s in CATALOGUE for t in TOPICS]
+    return PieceTokenizer([e["prompt"] + "\n" + e["text"] for e in ex] + extra)

@@ -42,11 +42,11 @@ JUDGE_TEMPLATE = ("Does the text below use this language skill?\nSkill: {name} â
 
 
 def parse_yes_no(reply: str) -> Optional[bool]:
-    """True/False from the first 'yes'/'no' word of a reply ('Yes.', 'Answer: no'), None when there is none or
-    both appear before any other verdict ('yes or no')."""
+    """True/False from the first 'yes'/'no' word of a reply ('Yes.', 'Answer: no'), None when there is none
+    ('no idea' is not a verdict) or when it opens 'yes or no'."""
     if not reply:
         return None
-    m = re.search(r"(?i)\b(yes|no)\b", reply)
+    m = re.search(r"(?i)\b(yes|no)\b(?!\s+(?:idea|one|clue|way|doubt))", reply)
     if m is None:
         return None
     rest = reply[m.end():m.end() + 8].lower()

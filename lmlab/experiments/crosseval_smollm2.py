@@ -23,13 +23,11 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from lmlab.experiments.base import ArmResult, Experiment, combine, exceeds, mean_std
 from lmlab.registry import EXPERIMENTS
 
 SCALES = {
-    "quick": dict(max_new=64, judge_max_new=40, judge_retries=1, sections=()),
+    "quick": dict(max_new=48, judge_max_new=32, judge_retries=1, sections=()),
     "full": dict(max_new=256, judge_max_new=768, judge_retries=3, sections=None),   # None: the paper's sections
 }
 
@@ -45,7 +43,6 @@ def _run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.eval.crosseval_run import run_crosseval
     from lmlab.eval.judge import REQUIRED_SECTIONS
 
-    torch.set_num_threads(1)
     s = SCALES[scale]
     model = _backend(os.environ.get("LMLAB_CROSSEVAL_MODEL", "smollm2"))
     judge = _backend(os.environ.get("LMLAB_CROSSEVAL_JUDGE", "smollm2"))

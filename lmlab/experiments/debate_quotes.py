@@ -27,13 +27,11 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from lmlab.experiments.base import ArmResult, Experiment, arm_values, combine, compare, mean_std
 from lmlab.registry import EXPERIMENTS
 
 SCALES = {
-    "quick": dict(n_tasks=8, best_of=3, max_new=20),
+    "quick": dict(n_tasks=6, best_of=2, max_new=16),
     "full": dict(n_tasks=100, best_of=8, max_new=48),
 }
 BO = SCALES["quick"]["best_of"]
@@ -70,7 +68,6 @@ def _shared(seed: int, scale: str):
 def _run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
     from lmlab.eval.debate import judge_transcripts, quote_stats, run_debates
 
-    torch.set_num_threads(1)
     s = SCALES[scale]
     be = _backend(_spec())
     c0, t0 = time.process_time(), time.time()
