@@ -61,7 +61,10 @@ def _run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
                **{f"gold_ind_{k}": v for k, v in sm["gold_individual"].items()},
                "below_weak": sm["weakest_link"].get("below_weak", nan),
                "cpu_s": time.process_time() - c0, "wall_s": time.time() - t0}
-    return ArmResult(metrics, info={"seed": seed, "records": res.records, "summary": sm})
+    curves = {"individual_then_cross": [(0, sm["mean_individual"]), (1, sm["mean_cross"])],
+              "gold_individual_then_cross": [(0, sum(sm["gold_individual"].values()) / max(1, len(sm["gold_individual"]))),
+                                             (1, sum(sm["gold_cross"].values()) / max(1, len(sm["gold_cross"])))]}
+    return ArmResult(metrics, curves, info={"seed": seed, "records": res.records, "summary": sm})
 
 
 def _verdict(exp: Experiment, results):
@@ -79,7 +82,7 @@ EXPERIMENTS.register("crosseval_smollm2", Experiment(
     name="crosseval_smollm2", paper="Law of the Weakest Link: Cross Capabilities of LLMs (Zhong et al. 2024)",
     claim="cross-capability scores sit nearer the weaker individual score (judge checked against a gold)",
     metric="wl_gap", direction="lower", arms=["smollm2"], baseline="smollm2", technique="smollm2", run=_run,
-    verdict=_verdict, plots=[],
+    verdict=_verdict, plots=["individual_then_cross", "gold_individual_then_cross"],
     description=("SmolLM2-135M-Instruct answers 18 prompts of our own (english, reasoning, coding and their 3 pairs, "
                  "3 each), each with a reference rated 5/5 and a programmatic gold; judged by SmolLM2 through "
                  "lmlab.eval.judge (Score: X/5 only at quick scale, one re-ask), rescaled 1–100. Baseline column: "
