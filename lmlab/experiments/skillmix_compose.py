@@ -121,6 +121,8 @@ def _run(arm: str, seed: int, scale: str, out: Path) -> ArmResult:
         metrics[f"skill_rate_{key}"] = r["skill_rate"]
     metrics["fm_k45"] = (metrics["fm_k4"] + metrics["fm_k5"]) / 2
     metrics["fm_heldout"] = (metrics["fm_heldout_k2"] + metrics["fm_heldout_k3"]) / 2
+    metrics["skill_rate_k45"] = (metrics["skill_rate_k4"] + metrics["skill_rate_k5"]) / 2          # reported only
+    metrics["skill_rate_heldout"] = (metrics["skill_rate_heldout_k2"] + metrics["skill_rate_heldout_k3"]) / 2
     metrics.update(final_loss=sum(losses[-20:]) / len(losses[-20:]), n_examples=len(data),
                    train_tokens=int((y != -100).sum()), train_cpu_s=c_train, cpu_s=time.process_time() - c0, wall_s=time.time() - t0)
     curves = {"train_loss": [(i, v) for i, v in enumerate(losses)][::5],
