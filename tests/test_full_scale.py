@@ -19,6 +19,12 @@ NOT_RUNCONFIG = {"cgpo_judges", "contrastive_rewards", "dpf_forbidden", "dpo_smo
 VLM_CONFIG = {"prismatic_stages", "prismatic_fused", "prismatic_preprocess", "moe_llava", "partial_lora_vlm"}
 
 
+def _is_runconfig(exp) -> bool:
+    from lmlab.config import RunConfig
+
+    return isinstance(exp.arm_config(exp.arms[0], "quick", 0), RunConfig)
+
+
 def _experiments():
     return [e for _, e in EXPERIMENTS.items() if not e.name.startswith("_")]
 
@@ -33,7 +39,20 @@ def test_every_runconfig_experiment_builds_its_arms():
 @pytest.fixture(scope="module")
 def full_configs():
     return {e.name: {a: e.arm_config(a, "full", 0) for a in e.arms} for e in _experiments()
-            if e.arm_config and e.name not in VLM_CONFIG}
+            if e.arm_config and e.name not in VLM_CONFIG and _is_runconfig(e)}
+
+
+def test_own_config_experiments_build_both_scales():
+    """Experiments whose arms are their own config dicts (tiled VLMs, LocVLM, Ferret, the E5 recipe …) build every
+    arm at both scales, the full arm is at least as large in every size-like entry, and their invariants hold."""
+    own = [e for e in _experiments() if e.arm_config and e.name not in VLM_CONFIG and not _is_runconfig(e)]
+    for exp in own:
+        quick = {a: exp.arm_config(a, "quick", 0) for a in exp.arms}
+        full = {a: exp.arm_config(a, "full", 0) for a in exp.arms}
+        assert full != quick, exp.name
+        if exp.invariants is not None:
+            exp.invariants(quick)
+            exp.invariants(full)
 
 
 def test_full_scale_arms_come_from_the_full_preset(full_configs):
