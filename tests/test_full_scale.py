@@ -14,7 +14,7 @@ from lmlab.registry import EXPERIMENTS
 # full scale is a table of sizes in the module.
 NOT_RUNCONFIG = {"cgpo_judges", "contrastive_rewards", "dpf_forbidden", "dpo_smollm2", "dpo_winrate", "e5_retrieval",
                  "hydragen", "icl_regression", "ids_vs_bt", "model_collapse_tails", "odin_vs_bt", "r3_curriculum",
-                 "vstar", "vmoe_routers_vision", "debate_quotes", "skillmix_compose", "crosseval_smollm2"}
+                 "vstar", "vmoe_routers_vision", "debate_quotes", "skillmix_compose", "crosseval_smollm2", "e5_xling"}
 # Experiments whose arms are VLMConfigs (lmlab.models.vlm), checked in tests/test_vlm_experiments.py.
 VLM_CONFIG = {"prismatic_stages", "prismatic_fused", "prismatic_preprocess", "moe_llava", "partial_lora_vlm"}
 
