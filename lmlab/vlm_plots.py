@@ -40,3 +40,40 @@ def plot_vqa_samples(samples: list[dict], path: "str | Path", cols: int = 4, tit
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_box_samples(samples: list[dict], path: "str | Path", cols: int = 4, title: Optional[str] = None) -> Path:
+    """A grid of images with the gold box (green) and the model's predicted box (red; none when the output did
+    not parse), titled with the question and the output. samples: dicts with image (PIL), question, gold
+    (normalised xyxy), pred (normalised xyxy or None), output."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if not samples:
+        raise ValueError("plot_box_samples: no samples")
+    cols = min(cols, len(samples))
+    rows = -(-len(samples) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, s in zip(axes.flat, samples):
+        W, H = s["image"].size
+        ax.imshow(s["image"])
+        for box, colour in ((s["gold"], "limegreen"), (s.get("pred"), "red")):
+            if box is not None:
+                x0, y0, x1, y1 = box
+                ax.add_patch(Rectangle((x0 * W, y0 * H), (x1 - x0) * W, (y1 - y0) * H, fill=False, lw=1.6,
+                                       edgecolor=colour))
+        q = "\n".join(textwrap.wrap(s["question"], 34))
+        ax.set_title(f"{q}\nmodel: {s['output'][:40]}", fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
