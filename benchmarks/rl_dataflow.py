@@ -30,7 +30,6 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(1, str(HERE))
 
 from _interleave import interleaved  # noqa: E402
-from rl_throughput import D, H, L, TP, V, Baton, bench_trl, reward_of  # noqa: E402
+from rl_throughput import D, H, L, TP, V, reward_of, trl_in_thread  # noqa: E402
 
 STAGES = ["t_generate", "t_old_logp", "t_ref_logp", "t_reward", "t_advantage", "t_update", "t_weight_sync"]
 
@@ -104,20 +103,7 @@ def flow_side(flow, a):
 
 
 def trl_side(n_steps: int, a):
-    baton = Baton("lmlab")
-    theirs: list[dict] = []
-    err: list[BaseException] = []
-
-    def body():
-        try:
-            theirs.extend(bench_trl(n_steps, a.gen, a.prompts, a.k, baton))
-        except BaseException as e:
-            err.append(e)
-        finally:
-            baton.finish("trl", "lmlab")
-
-    th = threading.Thread(target=body, daemon=True)
-    th.start()
+    baton, _, err, _ = trl_in_thread(n_steps, a.gen, a.prompts, a.k)
 
     def run():
         baton.give("trl")

@@ -150,6 +150,27 @@ def bench_trl(iters: int, gen: int, prompts: int, k: int, baton: Baton | None = 
     return times
 
 
+def trl_in_thread(iters: int, gen: int, prompts: int, k: int):
+    """TRL's `iters` iterations in a daemon thread, taking turns with the caller through a Baton ("lmlab" holds
+    the first turn). Returns (baton, results, errors, thread): results fill as TRL runs; errors holds what the
+    thread raised, for the caller to raise in the main thread."""
+    baton = Baton("lmlab")
+    theirs: list[dict] = []
+    err: list[BaseException] = []
+
+    def body():
+        try:
+            theirs.extend(bench_trl(iters, gen, prompts, k, baton))
+        except BaseException as e:  # surface it in the main thread
+            err.append(e)
+        finally:
+            baton.finish("trl", "lmlab")
+
+    th = threading.Thread(target=body, daemon=True)
+    th.start()
+    return baton, theirs, err, th
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5, help="timed rounds after one warm-up (≥ 5 for a figure)")
@@ -170,20 +191,7 @@ def main() -> None:
         print(f"lmlab RLOO : {b / c:8.1f} samples/s  {b * a.gen / c:9.1f} tokens/s (per CPU-s)")
         print(f"TRL        : not installed ({e}); install trl to compare")
         return
-    baton = Baton("lmlab")
-    theirs: list[dict] = []
-    err: list[BaseException] = []
-
-    def trl_thread():
-        try:
-            theirs.extend(bench_trl(n, a.gen, a.prompts, a.k, baton))
-        except BaseException as e:  # surface it in the main thread
-            err.append(e)
-        finally:
-            baton.finish("trl", "lmlab")
-
-    th = threading.Thread(target=trl_thread, daemon=True)
-    th.start()
+    baton, theirs, err, th = trl_in_thread(n, a.gen, a.prompts, a.k)
     try:
         ours = bench_lmlab(n, a.gen, a.prompts, a.k, baton)
     finally:
