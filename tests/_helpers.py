@@ -1,8 +1,11 @@
 """Small test doubles shared by several test files."""
 import contextlib
 import socket
+import sys
 import threading
 import time
+import uuid
+from pathlib import Path
 
 
 class CharTok:
@@ -37,3 +40,19 @@ def serving(app):
     finally:
         srv.should_exit = True
         th.join(timeout=10)
+
+
+@contextlib.contextmanager
+def fake_package(tmp_path: Path, monkeypatch, prefix: str):
+    """A throwaway importable package `<prefix>_<tag>` (empty `__init__.py`) under tmp_path/src; yields
+    (tag, package dir) for the caller to write modules into, and forgets its modules afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    pkg = tmp_path / "src" / f"{prefix}_{tag}"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(pkg.parent))
+    try:
+        yield tag, pkg
+    finally:
+        for k in [m for m in sys.modules if m.startswith(f"{prefix}_{tag}")]:
+            del sys.modules[k]

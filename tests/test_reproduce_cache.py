@@ -11,6 +11,9 @@ import pytest
 from lmlab.experiments.runkey import RunDeps
 from lmlab.registry import EXPERIMENTS
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from _helpers import fake_package  # noqa: E402
+
 EXPS = '''
 from lmlab.experiments.base import ArmResult, Experiment
 from lmlab.registry import EXPERIMENTS
@@ -49,27 +52,20 @@ EXPERIMENTS.register("B_TAG", Experiment(name="B_TAG", paper="Fake", claim="tech
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """A package `fk_<tag>` with two experiments: A (arm_config, helper_a) and B (no arm_config, helper_b)."""
-    tag = uuid.uuid4().hex[:8]
-    root = tmp_path / "src"
-    pkg = root / f"fk_{tag}"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "helper_a.py").write_text("def value():\n    return 1.0\n")
-    (pkg / "helper_b.py").write_text("def value():\n    return 2.0\n")
-    (pkg / "exps.py").write_text(EXPS.replace("TAG", tag).replace("DESCRIPTION", "first"))
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)    # edited sources reload from source
-    mod = __import__(f"fk_{tag}.exps", fromlist=["x"])
+    with fake_package(tmp_path, monkeypatch, "fk") as (tag, pkg):
+        (pkg / "helper_a.py").write_text("def value():\n    return 1.0\n")
+        (pkg / "helper_b.py").write_text("def value():\n    return 2.0\n")
+        (pkg / "exps.py").write_text(EXPS.replace("TAG", tag).replace("DESCRIPTION", "first"))
+        monkeypatch.setattr(sys, "dont_write_bytecode", True)    # edited sources reload from source
+        mod = __import__(f"fk_{tag}.exps", fromlist=["x"])
 
-    class F:
-        pass
+        class F:
+            pass
 
-    f = F()
-    f.tag, f.pkg, f.mod, f.names = tag, pkg, mod, [f"A_{tag}", f"B_{tag}"]
-    f.out = tmp_path / "out"
-    yield f
-    for k in [m for m in sys.modules if m.startswith(f"fk_{tag}")]:
-        del sys.modules[k]
+        f = F()
+        f.tag, f.pkg, f.mod, f.names = tag, pkg, mod, [f"A_{tag}", f"B_{tag}"]
+        f.out = tmp_path / "out"
+        yield f
 
 
 def _repro(f, seeds=2, names=None):

@@ -4,11 +4,13 @@ reported, never dropped. Fake experiments live in a throw-away package on sys.pa
 import json
 import os
 import sys
-import uuid
 
 import pytest
 
 from lmlab.experiments.parallel import threads_per_worker
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _helpers import fake_package  # noqa: E402
 
 EXPS = '''
 import math
@@ -72,25 +74,18 @@ _reg("ALWAYS_TAG", run_always_dies)
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    tag = uuid.uuid4().hex[:8]
-    root = tmp_path / "src"
-    pkg = root / f"fkp_{tag}"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "exps.py").write_text(EXPS.replace("TAG", tag).replace("ATTEMPTS_DIR", str(tmp_path / "attempts")))
-    monkeypatch.syspath_prepend(str(root))
-    mod = __import__(f"fkp_{tag}.exps", fromlist=["x"])
+    with fake_package(tmp_path, monkeypatch, "fkp") as (tag, pkg):
+        (pkg / "exps.py").write_text(EXPS.replace("TAG", tag).replace("ATTEMPTS_DIR", str(tmp_path / "attempts")))
+        mod = __import__(f"fkp_{tag}.exps", fromlist=["x"])
 
-    class F:
-        pass
+        class F:
+            pass
 
-    f = F()
-    f.tag, f.mod, f.tmp = tag, mod, tmp_path
-    f.det = [f"DET_{tag}", f"PAIRED_{tag}"]
-    f.kill = [f"ONCE_{tag}", f"ALWAYS_{tag}"]
-    yield f
-    for k in [m for m in sys.modules if m.startswith(f"fkp_{tag}")]:
-        del sys.modules[k]
+        f = F()
+        f.tag, f.mod, f.tmp = tag, mod, tmp_path
+        f.det = [f"DET_{tag}", f"PAIRED_{tag}"]
+        f.kill = [f"ONCE_{tag}", f"ALWAYS_{tag}"]
+        yield f
 
 
 @pytest.fixture(scope="module")
