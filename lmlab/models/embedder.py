@@ -122,18 +122,31 @@ def train_contrastive(model: Embedder, tokenizer, queries: Sequence[str], passag
         raise ValueError(f"queries ({len(queries)}) and passages ({len(passages)}) must be aligned")
     if len(queries) < 2:
         raise ValueError("need at least 2 pairs for in-batch negatives")
+
+    def batch_loss(pick: list[int]) -> torch.Tensor:
+        qi, qm = batch_ids(tokenizer, [queries[i] for i in pick], QUERY_PREFIX, max_len)
+        pi, pm = batch_ids(tokenizer, [passages[i] for i in pick], PASSAGE_PREFIX, max_len)
+        return info_nce(model(qi, qm), model(pi, pm), tau, symmetric)
+
+    return fit_batches(model, batch_loss, len(queries), steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                       seed=seed, weight_decay=weight_decay, log_every=log_every)
+
+
+def fit_batches(model: Embedder, batch_loss, n: int, *, steps: int, batch_size: int, lr: float, warmup: int,
+                seed: int = 0, weight_decay: float = 0.01, log_every: int = 0) -> list[tuple[int, float]]:
+    """The embedder's training loop: AdamW (betas 0.9/0.98, grad-norm clip 1.0, linear warm-up then linear decay
+    to 10 %) over `steps` random batches of the `n` aligned examples; `batch_loss(indices)` gives a batch's loss.
+    Returns [(step, loss)] every `log_every` steps and at the last."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * max(0.1, 1 - s / max(steps, 1)))
     model.train()
     curve = []
-    bs = min(batch_size, len(queries))
+    bs = min(batch_size, n)
     for step in range(steps):
-        pick = torch.randperm(len(queries), generator=g)[:bs].tolist()
-        qi, qm = batch_ids(tokenizer, [queries[i] for i in pick], QUERY_PREFIX, max_len)
-        pi, pm = batch_ids(tokenizer, [passages[i] for i in pick], PASSAGE_PREFIX, max_len)
-        loss = info_nce(model(qi, qm), model(pi, pm), tau, symmetric)
+        pick = torch.randperm(n, generator=g)[:bs].tolist()
+        loss = batch_loss(pick)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from lmlab.models.embedder import PASSAGE_PREFIX, QUERY_PREFIX, Embedder, batch_ids, embed_texts
+from lmlab.models.embedder import PASSAGE_PREFIX, QUERY_PREFIX, Embedder, batch_ids, embed_texts, fit_batches
 
 TAU = 0.01
 
@@ -74,28 +74,16 @@ def finetune_hard_negatives(model: Embedder, tokenizer, queries: Sequence[str], 
                          f"({len(negatives)}) must be aligned")
     if len(queries) < 2:
         raise ValueError("need at least 2 triples")
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * max(0.1, 1 - s / max(steps, 1)))
-    model.train()
-    curve = []
-    bs = min(batch_size, len(queries))
-    for step in range(steps):
-        pick = torch.randperm(len(queries), generator=g)[:bs].tolist()
+
+    def batch_loss(pick: list[int]) -> torch.Tensor:
         qi, qm = batch_ids(tokenizer, [queries[i] for i in pick], QUERY_PREFIX, max_len)
         ci, cm = batch_ids(tokenizer, [passages[i] for i in pick] + [negatives[i] for i in pick], PASSAGE_PREFIX,
                            max_len)
-        c = model(ci, cm)
-        loss = info_nce_hard(model(qi, qm), c[:bs], c[bs:], tau)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            curve.append((step, loss.item()))
-    return curve
+        c = model(ci, cm)                                  # positives, then their hard negatives
+        return info_nce_hard(model(qi, qm), c[:len(pick)], c[len(pick):], tau)
+
+    return fit_batches(model, batch_loss, len(queries), steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                       seed=seed, weight_decay=weight_decay, log_every=log_every)
 
 
 __all__ = ["TAU", "info_nce_hard", "naive_info_nce_hard", "mine_hard_negatives", "finetune_hard_negatives"]
