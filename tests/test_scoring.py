@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.config import ModelConfig
-from lmlab.infer.scoring import naive_score_loglikelihood, score_loglikelihood, tree_scorable
+from lmlab.infer.scoring import naive_score_loglikelihood, prefix_groups, score_loglikelihood, tree_scorable
 from lmlab.models.decoder import Decoder
 
 
@@ -96,3 +96,19 @@ def test_bad_requests_named():
         score_loglikelihood(m, [([1] * 150, [2] * 51)])
     with pytest.raises(ValueError, match="batch_tokens=0"):
         score_loglikelihood(m, [([1], [2])], batch_tokens=0)
+
+
+def test_few_shot_headers_grouped():
+    """Two long headers (two subjects' few-shot prompts) each prefilled once for their own questions, and
+    contexts that share only a short prefix with the others in a group of their own."""
+    m = tiny()
+    rng = random.Random(4)
+    common = [5, 6, 7]
+    heads = [common + [rng.randrange(64) for _ in range(40)] for _ in range(2)]
+    ctxs = [h + [rng.randrange(64) for _ in range(rng.randrange(1, 8))] for h in heads for _ in range(3)]
+    ctxs += [common + [rng.randrange(64) for _ in range(n)] for n in (4, 30)]
+    groups = prefix_groups(ctxs, 32)
+    assert sorted((L0, sorted(ms)) for L0, ms in groups) == [(3, [6, 7]), (43, [0, 1, 2]), (43, [3, 4, 5])]
+    reqs = [(c, [k]) for c in ctxs for k in (1, 2)] + [(c, [3, 4, 9]) for c in ctxs[::2]]
+    for (a, ga), (b, gb) in zip(score_loglikelihood(m, reqs, batch_tokens=64), naive_score_loglikelihood(m, reqs)):
+        assert abs(a - b) < 1e-9 and ga == gb

@@ -39,6 +39,7 @@ from lmlab.nn.hydragen import PrefixLevel, merge_lse, prefix_attention, suffix_a
 
 Request = tuple[list[int], list[int]]
 HEAD_ROWS = 256                     # positions per head (vocab projection) chunk
+SHARED_MIN = 32                     # leading tokens a run of contexts must share to get its own level 0
 
 
 @dataclass
@@ -167,7 +168,7 @@ def score_loglikelihood(model, requests: list[Request], batch_tokens: int = 2048
                         share_prefix: bool = True) -> list[tuple[float, bool]]:
     """(sum_j log p(cont_j | ctx, cont_<j), every cont_j the argmax) for each (ctx ids, cont ids) request,
     lm-eval's convention; an empty continuation scores (0.0, True). `batch_tokens` bounds the padded tokens
-    of one forward; `share_prefix` prefills the tokens all contexts share once (level 0)."""
+    of one forward; `share_prefix` prefills shared leading tokens once (level 0, see `prefix_groups`)."""
     if batch_tokens < 1:
         raise ValueError(f"score_loglikelihood: batch_tokens={batch_tokens} must be ≥ 1")
     _check(model, requests)
@@ -186,42 +187,83 @@ def score_loglikelihood(model, requests: list[Request], batch_tokens: int = 2048
     users: list[list[int]] = [[] for _ in ctxs]                   # requests of each context
     for i in live:
         users[distinct[tuple(requests[i][0])]].append(i)
-    L0 = min(common_prefix(ctxs), min(len(c) for c in ctxs) - 1) if share_prefix and len(ctxs) > 1 else 0
     plan = _Plan()
     caches = [_ScoreCache(plan) for _ in model.blocks]
-    if L0:
-        plan.phase = "prefix"
-        _hidden(model, torch.tensor([ctxs[0][:L0]], device=dev), torch.arange(L0, device=dev)[None], caches)
     logp = [0.0] * len(requests)
     greedy = [True] * len(requests)
-    for batch in _packs([len(c) - L0 for c in ctxs], batch_tokens):
-        rem = [ctxs[g][L0:] for g in batch]
-        x1 = _pad(rem, dev)
-        lens = torch.tensor([len(r) for r in rem], device=dev)
-        plan.phase, plan.lengths = "context", lens
-        h = _hidden(model, x1, L0 + torch.arange(x1.shape[1], device=dev)[None], caches)
-        last = h[torch.arange(len(batch), device=dev), lens - 1]                       # (G, d)
-        rows = [(b, i) for b, g in enumerate(batch) for i in users[g]]
-        lp, gr = _score_rows(model, last[[b for b, _ in rows]],
-                             torch.tensor([requests[i][1][0] for _, i in rows], device=dev))
-        for (_, i), a, b in zip(rows, lp.tolist(), gr.tolist()):
-            logp[i], greedy[i] = a, b
-        longer = [(b, i) for b, i in rows if len(requests[i][1]) > 1]
-        for chunk in _packs([len(requests[i][1]) - 1 for _, i in longer], batch_tokens):
-            sel = [longer[j] for j in chunk]
-            conts = [requests[i][1] for _, i in sel]
-            group = torch.tensor([b for b, _ in sel], device=dev)
-            clens = torch.tensor([len(t) - 1 for t in conts], device=dev)
-            x2 = _pad([t[:-1] for t in conts], dev)
-            plan.phase, plan.lengths, plan.group = "continuation", clens, group
-            pos = (L0 + lens[group])[:, None] + torch.arange(x2.shape[1], device=dev)[None]
-            h2 = _hidden(model, x2, pos, caches)                                       # (N, T, d)
-            valid = torch.arange(x2.shape[1], device=dev)[None] < clens[:, None]
-            lp, gr = _score_rows(model, h2[valid], _pad([t[1:] for t in conts], dev)[valid])
-            _accumulate(sel, clens.tolist(), lp, gr, logp, greedy)
+    for L0, members in prefix_groups(ctxs, SHARED_MIN if share_prefix else None):
+        for c in caches:
+            c.k0 = c.v0 = None
+        if L0:
+            plan.phase = "prefix"
+            _hidden(model, torch.tensor([ctxs[members[0]][:L0]], device=dev), torch.arange(L0, device=dev)[None],
+                    caches)
+        for pack in _packs([len(ctxs[g]) - L0 for g in members], batch_tokens):
+            batch = [members[j] for j in pack]
+            _score_batch(model, requests, [ctxs[g][L0:] for g in batch], [users[g] for g in batch], L0,
+                         batch_tokens, plan, caches, logp, greedy)
     for i in live:
         out[i] = (logp[i], greedy[i])
     return out
+
+
+def _score_batch(model, requests, rem, users, L0, batch_tokens, plan, caches, logp, greedy) -> None:
+    """Prefill the context remainders `rem` (level 1, after L0 cached tokens), score the first token of every
+    continuation from their last logits, then the rest of the longer continuations over the cache (level 2)."""
+    dev = model.embed.weight.device
+    x1 = _pad(rem, dev)
+    lens = torch.tensor([len(r) for r in rem], device=dev)
+    plan.phase, plan.lengths = "context", lens
+    h = _hidden(model, x1, L0 + torch.arange(x1.shape[1], device=dev)[None], caches)
+    last = h[torch.arange(len(rem), device=dev), lens - 1]                             # (G, d)
+    rows = [(b, i) for b, us in enumerate(users) for i in us]
+    lp, gr = _score_rows(model, last[[b for b, _ in rows]],
+                         torch.tensor([requests[i][1][0] for _, i in rows], device=dev))
+    for (_, i), a, b in zip(rows, lp.tolist(), gr.tolist()):
+        logp[i], greedy[i] = a, b
+    longer = [(b, i) for b, i in rows if len(requests[i][1]) > 1]
+    for chunk in _packs([len(requests[i][1]) - 1 for _, i in longer], batch_tokens):
+        sel = [longer[j] for j in chunk]
+        conts = [requests[i][1] for _, i in sel]
+        group = torch.tensor([b for b, _ in sel], device=dev)
+        clens = torch.tensor([len(t) - 1 for t in conts], device=dev)
+        x2 = _pad([t[:-1] for t in conts], dev)
+        plan.phase, plan.lengths, plan.group = "continuation", clens, group
+        pos = (L0 + lens[group])[:, None] + torch.arange(x2.shape[1], device=dev)[None]
+        h2 = _hidden(model, x2, pos, caches)                                           # (N, T, d)
+        valid = torch.arange(x2.shape[1], device=dev)[None] < clens[:, None]
+        lp, gr = _score_rows(model, h2[valid], _pad([t[1:] for t in conts], dev)[valid])
+        _accumulate(sel, clens.tolist(), lp, gr, logp, greedy)
+
+
+def prefix_groups(ctxs: list[list[int]], shared_min: Optional[int]) -> list[tuple[int, list[int]]]:
+    """Split contexts into (level-0 length, members) groups: runs of lexicographically adjacent contexts that
+    share ≥ shared_min leading tokens (e.g. the few-shot prompt of one subject) each get their shared tokens
+    prefilled once; the other contexts form one group over what they all share (often a task's header).
+    Every member keeps ≥ 1 token of its own. shared_min None: one group, no level 0."""
+    if shared_min is None:
+        return [(0, list(range(len(ctxs))))]
+    order = sorted(range(len(ctxs)), key=lambda i: ctxs[i])
+    runs: list[tuple[int, list[int]]] = []
+    for i in order:
+        if runs:
+            p, members = runs[-1]
+            q = min(p, common_prefix([ctxs[members[-1]], ctxs[i]]))
+            if q >= shared_min:
+                runs[-1] = (q, members + [i])
+                continue
+        runs.append((len(ctxs[i]), [i]))
+    groups, rest = [], []
+    for p, members in runs:
+        if len(members) > 1:
+            groups.append((min(p, min(len(ctxs[i]) for i in members) - 1), members))
+        else:
+            rest += members
+    if rest:
+        rest_ctx = [ctxs[i] for i in rest]
+        groups.append((min(common_prefix(rest_ctx), min(len(c) for c in rest_ctx) - 1) if len(rest) > 1 else 0,
+                       rest))
+    return groups
 
 
 def _accumulate(sel, counts: list[int], lp: torch.Tensor, gr: torch.Tensor, logp: list, greedy: list) -> None:

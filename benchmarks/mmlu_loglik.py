@@ -1,0 +1,127 @@
+"""MMLU log-likelihood scoring: lmlab's batched scorer vs lm-evaluation-harness's HF backend, same requests.
+
+    PYTHONPATH=. python benchmarks/mmlu_loglik.py                      # 100 questions, 5 rounds, 1 thread
+    PYTHONPATH=. python benchmarks/mmlu_loglik.py --n 20 --reps 2      # a quick check (not a reported figure)
+
+The requests are the ones `lmlab eval --task mmlu --mode loglikelihood --limit N` sends: the first N questions
+of lmlab's MMLU task (`mmlu_mc`: the lm-eval-style lettered prompt, continuations " A".." D"), 4 per question.
+lm-eval's own MMLU task downloads its data from a hub, so its model is fed these requests directly as
+`Instance`s: `HFLM.loglikelihood` (lm-eval ≥ 0.4, an oracle here, never a dependency of lmlab).
+
+Both sides use the same weights (the embedded SmolLM2-135M-Instruct GGUF dequantised by transformers once; lmlab's
+Decoder is mapped from that model), fp32, the same torch thread count, and their own tokenisation of the text
+requests inside the timed call. Batching: lm-eval's policy is `--lm-eval-batch` rows per forward (its requests
+sorted longest first, right-padded, one row per question since its one-token-continuation cache scores the four
+letters from one forward); lmlab's is its default (`score_loglikelihood`: contexts sorted longest first and
+packed into forwards of ≤ 2048 padded tokens, the header all prompts share prefilled once).
+
+Checks: every question's chosen letter (argmax of the four log-likelihoods) on both sides, the largest
+|Δ log p| over all requests, and that both sides scored the same token ids. Timing: one warm-up call of each
+side, then `--reps` interleaved rounds (order rotating); questions/s from the median process CPU time (the
+right clock with one thread while other jobs load the machine) and from the median wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]   # benchmarks/peft.py would shadow `peft`
+sys.path.insert(0, str(HERE.parent))
+from benchmarks._interleave import interleaved, median_of, ratio  # noqa: E402
+
+
+def mmlu_requests(n: int) -> tuple[list[tuple[str, str]], list[str]]:
+    """(prompt, continuation) pairs of the first n questions, 4 per question in letter order, and gold letters."""
+    from lmlab.eval.tasks.mmlu import mmlu_task
+
+    task = mmlu_task(mode="loglikelihood")
+    docs = task.docs[:n]
+    if len(docs) < n:
+        print(f"note: lmlab's MMLU data has {len(docs)} questions, fewer than --n {n}")
+    reqs = [(task.prompt(d), c) for d in docs for c in task.choices(d)]
+    return reqs, [d["correct_answer"].strip().upper() for d in docs]
+
+
+def letters(lps: list[float]) -> list[str]:
+    return ["ABCD"[max(range(4), key=lps[i:i + 4].__getitem__)] for i in range(0, len(lps), 4)]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100, help="questions (4 requests each)")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved rounds (≥ 5 for a reported figure)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lm-eval-batch", type=int, default=8, help="lm-eval HFLM batch_size (rows per forward)")
+    ap.add_argument("--batch-tokens", type=int, default=2048, help="lmlab: padded tokens per forward")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from lmlab.infer.backend_impls import LocalBackend, _with_bos
+    from lmlab.infer.scoring import score_loglikelihood
+    from lmlab.models.hf import decoder_from_hf_model, load_hf
+
+    hf, tok = load_hf("smollm2", torch.float32)
+    model = decoder_from_hf_model(hf, torch.float32)
+    backend = LocalBackend(model, tok, name="smollm2")
+    lm = HFLM(pretrained=hf, tokenizer=tok.tok, batch_size=a.lm_eval_batch, device="cpu", dtype="float32")
+    reqs, gold = mmlu_requests(a.n)
+    instances = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i) for i, r in enumerate(reqs)]
+
+    def run_lmlab():
+        ctx = [_with_bos(tok, tok.encode(p)) for p, _ in reqs]
+        cont = [tok.encode(c) for _, c in reqs]
+        return {"res": score_loglikelihood(model, list(zip(ctx, cont)), batch_tokens=a.batch_tokens)}
+
+    def run_lm_eval():
+        return {"res": lm.loglikelihood(instances, disable_tqdm=True)}
+
+    # the same token ids on both sides (lm-eval moves a context's trailing spaces into the continuation)
+    ours = [(_with_bos(tok, tok.encode(p)), tok.encode(c)) for p, c in reqs]
+    theirs = [lm._encode_pair(p, c) for p, c in reqs]
+    same_ids = sum(tuple(map(tuple, x)) == tuple(map(tuple, y)) for x, y in zip(ours, theirs))
+
+    times = interleaved({"lm-eval": run_lm_eval, "lmlab": run_lmlab}, reps=a.reps, warmup=1)
+    lp_ours = [r[0] for r in times["lmlab"][-1].extra["res"]]
+    lp_theirs = [r[0] for r in times["lm-eval"][-1].extra["res"]]
+    gr_same = sum(x[1] == y[1] for x, y in zip(times["lmlab"][-1].extra["res"], times["lm-eval"][-1].extra["res"]))
+    ch_ours, ch_theirs = letters(lp_ours), letters(lp_theirs)
+    nq = len(gold)
+    backend_lps = backend.logprobs([p for p, _ in reqs[:8]], [c for _, c in reqs[:8]])   # the eval path too
+    res = {
+        "questions": nq, "requests": len(reqs), "threads": a.threads, "lm_eval_batch": a.lm_eval_batch,
+        "lmlab_batch_tokens": a.batch_tokens, "reps": a.reps,
+        "same_token_ids": f"{same_ids}/{len(reqs)}",
+        "letters_agree": f"{sum(x == y for x, y in zip(ch_ours, ch_theirs))}/{nq}",
+        "is_greedy_agree": f"{gr_same}/{len(reqs)}",
+        "max_abs_dlogp": max(abs(x - y) for x, y in zip(lp_ours, lp_theirs)),
+        "backend_path_max_abs_dlogp": max(abs(x - y) for x, y in zip(backend_lps, lp_ours[:8])),
+        "acc_lmlab": sum(x == g for x, g in zip(ch_ours, gold)) / nq,
+        "acc_lm_eval": sum(x == g for x, g in zip(ch_theirs, gold)) / nq,
+        "load_avg_1m_end": round(os.getloadavg()[0], 2),
+    }
+    for side in ("lmlab", "lm-eval"):
+        for clock in ("cpu", "wall"):
+            res[f"{side}_q_per_s_{clock}"] = nq / median_of(times[side], clock)
+    for clock in ("cpu", "wall"):
+        r = ratio(times, "lm-eval", "lmlab", clock)
+        res[f"speedup_{clock}"] = r["median_ratio"]
+        res[f"speedup_{clock}_per_round"] = [round(x, 3) for x in r["per_round"]]
+    print(json.dumps(res, indent=1))
+    if a.out:
+        from lmlab.io import atomic_write_text
+        atomic_write_text(Path(a.out), json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
