@@ -1,6 +1,7 @@
 """MMLU log-likelihood scoring: lmlab's batched scorer vs lm-evaluation-harness's HF backend, same requests.
 
     PYTHONPATH=. python benchmarks/mmlu_loglik.py                      # 100 questions, 5 rounds, 1 thread
+    PYTHONPATH=. python benchmarks/mmlu_loglik.py --shots 5            # lm-eval's 5-shot MMLU layout
     PYTHONPATH=. python benchmarks/mmlu_loglik.py --n 20 --reps 2      # a quick check (not a reported figure)
 
 The requests are the ones `lmlab eval --task mmlu --mode loglikelihood --limit N` sends: the first N questions
@@ -10,14 +11,16 @@ lm-eval's own MMLU task downloads its data from a hub, so its model is fed these
 
 Both sides use the same weights (the embedded SmolLM2-135M-Instruct GGUF dequantised by transformers once; lmlab's
 Decoder is mapped from that model), fp32, the same torch thread count, and their own tokenisation of the text
-requests inside the timed call. Batching: lm-eval's policy is `--lm-eval-batch` rows per forward (its requests
-sorted longest first, right-padded, one row per question since its one-token-continuation cache scores the four
-letters from one forward); lmlab's is its default (`score_loglikelihood`: contexts sorted longest first and
-packed into forwards of ≤ 2048 padded tokens, the header all prompts share prefilled once).
+requests inside the timed call. Batching: lm-eval's policy is `--lm-eval-batch` rows per forward, default 1 (its own default, and its fastest
+here: 20 questions took 7.9 CPU-s at batch 1, 10.8 at 8, 17.7 at 32, since its batches are right-padded and it
+takes log_softmax over every position); its requests are sorted longest first and its one-token-continuation
+cache scores the four letters from one forward, so a row is a question. lmlab's is its default
+(`score_loglikelihood`): contexts sorted longest first and packed into forwards of ≤ 2048 padded tokens with
+≤ 10 % padding, the tokens all prompts share prefilled once.
 
 Checks: every question's chosen letter (argmax of the four log-likelihoods) on both sides, the largest
 |Δ log p| over all requests, and that both sides scored the same token ids. Timing: one warm-up call of each
-side, then `--reps` interleaved rounds (order rotating); questions/s from the median process CPU time (the
+side on 8 questions, then `--reps` interleaved rounds (order rotating); questions/s from the median process CPU time (the
 right clock with one thread while other jobs load the machine) and from the median wall time.
 """
 from __future__ import annotations
@@ -36,15 +39,30 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks._interleave import interleaved, median_of, ratio  # noqa: E402
 
 
-def mmlu_requests(n: int) -> tuple[list[tuple[str, str]], list[str]]:
-    """(prompt, continuation) pairs of the first n questions, 4 per question in letter order, and gold letters."""
-    from lmlab.eval.tasks.mmlu import mmlu_task
+def mmlu_requests(n: int, shots: int = 0) -> tuple[list[tuple[str, str]], list[str]]:
+    """(prompt, continuation) pairs of the first n questions, 4 per question in letter order, and gold letters.
+    shots > 0: lm-eval's MMLU few-shot layout ("The following are multiple choice questions (with answers)
+    about <subject>." then `shots` answered questions, then the question), the shots being the first
+    questions of the same subject (in the task's order) outside the n scored ones — the data holds no dev split."""
+    from lmlab.eval.tasks.mmlu import mmlu_task, subject
 
     task = mmlu_task(mode="loglikelihood")
     docs = task.docs[:n]
     if len(docs) < n:
         print(f"note: lmlab's MMLU data has {len(docs)} questions, fewer than --n {n}")
-    reqs = [(task.prompt(d), c) for d in docs for c in task.choices(d)]
+    prompts = [task.prompt(d) for d in docs]
+    if shots:
+        scored = {id(d) for d in docs}
+        pool: dict[str, list[dict]] = {}
+        for d in task.docs:
+            if id(d) not in scored and len(pool.setdefault(subject(d), [])) < shots:
+                pool[subject(d)].append(d)
+        body = lambda d: task.prompt(d).split("\n\n", 1)[1]  # noqa: E731  (lmlab's prompt without its header)
+        prompts = [f"The following are multiple choice questions (with answers) about "
+                   f"{subject(d).replace('_', ' ')}.\n\n"
+                   + "".join(f"{body(s)} {s['correct_answer'].strip().upper()}\n\n" for s in pool[subject(d)])
+                   + body(d) for d in docs]
+    reqs = [(p, c) for p, d in zip(prompts, docs) for c in task.choices(d)]
     return reqs, [d["correct_answer"].strip().upper() for d in docs]
 
 
@@ -55,9 +73,11 @@ def letters(lps: list[float]) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100, help="questions (4 requests each)")
+    ap.add_argument("--shots", type=int, default=0, help="few-shot prompts (lm-eval's MMLU layout); 0 = lmlab's task")
     ap.add_argument("--reps", type=int, default=5, help="interleaved rounds (≥ 5 for a reported figure)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--lm-eval-batch", type=int, default=8, help="lm-eval HFLM batch_size (rows per forward)")
+    ap.add_argument("--lm-eval-batch", type=int, default=1,
+                    help="lm-eval HFLM batch_size (rows per forward); 1 is its default and its fastest here")
     ap.add_argument("--batch-tokens", type=int, default=2048, help="lmlab: padded tokens per forward")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
@@ -74,7 +94,7 @@ def main(argv=None) -> dict:
     model = decoder_from_hf_model(hf, torch.float32)
     backend = LocalBackend(model, tok, name="smollm2")
     lm = HFLM(pretrained=hf, tokenizer=tok.tok, batch_size=a.lm_eval_batch, device="cpu", dtype="float32")
-    reqs, gold = mmlu_requests(a.n)
+    reqs, gold = mmlu_requests(a.n, a.shots)
     instances = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i) for i, r in enumerate(reqs)]
 
     def run_lmlab():
@@ -90,7 +110,11 @@ def main(argv=None) -> dict:
     theirs = [lm._encode_pair(p, c) for p, c in reqs]
     same_ids = sum(tuple(map(tuple, x)) == tuple(map(tuple, y)) for x, y in zip(ours, theirs))
 
-    times = interleaved({"lm-eval": run_lm_eval, "lmlab": run_lmlab}, reps=a.reps, warmup=1)
+    warm = instances[:32]                     # warm-up on 8 questions: allocator, thread pools, lazy imports
+    lm.loglikelihood(warm, disable_tqdm=True)
+    score_loglikelihood(model, ours[:32], batch_tokens=a.batch_tokens)
+    load_start = round(os.getloadavg()[0], 2)
+    times = interleaved({"lm-eval": run_lm_eval, "lmlab": run_lmlab}, reps=a.reps, warmup=0)
     lp_ours = [r[0] for r in times["lmlab"][-1].extra["res"]]
     lp_theirs = [r[0] for r in times["lm-eval"][-1].extra["res"]]
     gr_same = sum(x[1] == y[1] for x, y in zip(times["lmlab"][-1].extra["res"], times["lm-eval"][-1].extra["res"]))
@@ -98,7 +122,8 @@ def main(argv=None) -> dict:
     nq = len(gold)
     backend_lps = backend.logprobs([p for p, _ in reqs[:8]], [c for _, c in reqs[:8]])   # the eval path too
     res = {
-        "questions": nq, "requests": len(reqs), "threads": a.threads, "lm_eval_batch": a.lm_eval_batch,
+        "questions": nq, "shots": a.shots, "requests": len(reqs),
+        "mean_prompt_tokens": sum(len(c) for c, _ in ours[::4]) / nq, "threads": a.threads, "lm_eval_batch": a.lm_eval_batch,
         "lmlab_batch_tokens": a.batch_tokens, "reps": a.reps,
         "same_token_ids": f"{same_ids}/{len(reqs)}",
         "letters_agree": f"{sum(x == y for x, y in zip(ch_ours, ch_theirs))}/{nq}",
@@ -107,7 +132,7 @@ def main(argv=None) -> dict:
         "backend_path_max_abs_dlogp": max(abs(x - y) for x, y in zip(backend_lps, lp_ours[:8])),
         "acc_lmlab": sum(x == g for x, g in zip(ch_ours, gold)) / nq,
         "acc_lm_eval": sum(x == g for x, g in zip(ch_theirs, gold)) / nq,
-        "load_avg_1m_end": round(os.getloadavg()[0], 2),
+        "load_avg_1m_start": load_start, "load_avg_1m_end": round(os.getloadavg()[0], 2),
     }
     for side in ("lmlab", "lm-eval"):
         for clock in ("cpu", "wall"):

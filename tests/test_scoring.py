@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lmlab.config import ModelConfig
+from lmlab.infer import scoring
 from lmlab.infer.scoring import naive_score_loglikelihood, prefix_groups, score_loglikelihood, tree_scorable
 from lmlab.models.decoder import Decoder
 
@@ -46,8 +47,10 @@ def with_greedy(model, reqs, n=4):
     return reqs
 
 
-@pytest.mark.parametrize("batch_tokens,share", [(2048, True), (16, True), (2048, False), (1, True)])
-def test_equals_full_recompute(batch_tokens, share):
+@pytest.mark.parametrize("batch_tokens,share,slack", [(2048, True, 0.1), (2048, True, 1.0), (16, True, 1.0),
+                                                     (2048, False, 1.0), (1, True, 0.0)])
+def test_equals_full_recompute(batch_tokens, share, slack, monkeypatch):
+    monkeypatch.setattr(scoring, "PAD_SLACK", slack)   # 1.0: ragged rows padded into one batch
     m = tiny()
     reqs = with_greedy(m, requests())
     got = score_loglikelihood(m, reqs, batch_tokens=batch_tokens, share_prefix=share)
@@ -72,7 +75,8 @@ def test_header_shared_by_all_contexts():
         assert abs(a - b) < 1e-9 and ga == gb
 
 
-def test_recurrent_model_takes_dense_path():
+def test_recurrent_model_takes_dense_path(monkeypatch):
+    monkeypatch.setattr(scoring, "PAD_SLACK", 1.0)
     m = tiny(layer_pattern=["attn", "hgrn2"])
     assert not tree_scorable(m)
     reqs = requests(2)

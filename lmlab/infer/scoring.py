@@ -9,10 +9,11 @@ T = longest continuation − 1, L0 = level-0 prefix.
 
 How the work is laid out (a prefix tree over the requests, the same tree lmlab.infer.engine decodes from):
 
-    level 0   the tokens every context shares (a task's header, a few-shot prompt)   prefilled once
+    level 0   the tokens a group of contexts shares (a task's header, a subject's few-shot prompt:
+              see `prefix_groups`)                                                   prefilled once
     level 1   each distinct context's remainder, right-padded, contexts sorted by length and packed into
-              batches of ≤ batch_tokens padded tokens                                 prefilled once
-    level 2   each continuation's tokens but the last, over the cached level-0/1 KV   one batched forward
+              batches of ≤ batch_tokens padded tokens, ≤ PAD_SLACK of them padding    prefilled once
+    level 2   each continuation's tokens but the last, over the cached level-0/1 KV   batched forwards
 
 The logits at a context's last token score the first token of every continuation of that context, so a
 multiple-choice question with single-token answers (MMLU's " A".." D") costs one forward of its prompt;
@@ -39,6 +40,7 @@ from lmlab.nn.hydragen import PrefixLevel, merge_lse, prefix_attention, suffix_a
 
 Request = tuple[list[int], list[int]]
 HEAD_ROWS = 256                     # positions per head (vocab projection) chunk
+PAD_SLACK = 0.1                     # largest share of padding in a batch of contexts or continuations
 SHARED_MIN = 32                     # leading tokens a run of contexts must share to get its own level 0
 
 
@@ -135,16 +137,21 @@ def _pad(rows: list[list[int]], device) -> torch.Tensor:
     return x
 
 
-def _packs(sizes: list[int], budget: int) -> list[list[int]]:
-    """Indices sorted by size (longest first), cut into runs whose padded size count × longest ≤ budget
-    (at least one each)."""
+def _packs(sizes: list[int], budget: int, slack: float = 0.0) -> list[list[int]]:
+    """Indices sorted by size (longest first), cut into runs whose padded size count × longest ≤ budget and
+    whose padding is ≤ slack × that padded size (at least one index each)."""
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
     out: list[list[int]] = []
+    real = 0
     for i in order:
-        if out and (len(out[-1]) + 1) * sizes[out[-1][0]] <= budget:
-            out[-1].append(i)
-        else:
-            out.append([i])
+        if out:
+            padded = (len(out[-1]) + 1) * sizes[out[-1][0]]
+            if padded <= budget and padded - real - sizes[i] <= slack * padded:
+                out[-1].append(i)
+                real += sizes[i]
+                continue
+        out.append([i])
+        real = sizes[i]
     return out
 
 
@@ -198,7 +205,7 @@ def score_loglikelihood(model, requests: list[Request], batch_tokens: int = 2048
             plan.phase = "prefix"
             _hidden(model, torch.tensor([ctxs[members[0]][:L0]], device=dev), torch.arange(L0, device=dev)[None],
                     caches)
-        for pack in _packs([len(ctxs[g]) - L0 for g in members], batch_tokens):
+        for pack in _packs([len(ctxs[g]) - L0 for g in members], batch_tokens, PAD_SLACK):
             batch = [members[j] for j in pack]
             _score_batch(model, requests, [ctxs[g][L0:] for g in batch], [users[g] for g in batch], L0,
                          batch_tokens, plan, caches, logp, greedy)
@@ -222,7 +229,7 @@ def _score_batch(model, requests, rem, users, L0, batch_tokens, plan, caches, lo
     for (_, i), a, b in zip(rows, lp.tolist(), gr.tolist()):
         logp[i], greedy[i] = a, b
     longer = [(b, i) for b, i in rows if len(requests[i][1]) > 1]
-    for chunk in _packs([len(requests[i][1]) - 1 for _, i in longer], batch_tokens):
+    for chunk in _packs([len(requests[i][1]) - 1 for _, i in longer], batch_tokens, PAD_SLACK):
         sel = [longer[j] for j in chunk]
         conts = [requests[i][1] for _, i in sel]
         group = torch.tensor([b for b, _ in sel], device=dev)
@@ -281,7 +288,7 @@ def _score_dense(model, requests: list[Request], live: list[int], batch_tokens: 
     dev = model.embed.weight.device
     seqs = [requests[i][0] + requests[i][1][:-1] for i in live]
     logp, greedy = [0.0] * len(requests), [True] * len(requests)
-    for pack in _packs([len(s) for s in seqs], batch_tokens):
+    for pack in _packs([len(s) for s in seqs], batch_tokens, PAD_SLACK):
         x = _pad([seqs[j] for j in pack], dev)
         h = _hidden(model, x, torch.arange(x.shape[1], device=dev)[None], None)
         idx_r, idx_t, tgt, counts = [], [], [], []
