@@ -110,6 +110,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lm-eval-batch", type=int, default=1,
                     help="lm-eval HFLM batch_size (rows per forward); 1 is its default and its fastest here")
     ap.add_argument("--batch-tokens", type=int, default=2048, help="lmlab: padded tokens per forward")
+    ap.add_argument("--first", choices=["lm-eval", "lmlab"], default="lm-eval", help="side that opens round 1")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -143,13 +144,16 @@ def main(argv=None) -> dict:
     score_loglikelihood(model, ours[:8], batch_tokens=a.batch_tokens)
     load_start = round(os.getloadavg()[0], 2)
     sides = {"lm-eval": run_lm_eval, "lmlab": run_lmlab}
+    if a.first == "lmlab":
+        sides = {"lmlab": run_lmlab, "lm-eval": run_lm_eval}
     times: dict[str, list] = {n: [] for n in sides}
     for r in range(a.reps):   # one interleaved round at a time, the order alternating; figures saved every round
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         got = interleaved({n: sides[n] for n in order}, reps=1, warmup=0, log=lambda m: None)
         for n in sides:
             times[n] += got[n]
-        print(f"round {r + 1}/{a.reps}: " + ", ".join(f"{n} {times[n][-1].cpu:.2f} CPU-s" for n in sides), flush=True)
+        print(f"round {r + 1}/{a.reps} ({' then '.join(order)}): "
+              + ", ".join(f"{n} {times[n][-1].cpu:.2f} CPU-s" for n in sides), flush=True)
         res = summarise(a, times, reqs, gold, ours, theirs, load_start)
         if a.out:
             from lmlab.io import atomic_write_text
