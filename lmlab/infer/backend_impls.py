@@ -117,17 +117,26 @@ class LocalBackend:
     def chat(self, conversations: list[list[dict]], gen: GenerationConfig, stream=None) -> list[list[str]]:
         return self.generate([_chat_prompt(self.tokenizer, c) for c in conversations], gen, stream)
 
-    def logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+    def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | prompt), continuation is the greedy one) per pair: lm-eval's request,
+        scored in batches with each distinct prompt prefilled once (lmlab.infer.scoring)."""
+        from lmlab.infer.scoring import score_loglikelihood
+
         ctx = [_with_bos(self.tokenizer, self.tokenizer.encode(p)) for p in prompts]
         tgt = [self.tokenizer.encode(c) for c in continuations]
         for c, p in zip(ctx, prompts):
             if not c:
                 raise ValueError("logprobs: empty prompt (no tokens and no BOS to condition on)")
-        return [sum(x) for x in self.engine.token_logprobs(ctx, tgt)]
+        return score_loglikelihood(self.model, list(zip(ctx, tgt)))
+
+    def logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        return [lp for lp, _ in self.loglikelihood(prompts, continuations)]
 
     def score(self, texts: list[str]) -> list[float]:
+        from lmlab.infer.scoring import score_loglikelihood
+
         ids = [_with_bos(self.tokenizer, self.tokenizer.encode(t)) for t in texts]
-        return [sum(x) for x in self.engine.token_logprobs([i[:1] for i in ids], [i[1:] for i in ids])]
+        return [lp for lp, _ in score_loglikelihood(self.model, [(i[:1], i[1:]) for i in ids])]
 
 
 # ------------------------------------------------------------------------------------------ HF / GGUF
