@@ -1,0 +1,129 @@
+"""Load time of SmolLM2-135M-Instruct (the embedded Q4_1 GGUF): converted every time vs read from the weights
+cache, and `lmlab serve --model smollm2` time to ready, each in a fresh Python process.
+
+    python benchmarks/load_time.py                # 3 interleaved rounds
+    python benchmarks/load_time.py --reps 5 --no-serve
+
+Sides (each a new interpreter, so imports count, as for a user):
+
+    convert       load_pretrained("smollm2", cache=False): transformers dequantises the GGUF and converts its
+                  tokenizer (what every load did before the cache)
+    cached        load_pretrained("smollm2") with the cache entry present (sha256 of the GGUF, safetensors read
+                  and checked, tokenizer from its tokenizer.json)
+    hf_folder     load_pretrained(<the cache entry as an HF folder>): the safetensors path, not cached, for
+                  comparison (does an HF folder need a cache?)
+    serve_convert / serve_cached   `python -m lmlab.cli serve --model smollm2` from start until
+                  GET /v1/models answers 200 on 127.0.0.1, with LMLAB_WEIGHTS_CACHE=0 / with the entry present
+
+The first load (which converts and writes the entry) is timed once before the rounds. Each figure is the
+median over rounds of the child's wall time and of its CPU time (user + system: the fairer clock while
+other jobs load the machine); the load average is printed at the start and the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(ROOT))
+from benchmarks._interleave import interleaved, median_of  # noqa: E402
+
+LOAD = ("import sys, torch; torch.set_num_threads(1); from lmlab.models.hf import load_pretrained; "
+        "m, t = load_pretrained(sys.argv[1], cache=sys.argv[2] == '1'); assert t.vocab_size == 49152")
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _env(cache_dir: str, cache: bool) -> dict:
+    env = dict(os.environ, LMLAB_CACHE_DIR=cache_dir, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["LMLAB_WEIGHTS_CACHE"] = "1" if cache else "0"
+    return env
+
+
+def load_once(spec: str, cache_dir: str, cache: bool) -> dict:
+    c0, t0 = _children_cpu(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", LOAD, spec, "1" if cache else "0"], env=_env(cache_dir, cache),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": _children_cpu() - c0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_once(cache_dir: str, cache: bool, timeout: float = 900.0) -> dict:
+    port = _free_port()
+    c0, t0 = _children_cpu(), time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", "serve", "--model", "smollm2", "--port", str(port)],
+                            env=_env(cache_dir, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"lmlab serve exited with {proc.returncode} before it was ready")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"lmlab serve not ready after {timeout:.0f} s")
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"wall_s": wall, "cpu_s": _children_cpu() - c0}   # CPU up to exit (a few ms after ready)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--no-serve", action="store_true", help="skip the two `lmlab serve` sides")
+    a = ap.parse_args(argv)
+    from lmlab.models.hf import gguf_cache_entry, smollm2_path
+
+    load0 = os.getloadavg()
+    print(f"load average at start: {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} ({os.cpu_count()} CPUs)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="lmlab-load-") as cache_dir:
+        os.environ["LMLAB_CACHE_DIR"] = cache_dir
+        entry = str(gguf_cache_entry(os.path.join(*smollm2_path())))
+        first = load_once("smollm2", cache_dir, True)
+        print(f"first load (converts and writes the entry): {first['wall_s']:.1f} s wall, {first['cpu_s']:.1f} s CPU",
+              flush=True)
+        sides = {"convert": lambda: load_once("smollm2", cache_dir, False),
+                 "cached": lambda: load_once("smollm2", cache_dir, True),
+                 "hf_folder": lambda: load_once(entry, cache_dir, True)}
+        if not a.no_serve:
+            sides["serve_convert"] = lambda: serve_once(cache_dir, False)
+            sides["serve_cached"] = lambda: serve_once(cache_dir, True)
+        times = interleaved(sides, reps=a.reps, warmup=0, log=lambda s: print(s, flush=True))
+    load1 = os.getloadavg()
+    res = {"first_load": first, "load_avg_start": load0[0], "load_avg_end": load1[0]}
+    print(f"\nmedian of {a.reps} rounds (fresh process each; wall / child CPU):")
+    for name, samples in times.items():
+        wall, cpu = median_of(samples, "wall_s"), median_of(samples, "cpu_s")
+        res[name] = {"wall_s": wall, "cpu_s": cpu}
+        print(f"  {name:14s} {wall:7.2f} s wall  {cpu:7.2f} s CPU")
+    print(f"load average at end: {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
