@@ -2,7 +2,7 @@
 cache, and `lmlab serve --model smollm2` time to ready, each in a fresh Python process.
 
     python benchmarks/load_time.py                # 3 interleaved rounds
-    python benchmarks/load_time.py --reps 5 --no-serve
+    python benchmarks/load_time.py --reps 5 --serve-convert
 
 Sides (each a new interpreter, so imports count, as for a user):
 
@@ -12,10 +12,11 @@ Sides (each a new interpreter, so imports count, as for a user):
                   and checked, tokenizer from its tokenizer.json)
     hf_folder     load_pretrained(<the cache entry as an HF folder>): the safetensors path, not cached, for
                   comparison (does an HF folder need a cache?)
-    serve_convert / serve_cached   `python -m lmlab.cli serve --model smollm2` from start until
-                  GET /v1/models answers 200 on 127.0.0.1, with LMLAB_WEIGHTS_CACHE=0 / with the entry present
+    serve_cached  `python -m lmlab.cli serve --model smollm2` from start until GET /v1/models answers 200
+                  on 127.0.0.1, with the entry present
 
-The first load (which converts and writes the entry) is timed once before the rounds. Each figure is the
+Before the rounds, `lmlab serve` is timed once on an empty cache (it converts and writes the entry: the first
+start's time to ready); `--serve-convert` adds a side serving with LMLAB_WEIGHTS_CACHE=0. Each figure is the
 median over rounds of the child's wall time and of its CPU time (user + system: the fairer clock while
 other jobs load the machine); the load average is printed at the start and the end.
 """
@@ -95,7 +96,7 @@ def serve_once(cache_dir: str, cache: bool, timeout: float = 900.0) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds")
-    ap.add_argument("--no-serve", action="store_true", help="skip the two `lmlab serve` sides")
+    ap.add_argument("--serve-convert", action="store_true", help="also time `lmlab serve` without the cache")
     a = ap.parse_args(argv)
     from lmlab.models.hf import gguf_cache_entry, smollm2_path
 
@@ -104,18 +105,18 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="lmlab-load-") as cache_dir:
         os.environ["LMLAB_CACHE_DIR"] = cache_dir
         entry = str(gguf_cache_entry(os.path.join(*smollm2_path())))
-        first = load_once("smollm2", cache_dir, True)
-        print(f"first load (converts and writes the entry): {first['wall_s']:.1f} s wall, {first['cpu_s']:.1f} s CPU",
-              flush=True)
+        first = serve_once(cache_dir, True)
+        print(f"first `lmlab serve` (converts and writes the entry): ready after {first['wall_s']:.1f} s wall, "
+              f"{first['cpu_s']:.1f} s CPU", flush=True)
         sides = {"convert": lambda: load_once("smollm2", cache_dir, False),
                  "cached": lambda: load_once("smollm2", cache_dir, True),
-                 "hf_folder": lambda: load_once(entry, cache_dir, True)}
-        if not a.no_serve:
+                 "hf_folder": lambda: load_once(entry, cache_dir, True),
+                 "serve_cached": lambda: serve_once(cache_dir, True)}
+        if a.serve_convert:
             sides["serve_convert"] = lambda: serve_once(cache_dir, False)
-            sides["serve_cached"] = lambda: serve_once(cache_dir, True)
         times = interleaved(sides, reps=a.reps, warmup=0, log=lambda s: print(s, flush=True))
     load1 = os.getloadavg()
-    res = {"first_load": first, "load_avg_start": load0[0], "load_avg_end": load1[0]}
+    res = {"serve_first": first, "load_avg_start": load0[0], "load_avg_end": load1[0]}
     print(f"\nmedian of {a.reps} rounds (fresh process each; wall / child CPU):")
     for name, samples in times.items():
         wall, cpu = median_of(samples, "wall_s"), median_of(samples, "cpu_s")

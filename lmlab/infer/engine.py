@@ -138,7 +138,7 @@ TOP_P_SLACK = 1e-5          # masses within TOP_P_SLACK + (j+2)·2^-24 of top_p 
 def top_p_sorted(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Top-p by sorting the whole vocabulary: keep the smallest set of highest logits whose softmax mass is
     ≥ top_p (HF's rule: a token is dropped when the mass strictly before it exceeds top_p), -inf elsewhere.
-    The reference `top_p_filter` reproduces; among tokens tied at the boundary the sort's order decides."""
+    This is the reference `top_p_filter` reproduces; among tokens tied at the boundary the sort's order decides."""
     srt, idx = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(srt, dim=-1)
     drop = probs.cumsum(-1) - probs > top_p
@@ -152,12 +152,12 @@ def top_p_filter(logits: torch.Tensor, top_p: float, first_k: int = TOP_P_FIRST_
     with the smallest kept logit keeps the set. logits (N, V) -> (N, V), kept entries unchanged, -inf elsewhere.
 
     The same tokens as the sort, exactly: the softmax here is taken in vocabulary order, the sort's in sorted
-    order, so the two float32 masses differ by rounding (~1e-7); a row whose mass before some candidate lies
-    within TOP_P_BAND of top_p, or whose boundary logit is tied with a token outside the kept set (the sort's
+    order, so the two float32 masses differ by rounding; a row whose mass before some candidate lies within a
+    margin of top_p (below), or whose boundary logit is tied with a token outside the kept set (the sort's
     order among equal values then decides which is kept), is handed to `top_p_sorted` itself, as is the whole
-    batch when the candidates grow to the full vocabulary. The margin at candidate j is TOP_P_SLACK (the two
-    normalisers' relative difference, measured ~1e-7) plus (j+2)·2^-24 (one float32 rounding of the running
-    sum per step on each side, masses < 1)."""
+    batch when the candidates grow to the full vocabulary. The margin at candidate j is TOP_P_SLACK (for the
+    two normalisers' difference, measured ≤ 1e-6 relative) plus (j+2)·2^-24 (one float32 rounding of the
+    running sum per step on each side, masses < 1)."""
     N, V = logits.shape
     probs = torch.softmax(logits, dim=-1)
     k = min(first_k, V)
