@@ -3,6 +3,7 @@
 
     python benchmarks/sampling.py                 # batch 1 and 16, top_p 0.9 and 0.95, 5 interleaved rounds
     python benchmarks/sampling.py --synthetic     # random LM-like logits instead of SmolLM2's
+    python benchmarks/sampling.py --save-logits /tmp/smol_logits.pt   # then --logits /tmp/smol_logits.pt
 
 The logits are SmolLM2-135M-Instruct's own next-token logits along a sampled story (one forward pass over
 prompt + continuation; the rows cycle through its positions), so the candidate counts top-p needs are the
@@ -55,13 +56,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=40, help="decode steps (row blocks) timed per round and side")
     ap.add_argument("--synthetic", action="store_true")
+    ap.add_argument("--logits", default=None, help="a (positions, 49152) tensor saved by --save-logits")
+    ap.add_argument("--save-logits", default=None, help="save SmolLM2's logits here (torch.save)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     import lmlab.infer.engine as E
     from lmlab.backend import GenerationConfig
 
     load0 = os.getloadavg()[0]
-    logits = synthetic_logits() if a.synthetic else smollm2_logits()
+    logits = synthetic_logits() if a.synthetic else torch.load(a.logits) if a.logits else smollm2_logits()
+    if a.save_logits and not a.synthetic:
+        torch.save(logits, a.save_logits)
     print(f"{'synthetic' if a.synthetic else 'SmolLM2'} logits {tuple(logits.shape)}; load average {load0:.1f} "
           f"({os.cpu_count()} CPUs)", flush=True)
     res = {"load_avg_start": load0, "rows": logits.shape[0]}
