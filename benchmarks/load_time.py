@@ -97,26 +97,31 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--serve-convert", action="store_true", help="also time `lmlab serve` without the cache")
+    ap.add_argument("--no-convert", action="store_true", help="leave the convert side out of the rounds (the first "
+                    "serve on an empty cache is then the only cold figure)")
+    ap.add_argument("--cache-dir", default=None, help="use (and keep) this cache dir instead of a temporary one")
     a = ap.parse_args(argv)
     from lmlab.models.hf import gguf_cache_entry, smollm2_path
 
     load0 = os.getloadavg()
     print(f"load average at start: {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} ({os.cpu_count()} CPUs)", flush=True)
-    with tempfile.TemporaryDirectory(prefix="lmlab-load-") as cache_dir:
+    with tempfile.TemporaryDirectory(prefix="lmlab-load-") as tmp:
+        cache_dir = a.cache_dir or tmp
         os.environ["LMLAB_CACHE_DIR"] = cache_dir
         entry = str(gguf_cache_entry(os.path.join(*smollm2_path())))
+        cold = not os.path.exists(entry)
         first = serve_once(cache_dir, True)
-        print(f"first `lmlab serve` (converts and writes the entry): ready after {first['wall_s']:.1f} s wall, "
-              f"{first['cpu_s']:.1f} s CPU", flush=True)
-        sides = {"convert": lambda: load_once("smollm2", cache_dir, False),
-                 "cached": lambda: load_once("smollm2", cache_dir, True),
-                 "hf_folder": lambda: load_once(entry, cache_dir, True),
-                 "serve_cached": lambda: serve_once(cache_dir, True)}
+        print(f"first `lmlab serve` ({'converts and writes the entry' if cold else 'the entry was there'}): ready "
+              f"after {first['wall_s']:.1f} s wall, {first['cpu_s']:.1f} s CPU", flush=True)
+        sides = {} if a.no_convert else {"convert": lambda: load_once("smollm2", cache_dir, False)}
+        sides |= {"cached": lambda: load_once("smollm2", cache_dir, True),
+                  "hf_folder": lambda: load_once(entry, cache_dir, True),
+                  "serve_cached": lambda: serve_once(cache_dir, True)}
         if a.serve_convert:
             sides["serve_convert"] = lambda: serve_once(cache_dir, False)
         times = interleaved(sides, reps=a.reps, warmup=0, log=lambda s: print(s, flush=True))
     load1 = os.getloadavg()
-    res = {"serve_first": first, "load_avg_start": load0[0], "load_avg_end": load1[0]}
+    res = {"serve_first": {**first, "cold": cold}, "load_avg_start": load0[0], "load_avg_end": load1[0]}
     print(f"\nmedian of {a.reps} rounds (fresh process each; wall / child CPU):")
     for name, samples in times.items():
         wall, cpu = median_of(samples, "wall_s"), median_of(samples, "cpu_s")
