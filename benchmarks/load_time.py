@@ -119,7 +119,15 @@ def main(argv=None) -> dict:
                   "serve_cached": lambda: serve_once(cache_dir, True)}
         if a.serve_convert:
             sides["serve_convert"] = lambda: serve_once(cache_dir, False)
-        times = interleaved(sides, reps=a.reps, warmup=0, log=lambda s: print(s, flush=True))
+        def shown(name, fn):
+            def run():
+                r = fn()
+                print(f"  {name}: {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU", flush=True)
+                return r
+            return run
+
+        times = interleaved({n: shown(n, f) for n, f in sides.items()}, reps=a.reps, warmup=0,
+                            log=lambda s: print(s.split(":")[0], "done", flush=True))
     load1 = os.getloadavg()
     res = {"serve_first": {**first, "cold": cold}, "load_avg_start": load0[0], "load_avg_end": load1[0]}
     print(f"\nmedian of {a.reps} rounds (fresh process each; wall / child CPU):")
