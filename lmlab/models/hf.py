@@ -295,6 +295,7 @@ def read_cache_entry(entry: Path) -> Optional[tuple[ModelConfig, dict[str, torch
 
 
 def _read_entry(entry: Path, meta: dict) -> tuple[ModelConfig, dict[str, torch.Tensor], HFTokenizer]:
+    import transformers
     from safetensors.torch import load
     from transformers import AutoTokenizer
 
@@ -317,7 +318,11 @@ def _read_entry(entry: Path, meta: dict) -> tuple[ModelConfig, dict[str, torch.T
     names = [k for k in hf_weight_names(cfg.n_layer) if not (cfg.tie_embeddings and k == "lm_head.weight")]
     if sorted(sd) != sorted(names):
         raise ValueError(f"{CACHE_WEIGHTS}: tensors {sorted(set(sd) ^ set(names))[:3]} differ from the config's")
-    return cfg, sd, HFTokenizer(AutoTokenizer.from_pretrained(str(entry)))
+    # the class save_pretrained recorded, directly: AutoTokenizer would load config.json through AutoConfig, whose
+    # imports (the Llama modelling stack) cost more CPU than everything else a cached load does
+    name = json.loads((entry / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    return cfg, sd, HFTokenizer((cls or AutoTokenizer).from_pretrained(str(entry)))
 
 
 def export_hf(model, out_dir: str | Path, tokenizer: Optional[HFTokenizer] = None,
