@@ -127,12 +127,58 @@ def process_logits(logits: torch.Tensor, gen: GenerationConfig, seen: Optional[t
         kth = torch.topk(logits, gen.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if gen.top_p < 1.0:
-        srt, idx = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(srt, dim=-1)
-        drop = probs.cumsum(-1) - probs > gen.top_p          # keep the smallest set with mass ≥ top_p
-        srt = srt.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(1, idx, srt)
+        logits = top_p_filter(logits, gen.top_p)
     return logits
+
+
+TOP_P_FIRST_K = 64          # candidates of top_p_filter's first partial selection (doubled while too few)
+TOP_P_SLACK = 1e-5          # masses within TOP_P_SLACK + (j+2)·2^-24 of top_p go to the full sort (see below)
+
+
+def top_p_sorted(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p by sorting the whole vocabulary: keep the smallest set of highest logits whose softmax mass is
+    ≥ top_p (HF's rule: a token is dropped when the mass strictly before it exceeds top_p), -inf elsewhere.
+    This is the reference `top_p_filter` reproduces; among tokens tied at the boundary the sort's order decides."""
+    srt, idx = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(srt, dim=-1)
+    drop = probs.cumsum(-1) - probs > top_p
+    srt = srt.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, idx, srt)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float, first_k: int = TOP_P_FIRST_K) -> torch.Tensor:
+    """`top_p_sorted(logits, top_p)` without sorting the vocabulary: the k highest logits (torch.topk, k = 64,
+    doubled until every row's running mass passes top_p inside them) decide the boundary, and one comparison
+    with the smallest kept logit keeps the set. logits (N, V) -> (N, V), kept entries unchanged, -inf elsewhere.
+
+    The same tokens as the sort, exactly: the softmax here is taken in vocabulary order, the sort's in sorted
+    order, so the two float32 masses differ by rounding; a row whose mass before some candidate lies within a
+    margin of top_p (below), or whose boundary logit is tied with a token outside the kept set (the sort's
+    order among equal values then decides which is kept), is handed to `top_p_sorted` itself, as is the whole
+    batch when the candidates grow to the full vocabulary. The margin at candidate j is TOP_P_SLACK (for the
+    two normalisers' difference, measured ≤ 1e-6 relative) plus (j+2)·2^-24 (one float32 rounding of the
+    running sum per step on each side, masses < 1)."""
+    N, V = logits.shape
+    probs = torch.softmax(logits, dim=-1)
+    k = min(first_k, V)
+    while True:
+        vals, idx = torch.topk(logits, k, dim=-1)                 # (N, k), descending
+        p = probs.gather(1, idx)
+        before = p.cumsum(-1) - p                                 # mass strictly before each candidate
+        slack = TOP_P_SLACK + torch.arange(2, k + 2, device=logits.device, dtype=logits.dtype) * 2.0 ** -24
+        if k == V or bool((before[:, -1] > top_p + slack[-1]).all()):
+            break
+        k = min(2 * k, V)
+    if k == V:
+        return top_p_sorted(logits, top_p)
+    n_keep = (before <= top_p).sum(-1, keepdim=True)              # ≥ 1: nothing comes before the first
+    keep = logits >= vals.gather(1, n_keep - 1)
+    out = logits.masked_fill(~keep, float("-inf"))
+    unsure = ((before - top_p).abs() <= slack).any(-1) | (keep.sum(-1, keepdim=True) != n_keep)[:, 0]
+    if bool(unsure.any()):
+        rows = unsure.nonzero()[:, 0]
+        out[rows] = top_p_sorted(logits[rows], top_p)
+    return out
 
 
 def categorical(probs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

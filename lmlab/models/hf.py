@@ -20,18 +20,27 @@ The same map names LoRA adapters: a Decoder imported from HF (or exported with `
 adapters under the HF module paths, so `peft.PeftModel.from_pretrained(hf_model, dir)` loads them, and
 `load_lora_adapter` reads peft adapters saved on the transformers model (`hf_linear_names`, lmlab.nn.peft.lora).
 
+A GGUF file is dequantised and its tokenizer converted by transformers (~15 s for SmolLM2); `load_pretrained`
+keeps the result in a cache entry keyed by the file's sha256 (`weights_cache_dir()`, see `gguf_cache_entry`)
+and later loads read that (< 2 s). HF safetensors folders load directly and are not cached.
+
 transformers is imported inside the functions (it is slow to import and an optional extra).
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from lmlab.config import ConfigError, ModelConfig
+from lmlab.config import ConfigError, ModelConfig, to_dict
+from lmlab.io import atomic_dir
 from lmlab.nn.hf_names import (HF_TWIN_ATTR, LLAMA_TYPES, hf_linear_names, hf_weight_names,  # noqa: F401
                                  is_hf_llama, llama_mismatch, mark_hf_twin)
 
@@ -126,19 +135,34 @@ def lmlab_to_hf_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def decoder_from_hf_model(hf_model: Any, dtype: torch.dtype = torch.float32):
-    """An lmlab Decoder holding the weights of a loaded transformers LlamaForCausalLM."""
+def decoder_from_state(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                       name_or_path: Optional[str] = None, copy: bool = False):
+    """An lmlab Decoder holding `sd` (lmlab names, see hf_to_lmlab_state): built on the meta device and given
+    the tensors (copies when copy=True; no random init: fast, and the global RNG is not drawn from)."""
     from lmlab.models.decoder import Decoder
 
-    cfg = config_from_hf(hf_model.config)
-    sd = hf_to_lmlab_state(hf_model.state_dict(), cfg.n_layer, cfg.tie_embeddings)
-    model = Decoder(cfg)
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False)
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    sd = {k: v.detach().to(dtype, copy=copy) for k, v in sd.items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "head.weight")]
     if missing or unexpected:
         raise ConfigError(f"weight mapping mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    mark_hf_twin(model, getattr(hf_model, "name_or_path", None) or getattr(hf_model.config, "_name_or_path", None))
-    return model.to(dtype).eval()
+    if cfg.tie_embeddings:
+        model.head.weight = model.embed.weight
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ConfigError(f"weight mapping: no value for {left[:3]}")
+    mark_hf_twin(model, name_or_path)
+    return model.eval()
+
+
+def decoder_from_hf_model(hf_model: Any, dtype: torch.dtype = torch.float32):
+    """An lmlab Decoder holding the weights of a loaded transformers LlamaForCausalLM."""
+    cfg = config_from_hf(hf_model.config)
+    sd = hf_to_lmlab_state(hf_model.state_dict(), cfg.n_layer, cfg.tie_embeddings)
+    name = getattr(hf_model, "name_or_path", None) or getattr(hf_model.config, "_name_or_path", None)
+    return decoder_from_state(cfg, sd, dtype, name, copy=True)   # its own tensors, not the HF model's
 
 
 def load_hf(spec: str, dtype: torch.dtype = torch.float32) -> tuple[Any, HFTokenizer]:
@@ -158,12 +182,147 @@ def load_hf(spec: str, dtype: torch.dtype = torch.float32) -> tuple[Any, HFToken
     return model.eval(), HFTokenizer(tok)
 
 
-def load_pretrained(spec: str = "smollm2", dtype: torch.dtype = torch.float32) -> tuple[Any, HFTokenizer]:
-    """An lmlab Decoder with the weights of an HF Llama dir / hub id / GGUF file, and its tokenizer."""
+def load_pretrained(spec: str = "smollm2", dtype: torch.dtype = torch.float32,
+                    cache: Optional[bool] = None) -> tuple[Any, HFTokenizer]:
+    """An lmlab Decoder with the weights of an HF Llama dir / hub id / GGUF file, and its tokenizer.
+
+    A GGUF goes through the weights cache (see `gguf_cache_entry`) unless cache=False or
+    $LMLAB_WEIGHTS_CACHE=0; the cached and the converted model are the same bit for bit."""
+    path, gguf = resolve(spec)
+    if cache is None:
+        cache = os.environ.get(WEIGHTS_CACHE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+    if gguf is None or not cache:
+        hf_model, tok = load_hf(spec, torch.float32)
+        return decoder_from_hf_model(hf_model, dtype), tok
+    entry = gguf_cache_entry(os.path.join(path, gguf))
+    hit = read_cache_entry(entry)
+    if hit is not None:
+        cfg, sd, tok = hit
+        return decoder_from_state(cfg, hf_to_lmlab_state(sd, cfg.n_layer, cfg.tie_embeddings), dtype, path), tok
     hf_model, tok = load_hf(spec, torch.float32)
-    model = decoder_from_hf_model(hf_model, dtype)
-    del hf_model
-    return model, tok
+    try:
+        write_cache_entry(entry, hf_model, tok)
+    except OSError as e:  # a read-only or full disk, a concurrent writer: the model is loaded all the same
+        warnings.warn(f"weights cache: could not write {entry}: {e}", stacklevel=2)
+    return decoder_from_hf_model(hf_model, dtype), tok
+
+
+# ------------------------------------------------------------------------------------------- GGUF cache
+WEIGHTS_CACHE_ENV = "LMLAB_WEIGHTS_CACHE"   # =0: load_pretrained converts the GGUF every time
+CACHE_DIR_ENV = "LMLAB_CACHE_DIR"           # where the cache lives (default: see weights_cache_dir)
+CACHE_FORMAT = 1
+CACHE_META = "lmlab_cache.json"
+CACHE_WEIGHTS = "model.safetensors"
+
+
+def weights_cache_dir() -> Path:
+    """$LMLAB_CACHE_DIR, else <$LMLAB_DATA or ~/.cache/lmlab>/weights (the root lmlab.data.sources'
+    default_data_dir uses for every other cache; that module sits above this layer)."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("LMLAB_DATA") or Path.home() / ".cache" / "lmlab").expanduser() / "weights"
+
+
+def file_sha256(path: "str | Path") -> str:
+    """sha256 of a file's bytes (0.1-0.2 s for SmolLM2's 98 MB GGUF on this machine)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_cache_entry(gguf_path: "str | Path") -> Path:
+    """The cache entry of a GGUF file: <weights_cache_dir>/gguf-v<format>/<sha256 of the file>/, an HF Llama
+    folder (config.json, model.safetensors with the dequantised fp32 weights, the converted tokenizer's files
+    from save_pretrained) plus lmlab_cache.json (source hash, transformers version, lmlab ModelConfig, size
+    and xxh3-128 of every file). Written with lmlab.io.atomic_dir, so it appears complete or not at all."""
+    return weights_cache_dir() / f"gguf-v{CACHE_FORMAT}" / file_sha256(gguf_path)
+
+
+def _digest(data: bytes) -> str:
+    """A fast checksum of a cache file (xxh3-128: ~30 ms for SmolLM2's 540 MB; blake2b without xxhash)."""
+    try:
+        import xxhash
+
+        return "xxh3_128:" + xxhash.xxh3_128_hexdigest(data)
+    except ImportError:
+        return "blake2b:" + hashlib.blake2b(data).hexdigest()
+
+
+def _transformers_version() -> str:
+    return importlib.metadata.version("transformers")
+
+
+def write_cache_entry(entry: Path, hf_model: Any, tok: HFTokenizer) -> Path:
+    """Store a GGUF-loaded transformers model and its tokenizer as the cache entry `entry`."""
+    from safetensors.torch import save_file
+
+    cfg = config_from_hf(hf_model.config)
+    sd = hf_model.state_dict()
+    names = [k for k in hf_weight_names(cfg.n_layer) if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    missing = [k for k in names if k not in sd]
+    if missing:
+        raise ConfigError(f"weights cache: the loaded model has no {missing[:3]}")
+    hf_cfg = {k: v for k, v in hf_model.config.to_dict().items() if k != "quantization_config"}
+    hf_cfg["architectures"] = ["LlamaForCausalLM"]
+    with atomic_dir(entry) as tmp:
+        save_file({k: sd[k].detach().to(torch.float32).contiguous() for k in names}, str(tmp / CACHE_WEIGHTS))
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=1, default=str), encoding="utf-8")
+        tok.tok.save_pretrained(str(tmp))
+        files = {f.name: {"size": f.stat().st_size, "digest": _digest(f.read_bytes())}
+                 for f in sorted(tmp.iterdir()) if f.is_file()}
+        meta = {"format": CACHE_FORMAT, "source_sha256": entry.name, "transformers": _transformers_version(),
+                "model_config": to_dict(cfg), "files": files}
+        (tmp / CACHE_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return entry
+
+
+def read_cache_entry(entry: Path) -> Optional[tuple[ModelConfig, dict[str, torch.Tensor], HFTokenizer]]:
+    """(ModelConfig, HF-named fp32 weights, tokenizer) from a cache entry, or None when there is none. An entry
+    that does not check out (another format or transformers version, a file missing, resized or changed, an
+    unreadable tensor file or tokenizer) is reported with a warning and None, and the caller rebuilds it."""
+    meta_path = entry / CACHE_META
+    if not meta_path.exists():
+        return None
+    try:
+        return _read_entry(entry, json.loads(meta_path.read_text(encoding="utf-8")))
+    except Exception as e:  # noqa: BLE001 - any fault in a cache entry means: rebuild it
+        warnings.warn(f"weights cache: rebuilding {entry} ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                      stacklevel=3)
+        return None
+
+
+def _read_entry(entry: Path, meta: dict) -> tuple[ModelConfig, dict[str, torch.Tensor], HFTokenizer]:
+    import transformers
+    from safetensors.torch import load
+    from transformers import AutoTokenizer
+
+    if meta.get("format") != CACHE_FORMAT or meta.get("source_sha256") != entry.name:
+        raise ValueError(f"format {meta.get('format')!r} / source {str(meta.get('source_sha256'))[:12]!r} "
+                         f"is not this entry's")
+    if meta.get("transformers") != _transformers_version():
+        raise ValueError(f"written by transformers {meta.get('transformers')}, this is {_transformers_version()}")
+    files = meta["files"]
+    for name, want in files.items():
+        if (entry / name).stat().st_size != want["size"]:
+            raise ValueError(f"{name}: {(entry / name).stat().st_size} bytes, expected {want['size']}")
+    data = (entry / CACHE_WEIGHTS).read_bytes()
+    for name, want in files.items():
+        if _digest(data if name == CACHE_WEIGHTS else (entry / name).read_bytes()) != want["digest"]:
+            raise ValueError(f"{name}: checksum differs from the one written")
+    cfg = ModelConfig(**meta["model_config"])
+    sd = load(data)
+    del data
+    names = [k for k in hf_weight_names(cfg.n_layer) if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if sorted(sd) != sorted(names):
+        raise ValueError(f"{CACHE_WEIGHTS}: tensors {sorted(set(sd) ^ set(names))[:3]} differ from the config's")
+    # the class save_pretrained recorded, directly: AutoTokenizer would load config.json through AutoConfig, whose
+    # imports (the Llama modelling stack) cost more CPU than everything else a cached load does
+    name = json.loads((entry / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    return cfg, sd, HFTokenizer((cls or AutoTokenizer).from_pretrained(str(entry)))
 
 
 def export_hf(model, out_dir: str | Path, tokenizer: Optional[HFTokenizer] = None,
