@@ -1,0 +1,238 @@
+"""Weight-only int8 / int4 linear layers on PyTorch's own CPU kernels, and `quantize_` for a Decoder.
+
+    quantize_(model, "int8")                   # every nn.Linear but the LM head -> Int8Linear, in place
+    quantize_(model, "int4", group_size=128)   # -> Int4Linear (groups of 128 input features share a scale)
+
+Notation: n = out_features, k = in_features, g = group size, m = activation rows (leading dims flattened).
+
+int8, per-output-channel symmetric: w[n, k] ≈ s[n] · q[n, k], q ∈ -127..127, s[n] = max_k |w[n, k]| / 127.
+    y = x @ (s · q)ᵀ by `torch.ops.aten._weight_int8pack_mm(x (m, k), q (n, k) int8, s (n,))`.
+int4, group-wise asymmetric (min/max): in group j of row n, w[n, j·g + i] ≈ d[n, j] · q + lo[n, j], q ∈ 0..15,
+    d = (max − min) / 15, lo = min: the q=0 code is the group's minimum, q=15 its maximum. This is llama.cpp's
+    Q4_1 (d, m) exactly, so a Q4_1 GGUF loads without a float detour (lmlab.models.gguf_quant).
+    PyTorch's CPU kernel computes (q − 8) · scale + zero, so it gets scale = d, zero = lo + 8·d in a
+    (k/g, n, 2) `scales_and_zeros` tensor, and the codes packed by `_convert_weight_to_int4pack_for_cpu`
+    (a kernel-specific layout: the state dict holds it as is); y by `_weight_int4pack_mm_for_cpu`.
+
+Both kernels want the scales in the activation dtype; the layers keep them in fp32 and cast per call (fp32,
+bf16 and fp16 activations). The kernels are CPU kernels (int4: CPU only).
+
+The LM head is left in float by default (`skip=("head",)`): SmolLM2's head is tied to the embedding (49152 × 576,
+21 % of the weights) and the measured trade-off is in benchmarks/RESULTS.md ("Weight-only quantized decode").
+
+`naive_*` are the float64 reference twins the tests compare the kernels with.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Literal, Optional
+
+import torch
+from torch import nn
+
+from lmlab.config import ConfigError
+
+SCHEMES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)   # what _weight_int4pack_mm_for_cpu accepts
+
+
+# ------------------------------------------------------------------------------------------ int4 nibbles
+def pack_int4(q: torch.Tensor, block: Optional[int] = None) -> torch.Tensor:
+    """Codes (..., k) in 0..15 -> (..., k/2) uint8, two codes a byte, the first of each pair in the low nibble.
+    block=None pairs neighbours (q[2i], q[2i+1]); block=b pairs q[j] with q[j + b/2] inside each run of b codes
+    (llama.cpp's Q4_0/Q4_1 layout with b = 32)."""
+    k = q.shape[-1]
+    step = 2 if block is None else block
+    if k % step or (block is not None and block % 2):
+        raise ConfigError(f"pack_int4: last dim {k} is not a multiple of {step}")
+    q = q.to(torch.uint8)
+    if block is None:
+        lo, hi = q[..., 0::2], q[..., 1::2]
+    else:
+        r = q.reshape(*q.shape[:-1], k // block, 2, block // 2)   # (..., blocks, halves, b/2)
+        lo, hi = r[..., 0, :].reshape(*q.shape[:-1], k // 2), r[..., 1, :].reshape(*q.shape[:-1], k // 2)
+    return lo | (hi << 4)
+
+
+def unpack_int4(p: torch.Tensor, block: Optional[int] = None) -> torch.Tensor:
+    """Inverse of `pack_int4`: (..., k/2) uint8 -> (..., k) uint8 codes 0..15 (same `block` meaning)."""
+    p = p.to(torch.uint8)
+    lo, hi = p & 0x0F, p >> 4
+    if block is None:
+        return torch.stack([lo, hi], dim=-1).reshape(*p.shape[:-1], 2 * p.shape[-1])
+    half = block // 2
+    if p.shape[-1] % half:
+        raise ConfigError(f"unpack_int4: last dim {p.shape[-1]} is not a multiple of {half}")
+    nb = p.shape[-1] // half
+    lo, hi = lo.reshape(*p.shape[:-1], nb, half), hi.reshape(*p.shape[:-1], nb, half)
+    return torch.cat([lo, hi], dim=-1).reshape(*p.shape[:-1], 2 * p.shape[-1])
+
+
+# ------------------------------------------------------------------------------- quantizers and twins
+def quantize_int8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (n, k) -> (q (n, k) int8 in -127..127, s (n,) fp32), w ≈ s[:, None] · q."""
+    w = w.detach().float()
+    s = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, s
+
+
+def quantize_int4_weight(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (n, k) -> (q (n, k) uint8 codes 0..15, d (n, k/g) fp32, lo (n, k/g) fp32), w ≈ d · q + lo per group."""
+    n, k = w.shape
+    wg = w.detach().float().reshape(n, k // group_size, group_size)          # (n, k/g, g)
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    d = ((hi - lo) / 15).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round((wg - lo[..., None]) / d[..., None]).clamp_(0, 15).to(torch.uint8)
+    return q.reshape(n, k), d, lo
+
+
+def naive_int8_weight(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """float64 twin: the (n, k) weight an int8 (q, s) pair stands for."""
+    return q.double() * s.double()[:, None]
+
+
+def naive_int4_weight(q: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, group_size: int) -> torch.Tensor:
+    """float64 twin: the (n, k) weight int4 codes with per-group (d, lo) stand for."""
+    return q.double() * d.double().repeat_interleave(group_size, 1) + lo.double().repeat_interleave(group_size, 1)
+
+
+def naive_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float64 dequantize-then-matmul twin: x (..., k) @ w (n, k)ᵀ (+ bias)."""
+    y = x.double() @ w.double().T
+    return y + bias.double() if bias is not None else y
+
+
+# ------------------------------------------------------------------------------------------- layers
+def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ConfigError(f"quantized linear: activations must be fp32/bf16/fp16, got {x.dtype}")
+    return x.reshape(-1, k).contiguous()
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (s · q)ᵀ + b with q (n, k) int8 and one fp32 scale per output row (see the module doc)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_qparams(cls, q: torch.Tensor, s: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "Int8Linear":
+        m = cls(q.shape[1], q.shape[0], bias=bias is not None)
+        m.qweight.copy_(q)
+        m.scales.copy_(s)
+        if bias is not None:
+            m.bias.copy_(bias.detach())
+        return m
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: Optional[int] = None) -> "Int8Linear":
+        """Per-channel int8 copy of `linear` (group_size is accepted for a uniform signature and ignored)."""
+        return cls.from_qparams(*quantize_int8_weight(linear.weight), bias=linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = _rows(x, self.in_features)                                               # (m, k)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales.to(x2.dtype))   # (m, n)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The (n, k) fp32 weight this layer multiplies by."""
+        return self.qweight.float() * self.scales.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8 per-channel"
+
+
+class Int4Linear(nn.Module):
+    """y = x @ Wᵀ + b with W = d · q + lo per group of `group_size` input features, q 4-bit (module doc)."""
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 32, bias: bool = False):
+        super().__init__()
+        _check_group(group_size)
+        _check_shape("Int4Linear", in_features, out_features, group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))  # kernel layout
+        self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_qparams(cls, q: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, group_size: int,
+                     bias: Optional[torch.Tensor] = None) -> "Int4Linear":
+        """From codes q (n, k) in 0..15 and per-group d, lo (n, k/g): W = d · q + lo."""
+        n, k = q.shape
+        m = cls(k, n, group_size, bias=bias is not None)
+        m.qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        d, lo = d.float(), lo.float()
+        # kernel: (q - 8)·scale + zero == d·q + lo  with scale = d, zero = lo + 8d
+        m.scales_and_zeros.copy_(torch.stack([d.T, (lo + 8 * d).T], dim=-1))          # (k/g, n, 2)
+        if bias is not None:
+            m.bias.copy_(bias.detach())
+        return m
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 32) -> "Int4Linear":
+        _check_group(group_size)
+        _check_shape("Int4Linear", linear.in_features, linear.out_features, group_size)
+        return cls.from_qparams(*quantize_int4_weight(linear.weight, group_size), group_size, bias=linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = _rows(x, self.in_features)                                               # (m, k)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.qweight, self.group_size,
+                                                       self.scales_and_zeros.to(x2.dtype))   # (m, n)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The (n, k) fp32 weight this layer multiplies by, read back through the kernel itself (identity
+        activations), since the packed layout is the kernel's own."""
+        eye = torch.eye(self.in_features, dtype=torch.float32)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.qweight, self.group_size,
+                                                          self.scales_and_zeros.float()).T.contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"int4 group_size={self.group_size}")
+
+
+def _check_group(group_size: int) -> None:
+    if group_size not in INT4_GROUP_SIZES:
+        raise ConfigError(f"int4 group size {group_size!r}: must be one of {', '.join(map(str, INT4_GROUP_SIZES))}")
+
+
+def _check_shape(what: str, k: int, n: int, group_size: int) -> None:
+    if k % group_size:
+        raise ConfigError(f"{what} has in_features={k}, not divisible by group size {group_size}")
+    if n % 16:   # the CPU int4 packing works on blocks of 16 output rows
+        raise ConfigError(f"{what} has out_features={n}, not a multiple of 16 (the int4 CPU kernel's block)")
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in skip)
+
+
+def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int = 32,
+              skip: Iterable[str] = ("head",)) -> nn.Module:
+    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear, in place; modules
+    named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
+    Returns `model`."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    if scheme == "int4":
+        _check_group(group_size)
+    skip = tuple(skip)
+    todo = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
+    if scheme == "int4":
+        for name, m in todo:
+            _check_shape(f"quantize int4: layer {name}", m.in_features, m.out_features, group_size)
+    cls = Int8Linear if scheme == "int8" else Int4Linear
+    for name, m in todo:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, cls.from_float(m, group_size=group_size))
+    return model
