@@ -44,12 +44,12 @@ def test_int8_equals_float64_twin(bias):
     layer = Int8Linear.from_float(lin)
     assert torch.equal(layer.dequantize().double(), w.float().double())
     x = torch.randn(2, 3, 128)                                      # any leading dims
-    y = layer(x)
-    assert y.shape == (2, 3, 48) and y.dtype == torch.float32
     ref = naive_linear(x, w, lin.bias)
+    exact = Int8Linear.from_float(lin, compute_dtype=None)           # the kernel in fp32 (scalar loop)
+    y = exact(x)
+    assert y.shape == (2, 3, 48) and y.dtype == torch.float32
     assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max()   # fp32 accumulation vs float64
-    yb = layer(x.bfloat16())
-    assert yb.dtype == torch.bfloat16 and (yb.double() - ref).abs().max() < 2e-2 * ref.abs().max()
+    _check_bf16(layer, x, ref, naive_int8_weight(q, s.bfloat16().float()), lin.bias)
 
 
 @pytest.mark.parametrize("group_size", [32, 128])
@@ -64,11 +64,27 @@ def test_int4_equals_float64_twin(group_size):
     assert (layer.dequantize().double() - w).abs().max() < 1e-6 * w.abs().max()
     x = torch.randn(4, 256)
     ref = naive_linear(x, w, lin.bias)
-    y = layer(x)
+    y = Int4Linear.from_float(lin, group_size=group_size, compute_dtype=None)(x)   # fp32 kernel
     assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max()
-    yb = layer(x[None].bfloat16())
-    assert yb.shape == (1, 4, 48) and (yb[0].double() - ref).abs().max() < 3e-2 * ref.abs().max()
+    sz = layer.scales_and_zeros.bfloat16().double()                 # what the bf16 kernel reads
+    w_bf16 = (q.double() - 8) * sz[..., 0].T.repeat_interleave(group_size, 1) + sz[..., 1].T.repeat_interleave(group_size, 1)
+    _check_bf16(layer, x[None], ref, w_bf16, lin.bias)
     assert f"group_size={group_size}" in repr(layer)
+    # the state dict holds the portable nibbles; loading it rebuilds the kernel's copy
+    other = Int4Linear(256, 48, group_size, bias=True)
+    other.load_state_dict(layer.state_dict())
+    assert torch.equal(other(x), layer(x)) and "packed" not in layer.state_dict()
+
+
+def _check_bf16(layer, x, ref, w_bf16, bias):
+    """Default compute dtype: input and scales rounded to bf16, fp32 accumulation, a bf16 result."""
+    y = layer(x)
+    assert y.dtype == x.dtype and y.shape == x.shape[:-1] + (layer.out_features,)
+    twin = naive_linear(x.bfloat16().double(), w_bf16, bias)          # the same roundings, in float64
+    tol = 2 ** -8 * twin.abs().max() + 1e-3 * ref.abs().max()         # bf16 output rounding + accumulation
+    assert (y.double() - twin).abs().max() < tol
+    assert (y.double() - ref).abs().max() < 3e-2 * ref.abs().max()    # and near the fp32-input result
+    assert layer(x.bfloat16()).dtype == torch.bfloat16
 
 
 def test_quantize_decoder_keeps_logits_close():
