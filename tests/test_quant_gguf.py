@@ -52,5 +52,9 @@ def test_smollm2_int4_direct_equals_transformers_dequantised():
     assert torch.equal(model.embed.weight, ref["embed.weight"]) and model.head.weight is model.embed.weight
     ids = torch.tensor([tok.encode("The capital of France is Paris. The capital of Italy is")])
     with torch.no_grad():
-        a, b = hf(ids).logits, model(ids).logits
-    assert (a - b).abs().max() < 1e-3 and a[0, -1].argmax() == b[0, -1].argmax()
+        a, fast = hf(ids).logits, model(ids).logits               # default: bf16 compute in the int4 layers
+        for layer in layers.values():
+            layer.compute_dtype = None                            # fp32 through the kernel: transformers' numbers
+        exact = model(ids).logits
+    assert (a - exact).abs().max() < 1e-3
+    assert (a - fast).abs().max() < 0.05 * a.abs().max() and a[0, -1].argmax() == fast[0, -1].argmax()

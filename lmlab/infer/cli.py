@@ -98,6 +98,13 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
         raise bad(e) from None
 
 
+# The LM head under --quantize, whatever the scheme: a per-channel int8 copy (a tied embedding stays fp32 for the
+# lookup), as llama.cpp keeps SmolLM2's head in Q8_0. At batch 1 the fp32 head (49152 × 576) is the largest single
+# matmul of a decode step once the blocks are int4; benchmarks/RESULTS.md ("Weight-only quantized decode") has
+# the accuracy and speed of both choices.
+QUANT_HEAD = "int8"
+
+
 def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, **kw):
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
@@ -111,12 +118,14 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, **kw):
         from lmlab.models.gguf_quant import load_gguf_quantized
 
         model, tok = load_gguf_quantized(gguf, scheme, group_size)
-        return LocalBackend(model, tok, name="smollm2" if gguf == "smollm2" else Path(gguf).stem, **kw)
-    be = load_backend(spec, **kw)
-    if not isinstance(be, LocalBackend):
-        raise ConfigError(f"--quantize {scheme}: {flag} {spec} is not a local lmlab model "
-                          "(use smollm2, lmlab:PATH or PATH.gguf)")
-    quantize_(be.model, scheme, group_size)
+        be = LocalBackend(model, tok, name="smollm2" if gguf == "smollm2" else Path(gguf).stem, **kw)
+    else:
+        be = load_backend(spec, **kw)
+        if not isinstance(be, LocalBackend):
+            raise ConfigError(f"--quantize {scheme}: {flag} {spec} is not a local lmlab model "
+                              "(use smollm2, lmlab:PATH or PATH.gguf)")
+        quantize_(be.model, scheme, group_size)
+    quantize_(be.model, QUANT_HEAD, skip=())          # all that is still an nn.Linear: the LM head
     return be
 
 
