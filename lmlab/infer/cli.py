@@ -100,8 +100,8 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
 
 # The LM head under --quantize, whatever the scheme: a per-channel int8 copy (a tied embedding stays fp32 for the
 # lookup), as llama.cpp keeps SmolLM2's head in Q8_0. At batch 1 the fp32 head (49152 × 576) is the largest single
-# matmul of a decode step once the blocks are int4; benchmarks/RESULTS.md ("Weight-only quantized decode") has
-# the accuracy and speed of both choices.
+# matmul of a decode step once the blocks are int4 (timings in lmlab/nn/quant.py's docstring);
+# benchmarks/quant_accuracy.py measures accuracy and speed with and without it.
 QUANT_HEAD = "int8"
 
 
