@@ -98,11 +98,12 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
         raise bad(e) from None
 
 
-# The LM head under --quantize, whatever the scheme: a per-channel int8 copy (a tied embedding stays fp32 for the
-# lookup), as llama.cpp keeps SmolLM2's head in Q8_0. At batch 1 the fp32 head (49152 × 576) is the largest single
-# matmul of a decode step once the blocks are int4 (timings in lmlab/nn/quant.py's docstring);
-# benchmarks/quant_accuracy.py measures accuracy and speed with and without it.
-QUANT_HEAD = "int8"
+# The LM head under --quantize: None keeps it float (tied to the fp32 embedding), "int8" adds a per-channel int8
+# copy. Measured on SmolLM2 (benchmarks/RESULTS.md, "Weight-only quantized decode"): the int8 head makes a 128-token
+# batch-1 decode ~17 % cheaper but moves perplexity by +0.10 (the int4 blocks alone: +0.013) and drops greedy
+# agreement with fp32 from 65 % to 45 %; so the head stays float and `--quantize int4` on a Q4_1 GGUF runs
+# exactly the file's weights.
+QUANT_HEAD = None
 
 
 def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, **kw):
@@ -125,7 +126,8 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, **kw):
             raise ConfigError(f"--quantize {scheme}: {flag} {spec} is not a local lmlab model "
                               "(use smollm2, lmlab:PATH or PATH.gguf)")
         quantize_(be.model, scheme, group_size)
-    quantize_(be.model, QUANT_HEAD, skip=())          # all that is still an nn.Linear: the LM head
+    if QUANT_HEAD is not None:
+        quantize_(be.model, QUANT_HEAD, skip=())      # all that is still an nn.Linear: the LM head
     return be
 
 

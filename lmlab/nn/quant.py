@@ -29,10 +29,10 @@ The kernels are CPU kernels (int4: CPU only).
 The LM head: `quantize_` leaves it in float by default (`skip=("head",)`; pass `skip=()` to include it). SmolLM2's
 head is tied to the embedding (49152 × 576, 21 % of the weights) and at batch 1 it is the largest matmul of a
 decode step: one thread, one token, fp32 nn.Linear 7.4 ms, bf16 nn.Linear 4.0 ms, Int8Linear 2.0 ms, Int4Linear
-1.3 ms (measured during development on the loaded 2-core machine, one after the other). `lmlab generate/serve
---quantize` therefore add a per-channel int8 copy of the head (the embedding lookup stays fp32), as llama.cpp
-keeps this model's head in Q8_0; benchmarks/quant_accuracy.py measures that arm ("int4, int8 head") beside
-the float-head ones.
+1.3 ms (measured during development on the loaded 2-core machine, one after the other). But a per-channel int8
+copy of SmolLM2's head (its GGUF holds it as group-32 Q8_0) moves perplexity by +0.10 where the int4 blocks move
+it by +0.013 (benchmarks/quant_accuracy.py, "int4, int8 head" arm), so `lmlab generate/serve --quantize` keep
+the head float too (`lmlab.infer.cli.QUANT_HEAD`).
 
 `naive_*` are the float64 reference twins the tests compare the kernels with.
 """
