@@ -1,0 +1,185 @@
+"""Weight-only int8/int4 SmolLM2-135M-Instruct against fp32: greedy agreement, logit error, perplexity, decode speed.
+
+    PYTHONPATH=. python benchmarks/quant_accuracy.py [--reps 5] [--ppl-tokens 4096] [--out benchmarks/results/quant_accuracy.json]
+
+Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights):
+    fp32               the GGUF dequantised by transformers (lmlab.models.hf.load_pretrained)
+    int8               fp32 arm copied, every linear but the head per-channel int8 (quantize_)
+    int4               the Q4_1 blocks loaded straight into Int4Linear, group 32 (lmlab.models.gguf_quant); head fp32
+    int4, int8 head    the int4 arm with the head (a copy of the tied embedding) quantized to per-channel int8
+
+Accuracy: 20 prompts (facts, code, chat-template questions), 32-token greedy continuations (one batch, EOS
+ignored): the fraction identical to fp32's and the first divergent position; max / mean |logit − fp32 logit|
+over every prompt position; perplexity on held-out text (the validation split of lmlab.data.embedded's
+bible_web and docs domains, 512-token windows). Speed: batch 1, 128 new greedy tokens, one torch thread,
+`--reps` interleaved rounds (benchmarks/_interleave.py), median decode CPU-ms per step -> tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+from benchmarks._interleave import interleaved, median_of  # noqa: E402
+
+PLAIN = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "import numpy as np\n\ndef normalize(x):\n",
+    "SELECT name, COUNT(*) FROM orders",
+    "The theory of relativity was developed by",
+    "Photosynthesis is the process by which plants",
+    "Once upon a time, in a small village by the sea,",
+    "The three primary colors are",
+]
+CHAT = [
+    "What is the boiling point of water in Fahrenheit?",
+    "Write a Python function that reverses a string.",
+    "Give me three tips for better sleep.",
+    "Who wrote Romeo and Juliet?",
+    "Explain what a hash table is in one sentence.",
+    "Translate 'good morning' into Spanish.",
+    "What is 12 times 7?",
+    "Name the planets of the solar system in order.",
+    "How do I create a list in Python?",
+    "What causes the seasons on Earth?",
+]
+
+
+def prompts(tok) -> list[list[int]]:
+    chat = [tok.apply_chat_template([{"role": "user", "content": c}]) for c in CHAT]
+    return [tok.encode(p) for p in PLAIN + chat]
+
+
+def heldout_ids(tok, n_tokens: int) -> list[list[int]]:
+    """512-token windows of the embedded corpus' validation text (bible_web and docs, alternating)."""
+    from lmlab.data.embedded import embedded_texts
+
+    texts = embedded_texts(["bible_web", "docs"])
+    docs = [d for pair in zip(texts["bible_web"]["val"], texts["docs"]["val"]) for d in pair]
+    ids: list[int] = []
+    for d in docs:
+        ids += tok.encode(d) + [tok.eos_id]
+        if len(ids) >= n_tokens:
+            break
+    ids = ids[:n_tokens]
+    return [ids[i:i + 512] for i in range(0, len(ids) - 1, 512) if len(ids[i:i + 512]) > 1]
+
+
+@torch.no_grad()
+def perplexity(model, windows: list[list[int]]) -> float:
+    nll, n = 0.0, 0
+    for w in windows:
+        x = torch.tensor([w])
+        logits = model(x[:, :-1]).logits.float()
+        nll += torch.nn.functional.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
+        n += len(w) - 1
+    return math.exp(nll / n)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5, help="interleaved speed rounds (≥ 5 for a reported figure)")
+    ap.add_argument("--new", type=int, default=128, help="new tokens in the speed arm")
+    ap.add_argument("--ppl-tokens", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    from lmlab.backend import GenerationConfig
+    from lmlab.infer.engine import Engine
+    from lmlab.models.gguf_quant import load_gguf_quantized
+    from lmlab.models.hf import load_pretrained
+    from lmlab.nn.quant import quantize_
+
+    load0 = os.getloadavg()
+    t = time.perf_counter()
+    fp32, tok = load_pretrained("smollm2")
+    load_fp32 = time.perf_counter() - t
+    t = time.perf_counter()
+    int4, _ = load_gguf_quantized("smollm2", "int4")
+    load_int4 = time.perf_counter() - t
+    int8 = quantize_(copy.deepcopy(fp32), "int8")
+    int4h = copy.deepcopy(int4)
+    int4h.head = copy.deepcopy(int4h.head)                 # untie: the embedding lookup stays fp32
+    quantize_(int4h, "int8", skip=())                      # only the head is still an nn.Linear
+    arms = {"fp32": fp32, "int8": int8, "int4": int4, "int4, int8 head": int4h}
+    print(f"load (wall, under load): fp32 via transformers {load_fp32:.1f} s, int4 direct from GGUF {load_int4:.1f} s")
+
+    # ---- accuracy
+    ps = prompts(tok)
+    gen = GenerationConfig(max_new_tokens=32)
+    outs, logits = {}, {}
+    for name, m in arms.items():
+        eng = Engine(m, tok)
+        eng.stop_ids = set()
+        outs[name] = [r[0].token_ids for r in eng.generate_ids(ps, gen)]
+        with torch.no_grad():
+            logits[name] = [m(torch.tensor([p])).logits[0].float() for p in ps]
+    windows = heldout_ids(tok, a.ppl_tokens)
+    res: dict = {"load_avg_start": [round(x, 2) for x in load0], "prompts": len(ps), "new_tokens": 32,
+                 "ppl_tokens": sum(len(w) for w in windows), "load_s": {"fp32": load_fp32, "int4_direct": load_int4},
+                 "arms": {}}
+    ppl_fp32 = perplexity(fp32, windows)
+    print(f"\n{'arm':16s} {'identical':>9s} {'1st diff (median)':>17s} {'max|dlogit|':>11s} {'mean|dlogit|':>12s} "
+          f"{'ppl':>7s} {'dppl':>7s}")
+    for name, m in arms.items():
+        same = [o == r for o, r in zip(outs[name], outs["fp32"])]
+        first = [next((i for i, (x, y) in enumerate(zip(o, r)) if x != y), len(r))
+                 for o, r in zip(outs[name], outs["fp32"])]
+        d = torch.cat([(x - y).abs().flatten() for x, y in zip(logits[name], logits["fp32"])])
+        ppl = ppl_fp32 if name == "fp32" else perplexity(m, windows)
+        res["arms"][name] = {"identical": sum(same) / len(same), "first_diff_median": sorted(first)[len(first) // 2],
+                             "max_logit_err": d.max().item(), "mean_logit_err": d.mean().item(), "ppl": ppl,
+                             "ppl_delta": ppl - ppl_fp32}
+        r = res["arms"][name]
+        print(f"{name:16s} {r['identical']:9.0%} {r['first_diff_median']:17d} {r['max_logit_err']:11.3f} "
+              f"{r['mean_logit_err']:12.4f} {ppl:7.3f} {ppl - ppl_fp32:+7.3f}")
+
+    # ---- speed: batch 1, a.new greedy tokens, interleaved
+    prompt = ps[len(PLAIN)]                                 # a chat-template question
+    engines = {}
+    for name, m in arms.items():
+        engines[name] = Engine(m, tok)
+        engines[name].stop_ids = set()
+
+    def side(eng):
+        def run():
+            out = eng.generate_ids([prompt], GenerationConfig(max_new_tokens=a.new))
+            assert len(out[0][0].token_ids) == a.new
+            st = eng.last_stats
+            return {"decode_ms": st["decode_cpu_s"] / max(st["decode_steps"], 1) * 1e3}
+        return run
+
+    times = interleaved({n: side(e) for n, e in engines.items()}, reps=a.reps, warmup=1)
+    print(f"\nbatch 1, {len(prompt)}-token prompt, {a.new} new tokens, {a.threads} thread(s), {a.reps} rounds")
+    print(f"{'arm':16s} {'decode CPU-ms/tok':>17s} {'tok/CPU-s':>9s} {'call CPU-s':>10s} {'vs fp32':>7s}")
+    base = median_of(times["fp32"], "decode_ms")
+    for name, ss in times.items():
+        ms = median_of(ss, "decode_ms")
+        res["arms"][name].update(decode_ms=ms, decode_tok_per_cpu_s=1e3 / ms, call_cpu_s=median_of(ss))
+        print(f"{name:16s} {ms:17.1f} {1e3 / ms:9.1f} {median_of(ss):10.2f} {base / ms:6.2f}x")
+    res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"\nload average at start {res['load_avg_start']}, at end {res['load_avg_end']} (2 cores)")
+    if a.out:
+        from lmlab.io import atomic_write_text
+
+        atomic_write_text(a.out, json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

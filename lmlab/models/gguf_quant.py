@@ -1,0 +1,110 @@
+"""A Llama-family GGUF straight into lmlab's weight-only quantized layers (lmlab.nn.quant), no float detour where
+the format allows.
+
+    model, tok = load_gguf_quantized("smollm2", "int4")     # Q4_1 blocks -> Int4Linear(group_size=32), bit-exact
+    model, tok = load_gguf_quantized("model.gguf", "int8")  # tensors dequantised by gguf, then per-channel int8
+
+llama.cpp's Q4_1 block is 32 weights sharing an fp16 scale d and minimum m, w = d·q + m with q ∈ 0..15 (two
+codes a byte, q[j] in the low nibble of byte j and q[j+16] in its high nibble). That is Int4Linear's
+group-32 asymmetric layout exactly, so those codes and scales are handed to the int4 kernel as they are.
+Every other tensor (norms in F32, SmolLM2's Q8_0 token embedding / tied head, any other quantisation type, or
+int4 with a group size other than 32) is dequantised by the `gguf` package and quantized by `quantize_`.
+
+Names: the GGUF name of each lmlab weight is gguf-py's own map (`gguf.get_tensor_name_map`, what transformers
+uses) applied to the HF name of `hf_weight_names`. llama.cpp stores q/k rows interleaved per head (its RoPE
+pairs neighbours); transformers un-permutes them when it dequantises, and so do we, on the rows of the packed
+codes and scales: a row permutation commutes with row-wise quantisation.
+
+The tokenizer and the model config come from transformers (`AutoTokenizer` / `AutoConfig` with `gguf_file`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmlab.config import ConfigError
+from lmlab.nn.hf_names import hf_weight_names, mark_hf_twin
+from lmlab.nn.quant import SCHEMES, Int4Linear, quantize_, unpack_int4
+
+Q4_1_BLOCK, Q4_1_BYTES = 32, 20   # weights per block; bytes per block: fp16 d, fp16 m, 16 bytes of codes
+
+
+def q4_1_blocks(raw: np.ndarray, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Q4_1 tensor's raw bytes (n, k/32·20) -> (codes (n, k) uint8 0..15, d (n, k/32), m (n, k/32) fp32)."""
+    blocks = np.ascontiguousarray(raw).reshape(n, k // Q4_1_BLOCK, Q4_1_BYTES)      # (n, blocks, 20)
+    d = torch.from_numpy(blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32))
+    m = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
+    q = unpack_int4(torch.from_numpy(blocks[..., 4:].copy()), block=Q4_1_BLOCK)     # (n, blocks, 32)
+    return q.reshape(n, k), d, m
+
+
+def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
+    """Row order that undoes llama.cpp's per-head q/k interleave (transformers' `_reverse_permute_weights`):
+    new[h, p, i] = old[h, i, p] with rows seen as (head, head_dim/2, 2)."""
+    dim = n_rows // n_head // 2
+    return torch.arange(n_rows).reshape(n_head, dim, 2).transpose(1, 2).reshape(-1)
+
+
+def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32) -> tuple[Any, Any]:
+    """(Decoder with Int8Linear/Int4Linear layers, tokenizer) from 'smollm2' or a Llama-family GGUF file.
+    The LM head follows `quantize_`'s default (left in float, tied to the embedding when the file ties them)."""
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from lmlab.models.decoder import Decoder
+    from lmlab.models.hf import HFTokenizer, config_from_hf, resolve
+
+    if scheme not in SCHEMES:
+        raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    path, file = resolve(spec)
+    if file is None:
+        raise ConfigError(f"model {spec!r}: direct quantized loading needs a GGUF file")
+    hf_logging.set_verbosity_error()
+    hf_cfg = AutoConfig.from_pretrained(path, gguf_file=file)
+    tok = HFTokenizer(AutoTokenizer.from_pretrained(path, gguf_file=file))
+    cfg = config_from_hf(hf_cfg)
+    reader = gguf.GGUFReader(os.path.join(path, file))
+    tensors = {t.name: t for t in reader.tensors}
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.n_layer)
+
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    model.to_empty(device="cpu")
+    direct = scheme == "int4" and group_size == Q4_1_BLOCK
+    float_sd, done = {}, set()
+    for hf_name, lm_name in hf_weight_names(cfg.n_layer).items():
+        if hf_name == "lm_head.weight" and cfg.tie_embeddings:
+            continue
+        g_name = name_map.get_name(hf_name, try_suffixes=(".weight",))
+        t = tensors.get(g_name)
+        if t is None:
+            raise ConfigError(f"GGUF {file}: tensor {g_name} ({hf_name}) missing")
+        n_head = cfg.n_head if ".attn_q." in g_name else cfg.kv_heads if ".attn_k." in g_name else None
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))                 # (n, k): ggml lists k first
+        if direct and t.tensor_type == gguf.GGMLQuantizationType.Q4_1 and lm_name.startswith("blocks."):
+            q, d, m = q4_1_blocks(t.data, *shape)
+            if n_head is not None:
+                perm = unpermute_rows(shape[0], n_head)
+                q, d, m = q[perm], d[perm], m[perm]
+            mod_name = lm_name[: -len(".weight")]
+            parent, _, attr = mod_name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, Int4Linear.from_qparams(q, d, m, Q4_1_BLOCK))
+            done.add(mod_name)
+            continue
+        w = torch.from_numpy(np.array(gguf.dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(shape)
+        if n_head is not None:
+            w = w[unpermute_rows(shape[0], n_head)]
+        float_sd[lm_name] = w
+    missing, unexpected = model.load_state_dict(float_sd, strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "head.weight") and k.rpartition(".")[0] not in done]
+    if missing or unexpected:
+        raise ConfigError(f"GGUF {file}: weight mapping mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if cfg.tie_embeddings:
+        model.head.weight = model.embed.weight
+    quantize_(model, scheme, group_size)          # whatever was not loaded packed (int8, other types, other groups)
+    mark_hf_twin(model, spec)
+    return model.eval(), tok

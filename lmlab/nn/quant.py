@@ -1,0 +1,299 @@
+"""Weight-only int8 / int4 linear layers on PyTorch's own CPU kernels, and `quantize_` for a Decoder.
+
+    quantize_(model, "int8")                   # every nn.Linear but the LM head -> Int8Linear, in place
+    quantize_(model, "int4", group_size=128)   # -> Int4Linear (groups of 128 input features share a scale)
+
+Notation: n = out_features, k = in_features, g = group size, m = activation rows (leading dims flattened).
+
+int8, per-output-channel symmetric: w[n, k] ≈ s[n] · q[n, k], q ∈ -127..127, s[n] = max_k |w[n, k]| / 127.
+    y = x @ (s · q)ᵀ by `torch.ops.aten._weight_int8pack_mm(x (m, k), q (n, k) int8, s (n,))`.
+int4, group-wise asymmetric (min/max): in group j of row n, w[n, j·g + i] ≈ d[n, j] · q + lo[n, j], q ∈ 0..15,
+    d = (max − min) / 15, lo = min: the q=0 code is the group's minimum, q=15 its maximum. This is llama.cpp's
+    Q4_1 (d, m) exactly, so a Q4_1 GGUF loads without a float detour (lmlab.models.gguf_quant).
+    PyTorch's CPU kernel computes (q − 8) · scale + zero, so it gets scale = d, zero = lo + 8·d in a
+    (k/g, n, 2) `scales_and_zeros` tensor, and the codes packed by `_convert_weight_to_int4pack_for_cpu`
+    (a layout that depends on the CPU's vector width); y by `_weight_int4pack_mm_for_cpu`. The state dict holds
+    the codes two a byte in the portable `pack_int4` layout (`qweight`), so a checkpoint moves between
+    machines; the kernel's copy is rebuilt from it (a non-persistent buffer: int4 layers hold their codes twice,
+    still 1/4 of fp32).
+
+Compute dtype: in torch 2.13's CPU build both kernels are vectorised (AVX-512) for bf16 activations only; with
+fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp32 nn.Linear at batch 1 (measured:
+576 -> 1536 at one thread, fp32 nn.Linear 55-80 µs, int8 640 µs / int4 1430 µs with fp32 activations, 33 µs /
+46 µs with bf16). So by default (`compute_dtype=torch.bfloat16`) a layer rounds its input to bf16, runs the
+kernel (fp32 accumulation inside, bf16 result) and returns the caller's dtype: llama.cpp rounds activations
+further (to 8 bits) for its Q4/Q8 dot products. `compute_dtype=None` runs the kernel in the activation's own
+dtype (exact fp32, slow). The kernels want the scales in the compute dtype: kept in fp32, cast once and cached.
+The kernels are CPU kernels (int4: CPU only).
+
+The LM head: `quantize_` leaves it in float by default (`skip=("head",)`; pass `skip=()` to include it). SmolLM2's
+head is tied to the embedding (49152 × 576, 21 % of the weights) and at batch 1 it is the largest matmul of a
+decode step: one thread, one token, fp32 nn.Linear 7.4 ms, bf16 nn.Linear 4.0 ms, Int8Linear 2.0 ms, Int4Linear
+1.3 ms (measured during development on the loaded 2-core machine, one after the other). But a per-channel int8
+copy of SmolLM2's head (its GGUF holds it as group-32 Q8_0) moves perplexity by +0.10 where the int4 blocks move
+it by +0.013 (benchmarks/quant_accuracy.py, "int4, int8 head" arm), so `lmlab generate/serve --quantize` keep
+the head float too (`lmlab.infer.cli.QUANT_HEAD`).
+
+`naive_*` are the float64 reference twins the tests compare the kernels with.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Literal, Optional
+
+import torch
+from torch import nn
+
+from lmlab.config import ConfigError
+
+SCHEMES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)   # what _weight_int4pack_mm_for_cpu accepts
+
+
+# ------------------------------------------------------------------------------------------ int4 nibbles
+def pack_int4(q: torch.Tensor, block: Optional[int] = None) -> torch.Tensor:
+    """Codes (..., k) in 0..15 -> (..., k/2) uint8, two codes a byte, the first of each pair in the low nibble.
+    block=None pairs neighbours (q[2i], q[2i+1]); block=b pairs q[j] with q[j + b/2] inside each run of b codes
+    (llama.cpp's Q4_0/Q4_1 layout with b = 32)."""
+    k = q.shape[-1]
+    step = 2 if block is None else block
+    if k % step or (block is not None and block % 2):
+        raise ConfigError(f"pack_int4: last dim {k} is not a multiple of {step}")
+    q = q.to(torch.uint8)
+    if block is None:
+        lo, hi = q[..., 0::2], q[..., 1::2]
+    else:
+        r = q.reshape(*q.shape[:-1], k // block, 2, block // 2)   # (..., blocks, halves, b/2)
+        lo, hi = r[..., 0, :].reshape(*q.shape[:-1], k // 2), r[..., 1, :].reshape(*q.shape[:-1], k // 2)
+    return lo | (hi << 4)
+
+
+def unpack_int4(p: torch.Tensor, block: Optional[int] = None) -> torch.Tensor:
+    """Inverse of `pack_int4`: (..., k/2) uint8 -> (..., k) uint8 codes 0..15 (same `block` meaning)."""
+    p = p.to(torch.uint8)
+    lo, hi = p & 0x0F, p >> 4
+    if block is None:
+        return torch.stack([lo, hi], dim=-1).reshape(*p.shape[:-1], 2 * p.shape[-1])
+    half = block // 2
+    if p.shape[-1] % half:
+        raise ConfigError(f"unpack_int4: last dim {p.shape[-1]} is not a multiple of {half}")
+    nb = p.shape[-1] // half
+    lo, hi = lo.reshape(*p.shape[:-1], nb, half), hi.reshape(*p.shape[:-1], nb, half)
+    return torch.cat([lo, hi], dim=-1).reshape(*p.shape[:-1], 2 * p.shape[-1])
+
+
+# ------------------------------------------------------------------------------- quantizers and twins
+def quantize_int8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (n, k) -> (q (n, k) int8 in -127..127, s (n,) fp32), w ≈ s[:, None] · q."""
+    w = w.detach().float()
+    s = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, s
+
+
+def quantize_int4_weight(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (n, k) -> (q (n, k) uint8 codes 0..15, d (n, k/g) fp32, lo (n, k/g) fp32), w ≈ d · q + lo per group."""
+    n, k = w.shape
+    wg = w.detach().float().reshape(n, k // group_size, group_size)          # (n, k/g, g)
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    d = ((hi - lo) / 15).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round((wg - lo[..., None]) / d[..., None]).clamp_(0, 15).to(torch.uint8)
+    return q.reshape(n, k), d, lo
+
+
+def naive_int8_weight(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """float64 twin: the (n, k) weight an int8 (q, s) pair stands for."""
+    return q.double() * s.double()[:, None]
+
+
+def naive_int4_weight(q: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, group_size: int) -> torch.Tensor:
+    """float64 twin: the (n, k) weight int4 codes with per-group (d, lo) stand for."""
+    return q.double() * d.double().repeat_interleave(group_size, 1) + lo.double().repeat_interleave(group_size, 1)
+
+
+def naive_linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float64 dequantize-then-matmul twin: x (..., k) @ w (n, k)ᵀ (+ bias)."""
+    y = x.double() @ w.double().T
+    return y + bias.double() if bias is not None else y
+
+
+# ------------------------------------------------------------------------------------------- layers
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class _QuantLinear(nn.Module):
+    """What Int8Linear and Int4Linear share: the compute dtype, cached scales, the reshape around the kernel."""
+
+    in_features: int
+    out_features: int
+    SCALES = ""                                   # name of the fp32 scales buffer the kernel reads
+
+    def __init__(self, compute_dtype: Optional[torch.dtype]):
+        super().__init__()
+        if compute_dtype not in (None,) + FLOAT_DTYPES:
+            raise ConfigError(f"quantized linear: compute_dtype {compute_dtype} is not fp32/bf16/fp16 or None")
+        self.compute_dtype = compute_dtype
+        self._cached: dict = {}
+
+    def _scales(self, dtype: torch.dtype) -> torch.Tensor:
+        buf = getattr(self, self.SCALES)
+        key = (dtype, buf.data_ptr(), buf._version)
+        if key not in self._cached:
+            self._cached = {key: buf.to(dtype).contiguous()}
+        return self._cached[key]
+
+    def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"quantized linear: activations must be fp32/bf16/fp16, got {x.dtype}")
+        cd = self.compute_dtype or x.dtype
+        x2 = x.reshape(-1, self.in_features).to(cd).contiguous()                    # (m, k)
+        y = self._kernel(x2, self._scales(cd)).to(x.dtype)                          # (m, n)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _repr(self, what: str) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{what}, compute_dtype={self.compute_dtype}")
+
+
+class Int8Linear(_QuantLinear):
+    """y = x @ (s · q)ᵀ + b with q (n, k) int8 and one fp32 scale per output row (see the module doc)."""
+
+    SCALES = "scales"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 compute_dtype: Optional[torch.dtype] = torch.bfloat16):
+        super().__init__(compute_dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_qparams(cls, q: torch.Tensor, s: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int8Linear":
+        m = cls(q.shape[1], q.shape[0], bias=bias is not None, compute_dtype=compute_dtype)
+        m.qweight.copy_(q)
+        m.scales.copy_(s)
+        if bias is not None:
+            m.bias.copy_(bias.detach())
+        return m
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: Optional[int] = None,
+                   compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int8Linear":
+        """Per-channel int8 copy of `linear` (group_size is accepted for a uniform signature and ignored)."""
+        return cls.from_qparams(*quantize_int8_weight(linear.weight), bias=linear.bias, compute_dtype=compute_dtype)
+
+    def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.qweight, scales)
+
+    def dequantize(self) -> torch.Tensor:
+        """The (n, k) fp32 weight this layer multiplies by."""
+        return self.qweight.float() * self.scales.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return self._repr("int8 per-channel")
+
+
+class Int4Linear(_QuantLinear):
+    """y = x @ Wᵀ + b with W = d · q + lo per group of `group_size` input features, q 4-bit (module doc)."""
+
+    SCALES = "scales_and_zeros"
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 32, bias: bool = False,
+                 compute_dtype: Optional[torch.dtype] = torch.bfloat16):
+        super().__init__(compute_dtype)
+        _check_group(group_size)
+        _check_shape("Int4Linear", in_features, out_features, group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("qweight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8))
+        self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)   # kernel layout
+        self._repack()
+
+    def _repack(self) -> None:
+        codes = unpack_int4(self.qweight).to(torch.int32).contiguous()                # (n, k)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._repack()
+
+    @classmethod
+    def from_qparams(cls, q: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, group_size: int,
+                     bias: Optional[torch.Tensor] = None,
+                     compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int4Linear":
+        """From codes q (n, k) in 0..15 and per-group d, lo (n, k/g): W = d · q + lo."""
+        n, k = q.shape
+        m = cls(k, n, group_size, bias=bias is not None, compute_dtype=compute_dtype)
+        m.qweight.copy_(pack_int4(q))
+        m._repack()
+        d, lo = d.float(), lo.float()
+        # kernel: (q - 8)·scale + zero == d·q + lo  with scale = d, zero = lo + 8d
+        m.scales_and_zeros.copy_(torch.stack([d.T, (lo + 8 * d).T], dim=-1))          # (k/g, n, 2)
+        if bias is not None:
+            m.bias.copy_(bias.detach())
+        return m
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 32,
+                   compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int4Linear":
+        _check_group(group_size)
+        _check_shape("Int4Linear", linear.in_features, linear.out_features, group_size)
+        return cls.from_qparams(*quantize_int4_weight(linear.weight, group_size), group_size, bias=linear.bias,
+                                compute_dtype=compute_dtype)
+
+    def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, scales)
+
+    def dequantize(self) -> torch.Tensor:
+        """The (n, k) fp32 weight this layer multiplies by, (q − 8) · scale + zero as the kernel computes it."""
+        sz = self.scales_and_zeros.float().repeat_interleave(self.group_size, dim=0)     # (k, n, 2)
+        q = unpack_int4(self.qweight).float()                                            # (n, k)
+        return (q - 8) * sz[..., 0].T + sz[..., 1].T
+
+    def extra_repr(self) -> str:
+        return self._repr(f"int4 group_size={self.group_size}")
+
+
+def _check_group(group_size: int) -> None:
+    if group_size not in INT4_GROUP_SIZES:
+        raise ConfigError(f"int4 group size {group_size!r}: must be one of {', '.join(map(str, INT4_GROUP_SIZES))}")
+
+
+def _check_shape(what: str, k: int, n: int, group_size: int) -> None:
+    if k % group_size:
+        raise ConfigError(f"{what} has in_features={k}, not divisible by group size {group_size}")
+    if n % 16:   # the CPU int4 packing works on blocks of 16 output rows
+        raise ConfigError(f"{what} has out_features={n}, not a multiple of 16 (the int4 CPU kernel's block)")
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in skip)
+
+
+def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int = 32,
+              skip: Iterable[str] = ("head",), compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> nn.Module:
+    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear, in place; modules
+    named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
+    `compute_dtype`: see the module doc. Returns `model`."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    if scheme == "int4":
+        _check_group(group_size)
+    skip = tuple(skip)
+    todo = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
+    if scheme == "int4":
+        for name, m in todo:
+            _check_shape(f"quantize int4: layer {name}", m.in_features, m.out_features, group_size)
+    cls = Int8Linear if scheme == "int8" else Int4Linear
+    for name, m in todo:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, cls.from_float(m, group_size=group_size, compute_dtype=compute_dtype))
+    return model

@@ -1,0 +1,127 @@
+"""Weight-only int8/int4 layers (lmlab.nn.quant): nibble packing, the kernels against float64
+dequantize-then-matmul twins, quantize_ on a tiny Decoder, and one-line errors."""
+import pytest
+import torch
+from torch import nn
+
+from lmlab.config import ConfigError, ModelConfig
+from lmlab.models.decoder import Decoder
+from lmlab.nn.quant import (Int4Linear, Int8Linear, naive_int4_weight, naive_int8_weight, naive_linear, pack_int4,
+                            quantize_, quantize_int4_weight, quantize_int8_weight, unpack_int4)
+
+
+@pytest.mark.parametrize("block", [None, 32, 8])
+def test_pack_unpack_round_trip(block):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (5, 3, 64), generator=g, dtype=torch.uint8)
+    p = pack_int4(q, block)
+    assert p.shape == (5, 3, 32) and p.dtype == torch.uint8
+    assert torch.equal(unpack_int4(p, block), q)
+
+
+def test_pack_layouts_by_hand():
+    q = torch.arange(32, dtype=torch.uint8) % 16                 # 0..15, 0..15
+    assert pack_int4(q)[:2].tolist() == [0x10, 0x32]              # neighbours: q0 low, q1 high
+    assert pack_int4(q, 32)[:2].tolist() == [0x00, 0x11]          # GGUF Q4_1: q[j] low, q[j+16] high
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        pack_int4(torch.zeros(3, 48, dtype=torch.uint8), 32)
+
+
+def _layer(n=48, k=128, bias=False, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        lin.weight.mul_(torch.linspace(0.2, 3.0, n)[:, None])       # rows of different ranges
+    return lin
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_equals_float64_twin(bias):
+    lin = _layer(bias=bias)
+    q, s = quantize_int8_weight(lin.weight)
+    w = naive_int8_weight(q, s)
+    assert (w - lin.weight.double()).abs().max() <= s.double().max() / 2 + 1e-7   # round-to-nearest: ≤ half a step
+    layer = Int8Linear.from_float(lin)
+    assert torch.equal(layer.dequantize().double(), w.float().double())
+    x = torch.randn(2, 3, 128)                                      # any leading dims
+    ref = naive_linear(x, w, lin.bias)
+    exact = Int8Linear.from_float(lin, compute_dtype=None)           # the kernel in fp32 (scalar loop)
+    y = exact(x)
+    assert y.shape == (2, 3, 48) and y.dtype == torch.float32
+    assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max()   # fp32 accumulation vs float64
+    _check_bf16(layer, x, ref, naive_int8_weight(q, s.bfloat16().float()), lin.bias)
+
+
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_int4_equals_float64_twin(group_size):
+    lin = _layer(k=256, bias=True)
+    q, d, lo = quantize_int4_weight(lin.weight, group_size)
+    assert q.max() <= 15 and d.shape == (48, 256 // group_size)
+    w = naive_int4_weight(q, d, lo, group_size)
+    assert (w - lin.weight.double()).abs().max() <= d.double().max() / 2 + 1e-6
+    layer = Int4Linear.from_float(lin, group_size=group_size)
+    # the kernel reads (q - 8)·d + (lo + 8d): equal to d·q + lo up to fp32 rounding of the zero point
+    assert (layer.dequantize().double() - w).abs().max() < 1e-6 * w.abs().max()
+    x = torch.randn(4, 256)
+    ref = naive_linear(x, w, lin.bias)
+    y = Int4Linear.from_float(lin, group_size=group_size, compute_dtype=None)(x)   # fp32 kernel
+    assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max()
+    sz = layer.scales_and_zeros.bfloat16().double()                 # what the bf16 kernel reads
+    w_bf16 = (q.double() - 8) * sz[..., 0].T.repeat_interleave(group_size, 1) + sz[..., 1].T.repeat_interleave(group_size, 1)
+    _check_bf16(layer, x[None], ref, w_bf16, lin.bias)
+    assert f"group_size={group_size}" in repr(layer)
+    # the state dict holds the portable nibbles; loading it rebuilds the kernel's copy
+    other = Int4Linear(256, 48, group_size, bias=True)
+    other.load_state_dict(layer.state_dict())
+    assert torch.equal(other(x), layer(x)) and "packed" not in layer.state_dict()
+
+
+def _check_bf16(layer, x, ref, w_bf16, bias):
+    """Default compute dtype: input and scales rounded to bf16, fp32 accumulation, a bf16 result."""
+    y = layer(x)
+    assert y.dtype == x.dtype and y.shape == x.shape[:-1] + (layer.out_features,)
+    twin = naive_linear(x.bfloat16().double(), w_bf16, bias)          # the same roundings, in float64
+    tol = 2 ** -8 * twin.abs().max() + 1e-3 * ref.abs().max()         # bf16 output rounding + accumulation
+    assert (y.double() - twin).abs().max() < tol
+    assert (y.double() - ref).abs().max() < 3e-2 * ref.abs().max()    # and near the fp32-input result
+    assert layer(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_quantize_decoder_keeps_logits_close():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64, d_ff=128)
+    model = Decoder(cfg).eval()
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        ref = model(ids).logits
+    scale = ref.std().item()
+    for scheme, tol in (("int8", 0.03), ("int4", 0.3)):
+        m = Decoder(cfg).eval()
+        m.load_state_dict(model.state_dict())
+        assert quantize_(m, scheme) is m
+        kinds = {type(mod).__name__ for name, mod in m.named_modules() if name.startswith("blocks.")}
+        assert ("Int8Linear" if scheme == "int8" else "Int4Linear") in kinds and "Linear" not in kinds
+        assert type(m.head) is nn.Linear                           # skipped by default
+        with torch.no_grad():
+            got = m(ids).logits
+        err = (got - ref).abs().max().item() / scale
+        assert 0 < err < tol, (scheme, err)
+    m = Decoder(cfg).eval()
+    quantize_(m, "int8", skip=())
+    assert isinstance(m.head, Int8Linear)
+    assert m.embed.weight.dtype == torch.float32                   # the tied embedding stays float
+
+
+def test_errors_are_one_line():
+    model = Decoder(ModelConfig(vocab_size=64, d_model=48, n_layer=1, n_head=4, max_seq_len=32, d_ff=96))
+    with pytest.raises(ConfigError, match=r"scheme 'int3' is not one of int8, int4"):
+        quantize_(model, "int3")
+    with pytest.raises(ConfigError, match=r"group size 16"):
+        quantize_(model, "int4", group_size=16)
+    with pytest.raises(ConfigError, match=r"layer blocks\.0\.mixer\.q_proj has in_features=48, not divisible by group size 32"):
+        quantize_(model, "int4", group_size=32)
+    assert type(model.blocks[0].mixer.q_proj) is nn.Linear          # nothing replaced on error
+    with pytest.raises(ConfigError, match="not divisible"):
+        Int4Linear.from_float(nn.Linear(40, 16), group_size=32)
+    with pytest.raises(ConfigError, match="out_features=40, not a multiple of 16"):
+        Int4Linear.from_float(nn.Linear(64, 40), group_size=32)

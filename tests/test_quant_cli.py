@@ -1,0 +1,85 @@
+"""`lmlab serve/generate --quantize`: a tiny lmlab checkpoint served int8 to the official openai client, and
+one-line errors for bad quantize options."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.cli import main
+from lmlab.config import ModelConfig
+from lmlab.models.decoder import Decoder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import serving  # noqa: E402
+
+CFG = dict(d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=128, d_ff=128, tie_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A random 2-layer Decoder saved as an lmlab torch checkpoint with a small BPE tokenizer beside it."""
+    from lmlab.data.tokenizer import train_tokenizer
+
+    d = tmp_path_factory.mktemp("quant_ckpt")
+    texts = ["the quick brown fox jumps over the lazy dog", "hello world, hello there"] * 20
+    tok = train_tokenizer(texts, 300, out_dir=d / "tok")
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=tok.vocab_size, **CFG))
+    torch.save({"model": model.state_dict(),
+                "config": {"model": {"vocab_size": tok.vocab_size, **CFG},
+                           "data": {"tokenizer": str(d / "tok"), "vocab_size": tok.vocab_size}}}, d / "tiny.pt")
+    return d / "tiny.pt"
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "openai", "httpx")),
+                    reason="needs the serve extra (fastapi, uvicorn, openai, httpx)")
+def test_serve_int8_answers_openai_client(ckpt, monkeypatch):
+    import uvicorn
+    from openai import OpenAI
+
+    from lmlab.nn.quant import Int8Linear
+
+    got = {}
+
+    def run(app, host, port, log_level):            # what `lmlab serve` would serve, on a free port here
+        with serving(app) as url:
+            c = OpenAI(base_url=url, api_key="x", max_retries=0, timeout=60)
+            got["models"] = [m.id for m in c.models.list().data]
+            got["text"] = c.completions.create(model=got["models"][0], prompt="hello", max_tokens=6,
+                                               temperature=0).choices[0].text
+        got["engine"] = app.state.batcher.engine
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", f"lmlab:{ckpt}", "--quantize", "int8"])
+    assert e.value.code == 0
+    engine = got["engine"]
+    assert got["models"] == ["tiny.pt"]
+    linears = [m for n, m in engine.model.named_modules() if n.startswith("blocks.") and hasattr(m, "qweight")]
+    assert len(linears) == 2 * 7 and all(isinstance(m, Int8Linear) for m in linears)
+    assert type(engine.model.head) is torch.nn.Linear              # the head stays float (lmlab.infer.cli.QUANT_HEAD)
+    from lmlab.backend import GenerationConfig
+
+    assert got["text"] == engine.generate(["hello"], GenerationConfig(max_new_tokens=6))[0][0]
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["serve", "--quantize", "int3"], ["--quantize", "int3"]),
+    (["generate", "--quantize", "fp8", "hi"], ["--quantize", "fp8"]),
+    (["generate", "--quantize", "int4", "--group-size", "48", "hi"], ["--group-size", "48"]),
+    (["generate", "--model", "lmlab:{ckpt}", "--quantize", "int4", "--group-size", "128", "hi"],
+     ["blocks.0.mixer.q_proj", "in_features=64", "group size 128"]),
+    (["generate", "--model", "openai:http://127.0.0.1:9/v1#m", "--quantize", "int8", "hi"],
+     ["--quantize int8", "not a local lmlab model"]),
+])
+def test_bad_quantize_options_one_line(argv, needles, ckpt, capsys):
+    argv = [a.replace("{ckpt}", str(ckpt)) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code not in (0, None)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and ": error: " in lines[0], lines
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
