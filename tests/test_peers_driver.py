@@ -130,6 +130,8 @@ def test_workers_over_the_protocol_interleaved(tmp_path):
     good = peers.Worker(fake_engine(tmp_path, "good"), wfile, 1, tmp_path, timeout=60)
     short = peers.Worker(fake_engine(tmp_path, "short", short=1), wfile, 1, tmp_path, timeout=60)
     try:
+        good.wait_ready(60)
+        short.wait_ready(60)
         assert good.info == {"engine": "fake"}
         from benchmarks._interleave import interleaved
 
@@ -149,13 +151,15 @@ def test_workers_over_the_protocol_interleaved(tmp_path):
 def test_a_worker_that_cannot_load_says_why(tmp_path):
     wfile = tmp_path / "w.json"
     wfile.write_text("{}")
+    wk = peers.Worker(fake_engine(tmp_path, "broken", fail=True), wfile, 1, tmp_path, timeout=60)
     with pytest.raises(RuntimeError, match="broken: OSError: no weights here"):
-        peers.Worker(fake_engine(tmp_path, "broken", fail=True), wfile, 1, tmp_path, timeout=60)
+        wk.wait_ready(60)
+    wk.close()
 
 
 def test_missing_environment_is_reported(tmp_path):
     spec = peers.EngineSpec("ghost", tmp_path / "nope/bin/python", "worker_x.py")
     assert spec.missing() == f"{tmp_path / 'nope/bin/python'} not found (run benchmarks/peers/setup.sh)"
     names = [s.name for s in peers.engine_specs(tmp_path)]
-    assert names == ["lmlab fp32", "lmlab int8", "lmlab int4", "vLLM-CPU", "llama.cpp", "onnxruntime-genai int4",
-                     "onnxruntime-genai fp32", "transformers"]
+    assert names == ["lmlab fp32", "lmlab int8", "lmlab int4", "vLLM-CPU", "llama.cpp", "llama.cpp (node-llama-cpp)",
+                     "onnxruntime-genai int4", "onnxruntime-genai fp32", "transformers"]
