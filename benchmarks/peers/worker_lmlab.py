@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
     ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--model", default="smollm2", help="smollm2 (the GGUF) or an HF folder with the same weights")
     a = ap.parse_args()
 
     def load():
@@ -34,7 +35,7 @@ def main() -> None:
         from lmlab.infer.engine import Engine
         from lmlab.models.hf import load_pretrained
 
-        model, tok = load_pretrained("smollm2")
+        model, tok = load_pretrained(a.model)
         if a.quantize != "none":
             from lmlab.nn.quant import quantize_   # added by the weight-only quantization work (issue 21)
 

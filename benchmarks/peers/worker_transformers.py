@@ -22,6 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workloads", required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="smollm2", help="smollm2 (the GGUF) or an HF folder with the same weights")
     a = ap.parse_args()
 
     def load():
@@ -31,7 +32,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
         from lmlab.models.hf import load_hf
 
-        hf, tok = load_hf("smollm2")
+        hf, tok = load_hf(a.model)
 
         def run(w: dict, seed: int) -> list[int]:
             x = torch.tensor(w["prompts"])
