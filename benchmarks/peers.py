@@ -434,6 +434,14 @@ def d_verify(w_d: dict, samples: list[dict]) -> dict:
             "ttft_p50_s": statistics.median(x["ttft_p50_s"] for x in samples)}
 
 
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
 def round_log(msg: str, last: dict[str, dict]) -> None:
     """One line per round: the workers' wall seconds (the driver's CPU time that interleaved() prints is idle)."""
     walls = ", ".join(f"{n} {r['wall_s']:.2f} s" for n, r in last.items() if "wall_s" in r)
@@ -489,6 +497,18 @@ def main(argv=None) -> dict:
     wfile.write_text(json.dumps(workloads))
 
     load0 = os.getloadavg()
+    from lmlab.io import atomic_write_text
+
+    def save(**extra) -> dict:   # after every workload, so an interrupted run keeps what it measured
+        res = {"command": "PYTHONPATH=. .venv/bin/python benchmarks/peers.py " +
+                          " ".join(argv if argv is not None else sys.argv[1:]),
+               "threads": a.threads, "reps": reps, "warmup": warmup, "sizes": sizes.__dict__, "cpus": os.cpu_count(),
+               "load_avg_start": load0, "load_avg_now": os.getloadavg(), "engines": info, "results": results,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), **extra}
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_path, json.dumps(res, indent=2) + "\n")
+        return res
+
     print(f"peers: {len(specs)} engines, workloads {','.join(wl)}, {a.threads} thread(s) each, {reps} round(s) "
           f"+ {warmup} warm-up, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} CPUs)")
     results: dict[str, dict[str, dict]] = {w: {} for w in wl}
@@ -564,6 +584,7 @@ def main(argv=None) -> dict:
                           f"{results[w][n]['wall_s']:.2f} s, {results[w][n].get('tok_per_cpu_s', float('nan')):.1f} "
                           f"tok/CPU-s" + ("" if results[w][n]["tokens_ok"] else
                                                                 f"  † {results[w][n]['mismatch']}"))
+            save()
 
         if "d" in wl:
             d_spec = {"clients": sizes.d_clients, "max_tokens": sizes.d_max_tokens}
@@ -621,15 +642,7 @@ def main(argv=None) -> dict:
     print("\ntokens/s (generated tokens / wall s, median of rounds)\n" + table)
     print("\ntokens per CPU second of the engine's process tree (median of rounds)\n" + cpu_table)
     print(f"\nload average at the start {load0[0]:.2f}, at the end {load1[0]:.2f}")
-    res = {"command": "PYTHONPATH=. .venv/bin/python benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "threads": a.threads, "reps": reps, "warmup": warmup, "sizes": sizes.__dict__, "cpus": os.cpu_count(),
-           "load_avg_start": load0, "load_avg_end": load1, "engines": info, "results": results, "table": table,
-           "cpu_table": cpu_table,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    from lmlab.io import atomic_write_text
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_path, json.dumps(res, indent=2) + "\n")
+    res = save(table=table, cpu_table=cpu_table, load_avg_end=load1)
     print(f"wrote {out_path}")
     return res
 

@@ -1,6 +1,6 @@
 """Where lmlab's decode step spends its time: torch.profiler over the decode phase of peers.py's workloads.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/peers/profile_lmlab.py [--threads 1] [--quantize int4] [--out F.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/peers/profile_lmlab.py [--threads 1] [--quantize int4] [--workloads a,c]
 
 For workload a (batch 1) and workload c's decode (32 sequences sharing a 1K-token prompt), CPU self time by
 operator class: weight matmuls (aten::mm/addmm/linear/matmul/bmm on the weights, and any quantized linear op),
@@ -60,6 +60,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
     ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--workloads", default="a,c", help="which of peers.py's workloads to profile")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import torch
@@ -74,7 +75,8 @@ def main(argv=None) -> dict:
 
     tok = AutoTokenizer.from_pretrained(str(PEERS_DIR / "smollm2-hf"))
     w = build_workloads(lambda t: tok.encode(t, add_special_tokens=False), FULL)
-    model, t = load_pretrained("smollm2")
+    hf_dir = PEERS_DIR / "smollm2-hf"
+    model, t = load_pretrained(str(hf_dir) if (hf_dir / "config.json").exists() else "smollm2")
     if a.quantize != "none":
         from lmlab.nn.quant import quantize_
 
@@ -82,7 +84,7 @@ def main(argv=None) -> dict:
     eng = Engine(model, t)
     eng.stop_ids = set()
     out = {"threads": a.threads, "quantize": a.quantize, "new": a.new}
-    for name in ("a", "c"):
+    for name in a.workloads.split(","):
         gen = GenerationConfig(max_new_tokens=a.new, n=w[name]["n"], temperature=0.0, seed=0)
         r = profile_decode(eng, w[name]["prompts"], gen)
         # the same call unprofiled: ms per decode step

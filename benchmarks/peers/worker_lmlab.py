@@ -30,7 +30,6 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-        import lmlab
         from lmlab.backend import GenerationConfig
         from lmlab.infer.engine import Engine
         from lmlab.models.hf import load_pretrained
@@ -48,8 +47,10 @@ def main() -> None:
             out = eng.generate_ids(w["prompts"], gen)
             return [len(c.token_ids) for row in out for c in row]
 
+        from importlib.metadata import version
+
         return run, {"engine": f"lmlab {a.quantize if a.quantize != 'none' else 'fp32'}",
-                     "version": getattr(lmlab, "__version__", "?"), "torch": torch.__version__,
+                     "version": version("lmlab"), "torch": torch.__version__,
                      "threads": torch.get_num_threads()}
 
     serve_worker(load, a.workloads)
