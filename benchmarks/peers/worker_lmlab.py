@@ -1,0 +1,60 @@
+"""benchmarks/peers.py worker: lmlab's engine (lmlab.infer.engine) on SmolLM2-135M, fp32 or weight-only int8/int4.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/peers/worker_lmlab.py --workloads W.json --threads 1 --quantize int4
+
+Runs in the project's .venv. --quantize uses `lmlab.nn.quant.quantize_(model, scheme, group_size=)`; where
+that module is missing the worker reports the error instead of READY.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parents[1]))
+from _protocol import serve_worker  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
+    ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--model", default="smollm2", help="smollm2 (the GGUF) or an HF folder with the same weights")
+    a = ap.parse_args()
+
+    def load():
+        import torch
+
+        torch.set_num_threads(a.threads)
+        from lmlab.backend import GenerationConfig
+        from lmlab.infer.engine import Engine
+        from lmlab.models.hf import load_pretrained
+
+        model, tok = load_pretrained(a.model)
+        if a.quantize != "none":
+            from lmlab.nn.quant import quantize_   # added by the weight-only quantization work (issue 21)
+
+            quantize_(model, a.quantize, group_size=a.group_size)
+        eng = Engine(model.eval(), tok)
+        eng.stop_ids = set()   # EOS ignored: every sequence gets exactly `new` tokens
+
+        def run(w: dict, seed: int) -> list[int]:
+            gen = GenerationConfig(max_new_tokens=w["new"], n=w["n"], temperature=w["temperature"], seed=seed)
+            out = eng.generate_ids(w["prompts"], gen)
+            return [len(c.token_ids) for row in out for c in row]
+
+        from importlib.metadata import version
+
+        return run, {"engine": f"lmlab {a.quantize if a.quantize != 'none' else 'fp32'}",
+                     "version": version("lmlab"), "torch": torch.__version__,
+                     "threads": torch.get_num_threads()}
+
+    serve_worker(load, a.workloads)
+
+
+if __name__ == "__main__":
+    main()
