@@ -19,6 +19,7 @@ the first, while lmlab and transformers prefill each call. Prefix sharing inside
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -28,6 +29,18 @@ from typing import Callable
 
 READY, RESULT = "@@READY ", "@@RESULT "
 SALT_BASE, SALT_SPAN = 1000, 20000   # token ids used as the first token of a run's prompts
+
+
+def worker_parser(model_default: str | None = None) -> argparse.ArgumentParser:
+    """The options every worker takes: --workloads FILE, --threads T, --model (required without a default)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    if model_default is None:
+        ap.add_argument("--model", required=True)
+    else:
+        ap.add_argument("--model", default=model_default, help="smollm2 (the GGUF) or an HF folder with the same weights")
+    return ap
 
 
 def salted(w: dict, seed: int) -> dict:

@@ -7,23 +7,19 @@ that module is missing the worker reports the error instead of READY.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parents[1]))
-from _protocol import serve_worker  # noqa: E402
+from _protocol import serve_worker, worker_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workloads", required=True)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = worker_parser("smollm2")
     ap.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
     ap.add_argument("--group-size", type=int, default=32)
-    ap.add_argument("--model", default="smollm2", help="smollm2 (the GGUF) or an HF folder with the same weights")
     a = ap.parse_args()
 
     def load():

@@ -8,21 +8,17 @@ the prompt; min_length = max_length = P + new forces the output length.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _protocol import serve_worker  # noqa: E402
+from _protocol import serve_worker, worker_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workloads", required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", required=True)
+    ap = worker_parser()
     a = ap.parse_args()
 
     def load():

@@ -8,21 +8,17 @@ length (EOS suppressed until then).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parents[1]))
-from _protocol import serve_worker  # noqa: E402
+from _protocol import serve_worker, worker_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workloads", required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", default="smollm2", help="smollm2 (the GGUF) or an HF folder with the same weights")
+    ap = worker_parser("smollm2")
     a = ap.parse_args()
 
     def load():

@@ -8,21 +8,17 @@ length; n samples per prompt share the prompt through vLLM's prefix cache, as vL
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _protocol import serve_worker  # noqa: E402
+from _protocol import serve_worker, worker_parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workloads", required=True)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", required=True)
+    ap = worker_parser()
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--enforce-eager", action="store_true",
