@@ -189,6 +189,7 @@ def run_pairs(arm: str, seed: int, scale: str, out_dir: Optional[Path]) -> ArmRe
             caps = [c for c, _, _ in specs]
         else:
             caps = [c for c in llm_captions(specs) if c is not None]
+        torch.manual_seed(seed)      # the generator's init must not depend on what this process ran before
         g = TextToGrid(n_tokens=16, out_dim=1280, d=sc["gen_d"])
         tr = train_generator(g, [gen.caption(s) for s in real], feats, sc["gen_steps"], 16, sc["gen_lr"], seed)
         with torch.no_grad():
