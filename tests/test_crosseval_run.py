@@ -59,7 +59,11 @@ def test_auc_and_weakest_link_gap_by_hand():
     assert math.isnan(weakest_link_gap(ind, {("a", "d"): 1.0}))
 
 
-def test_gold_checks_on_hand_responses():
+def test_gold_checks_on_hand_responses(monkeypatch):
+    import lmlab.eval.sandbox as sandbox
+
+    run_check = sandbox.run_check   # a passing program must not time out on a loaded machine: 60 s, not the 5 s budget
+    monkeypatch.setattr(sandbox, "run_check", lambda *a, **k: run_check(*a, **{**k, "timeout": 60.0}))
     assert final_number_is(12)("3 times 4 is 12.") and not final_number_is(12)("12 apples, no 13")
     assert final_number_is(1000)("It is 1,000")
     assert sentence_count_and(2, ["blue"])("The sea is Blue. It is wide.")

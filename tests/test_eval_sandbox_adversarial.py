@@ -310,7 +310,7 @@ def test_returned_values_cross_as_plain_data_only(problems):
     """Subclasses of builtin types arrive as their builtin value; other objects are an error, not a pass."""
     p = problems[2]
     sub = "    class F(float):\n        def __eq__(self, o): return True\n    return F(number % 1.0)\n"
-    assert run_python(humaneval_program(p["prompt"], sub, p["test"], p["entry_point"])).passed
+    assert run_python(humaneval_program(p["prompt"], sub, p["test"], p["entry_point"]), timeout=60.0).passed  # loaded CI
     wrong_sub = sub.replace("number % 1.0", "0.5")
     assert not run_python(humaneval_program(p["prompt"], wrong_sub, p["test"], p["entry_point"])).passed
     obj = "    return object()\n"
