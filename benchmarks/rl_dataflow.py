@@ -2,7 +2,7 @@
 split) vs TRL's RLOOTrainer, on the same tiny model and batch; per-stage time breakdown; placement search
 checked against the measured placements; verl tried in its own venv.
 
-    OMP_NUM_THREADS=1 python benchmarks/rl_dataflow.py [--reps 5] [--gen 16] [--prompts 8] [--k 4]
+    OMP_NUM_THREADS=1 python benchmarks/rl_dataflow.py [--reps 5] [--iters 4] [--gen 16] [--prompts 8] [--k 4]
         [--no-trl] [--verl-python /work/venvs/verl/bin/python] [--plot benchmarks/results/rl_dataflow.png]
 
 Model and settings are benchmarks/rl_throughput.py's (d=64, 2 layers, 4 heads, vocab 64, prompt 8 tokens,
@@ -16,8 +16,10 @@ Model and settings are benchmarks/rl_throughput.py's (d=64, 2 layers, 4 heads, v
     ray_split     Ray, split: actor + ref on 1 worker, rollout on 2 others
     trl           TRL RLOOTrainer (same model shape, Llama in transformers)
 
-Every side runs one iteration per round, order rotating (benchmarks/_interleave.py); 1 warm-up round, then
-`--reps` (≥ 5) rounds; medians. Clocks: wall seconds per iteration (samples/s = batch / wall) and CPU seconds
+Every side runs `--iters` consecutive iterations of one training per round (per-iteration figures are the
+round's totals / iters: a training's steady state, in which the dataflow sends rollout k+1 before update k's
+answer is back), order rotating (benchmarks/_interleave.py); 1 warm-up round, then `--reps` (≥ 5) rounds;
+medians. Clocks: wall seconds per iteration (samples/s = batch / wall) and CPU seconds
 of every process that worked on it (the controller plus, on Ray, each worker's own process_time), since on
 a shared machine CPU time is the steadier measure of work. Dataflow overhead = (ray_col1 − single_rs) /
 single_rs, on both clocks.
@@ -66,39 +68,48 @@ def reward_fn(p, y):
     return torch.tensor([reward_of(r) for r in y.tolist()])
 
 
+def _per_iter(ms: list[dict], keys: list[str]) -> dict:
+    return {k: sum(m.get(k, 0.0) for m in ms) / len(ms) for k in keys}
+
+
 def single_side(a, row_seeded: bool):
     from lmlab.align import rollout
     from lmlab.align.hybridflow.sampling import row_seeded_sample
     from lmlab.align.ppo import rl_train
 
-    pol, ref, cfg = make(1, a.gen, a.prompts, a.k)
-
     def run():
+        pol, ref, cfg = make(a.iters, a.gen, a.prompts, a.k)
         if row_seeded:
             rollout.set_sampler(row_seeded_sample)
         try:
-            c0 = time.process_time()
-            m = rl_train(pol, ref, prompt_fn, reward_fn, cfg)[0]
-            cpu = time.process_time() - c0
+            c0, t0 = time.process_time(), time.perf_counter()
+            ms = rl_train(pol, ref, prompt_fn, reward_fn, cfg)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         finally:
             rollout.set_sampler(rollout.cached_sample)
-        return {"t_generate": m["t_generate"], "t_score": m["t_score"], "t_train": m["t_train"],
-                "iter_wall": cfg.prompts_per_iter * cfg.samples_per_prompt / m["samples_per_s"], "iter_cpu": cpu}
+        return {**_per_iter(ms, ["t_generate", "t_score", "t_train"]), "iter_wall": wall / a.iters,
+                "iter_cpu": cpu / a.iters}
     return run
 
 
 def flow_side(flow, a):
-    pol, ref, cfg = make(10 ** 6, a.gen, a.prompts, a.k)
+    """`--iters` iterations of one training per round (a fresh session: its model loading is not timed), so the
+    pipelined rollouts run as in a training run and none is left running into the next side's turn."""
     flow.checkpoint_every = 0                     # the benchmark measures iterations, not checkpoints
-    sess = flow.session(pol, ref, prompt_fn, reward_fn, cfg)
 
     def run():
+        pol, ref, cfg = make(a.iters, a.gen, a.prompts, a.k)
+        sess = flow.session(pol, ref, prompt_fn, reward_fn, cfg)
         flow._all("pop_timings")                  # workers' CPU counts from here (not while other sides ran)
-        c0 = time.process_time()
-        m = sess.step()
-        cpu = time.process_time() - c0 + m.get("cpu_workers", 0.0)
-        return {**{k: m.get(k, 0.0) for k in STAGES + ["bytes_total", "bytes_weight_sync"]},
-                "iter_wall": m["t_iter"], "iter_cpu": cpu}
+        c0, t0 = time.process_time(), time.perf_counter()
+        ms = [sess.step() for _ in range(a.iters)]
+        sess.finish()
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0 + sum(m.get("cpu_workers", 0.0) for m in ms)
+        rest = flow._all("pop_timings") if flow.backend == "ray" else []   # the final get_weights' share
+        cpu += sum(d.get("cpu_workers", 0.0) for d in rest)
+        return {**_per_iter(ms, STAGES + ["bytes_total", "bytes_weight_sync"]), "iter_wall": wall / a.iters,
+                "iter_cpu": cpu / a.iters}
     return run
 
 
@@ -106,11 +117,13 @@ def trl_side(n_steps: int, a):
     baton, _, err, _ = trl_in_thread(n_steps, a.gen, a.prompts, a.k)
 
     def run():
-        baton.give("trl")
-        baton.wait("lmlab")
-        if err:
-            raise err[0]
-        return {}   # the TRL step ran in this process while the call waited: the call's clocks count it
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(a.iters):     # the TRL step runs in this process while the call waits: its clocks count it
+            baton.give("trl")
+            baton.wait("lmlab")
+            if err:
+                raise err[0]
+        return {"iter_wall": (time.perf_counter() - t0) / a.iters, "iter_cpu": (time.process_time() - c0) / a.iters}
     return run
 
 
@@ -210,6 +223,7 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=16)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--iters", type=int, default=4, help="consecutive iterations of one training per side and round")
     ap.add_argument("--no-trl", action="store_true")
     ap.add_argument("--verl-python", default="/work/venvs/verl/bin/python")
     ap.add_argument("--verl-from", help="reuse the verl attempt recorded in an earlier run's --json file")
@@ -255,7 +269,7 @@ def main() -> None:
         try:
             import trl  # noqa: F401
 
-            sides["trl"] = trl_side(a.reps + 1, a)
+            sides["trl"] = trl_side((a.reps + 1) * a.iters, a)
         except ImportError as e:
             trl_err = str(e)
     print(f"RLOO, batch {a.prompts}x{a.k}, {a.gen} new tokens, d={D} L={L} vocab={V}, 1 thread per process, "
@@ -301,13 +315,13 @@ def main() -> None:
     # placement search: profile = the one-worker stages of ray_col1 (+ weight sync per replica of ray_split)
     from lmlab.align.hybridflow.plan import predict
 
-    st1 = rows["ray_col1"]["stages"]
-    prof = {k: max(0.0, st1[f"t_{k}"] - rtt) for k in ("generate", "old_logp", "ref_logp", "update")}
+    st1 = rows["ray_col1"]["stages"]   # one process hosts every role there: its stages are timed by the worker
+    prof = {k: st1[f"t_{k}"] for k in ("generate", "old_logp", "ref_logp", "update")}
     prof["weight_sync"] = max(0.0, rows["ray_split"]["stages"]["t_weight_sync"] - rtt) / 2   # per replica
     pls = {"ray_col1": colocated(1, 1), "ray_col2": colocated(2, 1), "ray_split": split(1, 2)}
     pred = {n: predict(prof, p.pools, p.roles, rtt) for n, p in pls.items()}
     measured = {n: rows[n]["wall_s"] for n in pls}
-    print(f"\nplacement model (stages profiled on ray_col1, scaled stage/w, + {rtt * 1e3:.1f} ms per call):")
+    print(f"\nplacement model (stages timed inside ray_col1's worker, scaled stage/w, + {rtt * 1e3:.1f} ms per call):")
     for n in pls:
         print(f"  {n:<10} predicted {pred[n] * 1e3:6.0f} ms   measured {measured[n] * 1e3:6.0f} ms")
     pr, mr = sorted(pls, key=lambda n: pred[n]), sorted(pls, key=lambda n: measured[n])

@@ -44,7 +44,7 @@ def test_batch_split_keeps_groups_and_order():
     with pytest.raises(ValueError, match="cannot split 3 groups"):
         b.split(4, unit=2)
     assert dispatch_of(RoleWorker, "generate")[:2] == (Dispatch.SPLIT, Collect.CONCAT)
-    assert dispatch_of(RoleWorker, "update")[:2] == (Dispatch.BROADCAST, Collect.FIRST)
+    assert dispatch_of(RoleWorker, "update")[:2] == (Dispatch.BROADCAST, Collect.LIST)
     assert dispatch_of(RoleWorker, "get_weights")[0] is Dispatch.RANK_ZERO
     with pytest.raises(AttributeError, match="not a registered group method"):
         dispatch_of(RoleWorker, "load")

@@ -1,7 +1,7 @@
 """HybridFlow on Ray: one simulated two-node cluster (ray.cluster_utils.Cluster) for the module.
 
-- equivalence: one iteration of PPO and of RLOO through the dataflow (2 rollout workers, 1 actor; colocated
-  and split) gives the parameters rl_train gives (same seed, float64, |Δθ| <= 1e-12);
+- equivalence: three iterations of PPO and of RLOO through the dataflow (2 rollout workers, 1 actor; colocated
+  and split; rollouts pipelined) give the parameters rl_train gives (same seed, float64, |Δθ| <= 1e-12);
 - the split placement puts the actor (+ ref) on one node and the rollout workers on the other;
 - a data-parallel actor (2 workers, gloo all-reduce) gives the same update up to float64 summation order;
 - kill -9 of the actor's process mid-iteration: the controller restarts the groups from the last checkpoint,
@@ -64,12 +64,15 @@ def split_flow(flows):
 
 @pytest.mark.parametrize("algo", ["ppo", "rloo"])
 def test_colocated_and_split_match_single_process(algo, colocated_flow, split_flow):
-    want, _ = single_process(algo)
+    """Three iterations, so the pipelined rollouts (sent before the previous update's answer) and the chained
+    forward passes (colocated ref) are exercised; they must still be on-policy, i.e. equal rl_train."""
+    want, _ = single_process(algo, iterations=3)
     for flow in (colocated_flow, split_flow):
-        pol, ref, cfg = setup(algo)
+        pol, ref, cfg = setup(algo, iterations=3)
         hist = flow.train(pol, ref, prompt_fn, reward_fn, cfg)
         assert max_diff(want, pol) <= TOL, flow.placement.name
         assert max_diff(setup(algo)[0], pol) > 1e-3            # and the update is not empty
+        assert [h["iter"] for h in hist] == [0, 1, 2]
         assert hist[0]["bytes_weight_sync"] > 0 and hist[0]["restarts"] == 0
 
 
@@ -81,8 +84,8 @@ def test_split_roles_on_different_nodes(split_flow):
 
 
 def test_data_parallel_actor_with_gloo(colocated_flow):
-    want, _ = single_process("ppo")
-    pol, ref, cfg = setup("ppo")
+    want, _ = single_process("ppo", iterations=2)
+    pol, ref, cfg = setup("ppo", iterations=2)
     colocated_flow.use(colocated(2, 2))            # the hybrid engine: every role on both workers
     try:
         hist = colocated_flow.train(pol, ref, prompt_fn, reward_fn, cfg)

@@ -16,9 +16,15 @@ does with `set_sampler(row_seeded_sample)` (prompts, one rollout seed, one permu
 iteration here and one in rl_train give the same parameters (tests/test_hybridflow*.py).
 
 Overlap between iterations: PPO, RLOO and GRPO as lmlab writes them are on-policy (the samples of iteration
-k+1 must come from the weights after update k), so the controller never starts rollout k+1 before update k
-and its weight sync have finished, in either placement. What overlaps is inside an iteration: old_logp, ref
-and reward run concurrently once the rollout is back (on disjoint workers in the split placement).
+k+1 must come from the weights after update k), so no rollout k+1 ever *runs* before update k and its weight
+sync. With `pipeline=True` (the default, Ray only) the controller *sends* rollout k+1 right after update k and
+the weight refresh, before their answers come back: Ray runs one caller's calls to an actor in the order they
+were sent, so every rollout process runs it after its own actor's update (colocated) or after the refresh of
+its replica (split). That takes one round trip and the controller's bookkeeping off the critical path, with
+the same samples (tests/test_hybridflow_ray.py: several iterations equal rl_train's). Where the actor's / ref's
+processes are the rollout's own (colocated), their forward passes are likewise sent at once, chained on each
+process's rollout answer (`WorkerGroup.call_chained`). What overlaps inside an iteration: old_logp, ref and
+reward run concurrently once the rollout is back (on disjoint workers in the split placement).
 
 Fault handling: after every `checkpoint_every` iterations the controller keeps a checkpoint (actor weights,
 optimizer, the loop's generator, KL coefficient, history; written atomically to `checkpoint_dir` when set).
@@ -39,7 +45,7 @@ import torch
 from torch import nn
 
 from lmlab.align.hybridflow.sampling import draw_seed
-from lmlab.align.hybridflow.workers import Batch, Placement, RoleWorker, WorkerGroup, colocated
+from lmlab.align.hybridflow.workers import Batch, Collect, Pending, Placement, RoleWorker, Tensors, WorkerGroup, colocated
 from lmlab.io import atomic_file
 
 
@@ -73,13 +79,14 @@ class HybridFlow:
 
     def __init__(self, placement: Optional[Placement] = None, backend: str = "ray", threads: int = 1,
                  device: str = "cpu", checkpoint_dir: Optional[str | Path] = None, checkpoint_every: int = 1,
-                 max_restarts: int = 3):
+                 max_restarts: int = 3, pipeline: bool = True):
         if backend not in ("ray", "local"):
             raise ValueError(f"backend={backend!r}: choose ray or local")
         self.placement = placement or colocated()
         self.backend, self.threads, self.device = backend, threads, device
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every, self.max_restarts = checkpoint_every, max_restarts
+        self.pipeline = pipeline
         self.pools: dict[str, list] = {}
         self._pgs: dict = {}
         self.restarts = 0
@@ -111,8 +118,9 @@ class HybridFlow:
         pg = placement_group([dict(bundle) for _ in range(n)], strategy=pl.strategy)
         self._pgs[pool] = pg
         cls = ray.remote(RoleWorker)
-        self.pools[pool] = [
+        self.pools[pool] = [   # task events feed Ray's state API / dashboard: ~6 % of a call's CPU, unused here
             cls.options(num_cpus=pl.cpus_per_worker, num_gpus=pl.gpus_per_worker, max_restarts=0,
+                        enable_task_events=False,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
             .remote(pool, i, self.threads, self.device) for i in range(n)]
 
@@ -227,12 +235,13 @@ class HybridFlow:
         """Load the models into the workers and return a Session that runs one iteration per `step()`."""
         return Session(self, policy, ref, prompt_fn, reward_fn, cfg, baseline_fn, log, hook)
 
-    def _checkpoint(self, it: int, g, klc, history, initial: Optional[nn.Module] = None) -> dict:
+    def _checkpoint(self, it: int, g_state: torch.Tensor, klc, history, initial: Optional[nn.Module] = None) -> dict:
+        """g_state: the loop generator's state after iteration `it`'s own draws (before any draw for it + 1)."""
         if initial is not None:
             state = {"model": {k: v.detach().clone() for k, v in initial.state_dict().items()}, "optim": None}
         else:
             state = self.group("actor").call("checkpoint_state").get()
-        ck = {"iter": it, "state": state, "g": g.get_state(), "kl_coef": klc.value, "history_len": len(history)}
+        ck = {"iter": it, "state": state, "g": g_state, "kl_coef": klc.value, "history_len": len(history)}
         if self.checkpoint_dir is not None:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             with atomic_file(self.checkpoint_dir / "dataflow_ckpt.pt") as tmp:
@@ -244,10 +253,28 @@ class HybridFlow:
             return None
         return torch.load(self.checkpoint_dir / "dataflow_ckpt.pt", weights_only=True)
 
-    def _iteration(self, it, algo, prompt_fn, reward_fn, baseline_fn, cfg, g, klc, hook) -> dict:
+    def _draw(self, it, prompt_fn, cfg, g, hook) -> tuple[Batch, int]:
+        """Iteration `it`'s prompts and rollout seed, drawn from the loop's generator (as rl_train draws them)."""
+        if hook:
+            hook("generate", it, self)
+        prompts = prompt_fn(cfg.prompts_per_iter, g)
+        return Batch({"prompts": prompts, "prompt_index": torch.arange(len(prompts))}), draw_seed(g)
+
+    def _fused(self) -> bool:
+        """Every role on the same processes (colocated, equal worlds), on Ray: an iteration's stages can go
+        to the workers as one call (rollout + both forward passes) plus one (update + the next rollout)."""
+        ro = self.group("rollout")
+        return self.backend == "ray" and ro.same_processes(self.group("actor")) and ro.same_processes(self.group("ref"))
+
+    def _iteration(self, it, algo, prompt_fn, reward_fn, baseline_fn, cfg, g, klc, hook,
+                   gen: Optional[dict] = None) -> tuple[dict, Optional[dict], torch.Tensor]:
+        """One iteration. gen: its rollout, already sent by the previous iteration (see `pipeline`).
+        Returns (metrics, the next iteration's rollout if already sent, the loop generator's state after this
+        iteration's own draws)."""
         from lmlab.align.ppo import gae, kl_shaped_rewards, masked_whiten
 
         rollout, actor, refg = self.group("rollout"), self.group("actor"), self.group("ref")
+        fused = self._fused()
         k = cfg.samples_per_prompt
         t: dict[str, float] = {}
         nb: dict[str, int] = {}
@@ -261,28 +288,38 @@ class HybridFlow:
             nb[f"bytes_{name}"] = pend.sent_bytes + pend.recv_bytes
             return out
 
-        t0 = time.perf_counter()
-        prompts = prompt_fn(cfg.prompts_per_iter, g)
-        seed = draw_seed(g)
-        stage("generate")
-        pend = rollout.call("generate", Batch({"prompts": prompts, "prompt_index": torch.arange(len(prompts))}), seed)
-        ro = done("generate", pend, pend.get())
+        t0 = gen["t0"] if gen is not None else time.perf_counter()
+        if gen is None:
+            batch, seed = self._draw(it, prompt_fn, cfg, g, hook)
+            if fused:
+                stage("logp")
+                gen = {"pend": rollout.call("rollout_and_logp", batch, seed, algo.critic)}
+            else:
+                gen = {"pend": rollout.call("generate", batch, seed)}
+        if "ready" in gen:           # fused and pipelined: the rows came back with the previous update's answer
+            ro, nb["bytes_generate"] = gen["ready"], gen["bytes"]
+        else:
+            pend = gen["pend"]
+            ro = done("rollout_and_logp" if fused else "generate", pend, pend.get())
         ro.meta["samples_per_prompt"] = k
         tp = ro.meta["prompt_len"]
         mask = ro["response_mask"].float()
-        # independent stages: launch both forward passes, score on the controller while they run
-        stage("logp")
-        fwd = ro.select("tokens")
-        p_old = actor.call("old_logp", fwd, algo.critic)
-        p_ref = refg.call("ref_logp", fwd)
+        if not fused:               # independent stages: launch both forward passes, score while they run
+            stage("logp")
+            fwd = ro.select("tokens")
+            p_old = actor.call("old_logp", fwd, algo.critic)
+            p_ref = refg.call("ref_logp", fwd)
         t1 = time.perf_counter()
         rows_prompts, responses = ro["tokens"][:, :tp], ro["tokens"][:, tp:]
         with torch.no_grad():
             raw = reward_fn(rows_prompts, responses).float()
             score = raw - baseline_fn(rows_prompts) if baseline_fn is not None else raw
         t["t_reward"] = time.perf_counter() - t1
-        old = done("old_logp", p_old, p_old.get())
-        refo = done("ref_logp", p_ref, p_ref.get())
+        if fused:
+            old, refo = ro, ro
+        else:
+            old = done("old_logp", p_old, p_old.get())
+            refo = done("ref_logp", p_ref, p_ref.get())
         t2 = time.perf_counter()
         old_logp, ref_logp = old["old_logp"], refo["ref_logp"]
         with torch.no_grad():                       # rl_train's advantage block, same calls, same order
@@ -300,18 +337,49 @@ class HybridFlow:
                     adv = masked_whiten(adv, mask) * mask
         t["t_advantage"] = time.perf_counter() - t2
         b = ro["tokens"].shape[0]
-        perms = [torch.randperm(b, generator=g) for _ in range(cfg.ppo_epochs)]
-        train = {"tokens": ro["tokens"], "mask": mask, "old_logp": old_logp, "adv": adv}
+        perms = Tensors({str(e): torch.randperm(b, generator=g) for e in range(cfg.ppo_epochs)})
+        g_state = g.get_state()                     # this iteration's draws end here
+        train = Batch({"tokens": ro["tokens"], "mask": mask, "old_logp": old_logp, "adv": adv}, {"prompt_len": tp})
         if algo.critic:
-            train.update(old_values=old_values, returns=returns)
+            train.tensors.update(old_values=old_values, returns=returns)
+        more = self.pipeline and self.backend == "ray" and it + 1 < cfg.iterations
+        nxt = None
         stage("update")
-        pend = actor.call("update", Batch(train, {"prompt_len": tp}), perms, algo.critic)
-        timing_futs = None
-        if self.backend == "ray":    # queued behind the update: collected with the sync, no extra round trip
-            timing_futs = [w.pop_timings.remote() for w in self.workers()]
-        stats = done("update", pend, pend.get())
-        stage("sync")
-        sync = self._sync_weights()
+        if fused:
+            # update k and the rollout of k + 1 in one call per process: the rollout runs after the update, on
+            # the weights it wrote (on-policy), with the prompts and seed rl_train would draw next
+            nbatch, nseed = self._draw(it + 1, prompt_fn, cfg, g, hook) if more else (None, 0)
+            if more:
+                stage("logp")
+            chunks = nbatch.split(actor.world) if more else [None] * actor.world
+            pend = Pending([w.update_and_rollout.remote(train, perms, algo.critic, c, nseed, algo.critic)
+                            for w, c in zip(actor.workers, chunks)], Collect.LIST, True,
+                           train.nbytes * actor.world + (nbatch.nbytes if more else 0), time.perf_counter())
+            sync_wait = lambda: {"t_weight_sync": 0.0, "bytes_weight_sync": 0}   # noqa: E731 (the rollout is the actor)
+            timing_futs = None
+        else:
+            pend = actor.call("update", train, perms, algo.critic)
+            stage("sync")
+            sync_wait = self._send_weights()
+            others = [w for w in self.workers() if not any(w is a for a in actor.workers)]
+            timing_futs = None
+            if self.backend == "ray" and others:   # the actor's processes report inside update's answer
+                import ray
+
+                timing_futs = [w.pop_timings.remote() for w in others]
+            if more:
+                # on-policy all the same: every rollout process runs this call after its own actor's update or
+                # after the weight refresh sent above, since Ray runs one caller's calls to an actor in order
+                batch, seed = self._draw(it + 1, prompt_fn, cfg, g, hook)
+                nxt = {"pend": rollout.call("generate", batch, seed), "t0": time.perf_counter()}
+        answers = done("update", pend, pend.get())
+        if fused:
+            t["t_update"] = max(a["seconds"] for a in answers)
+            if more:
+                rows = Batch.concat([a["next"] for a in answers])
+                nxt = {"ready": rows, "bytes": rows.nbytes + nbatch.nbytes, "t0": time.perf_counter()}
+        stats = {k2: v for k2, v in answers[0].items() if k2 not in ("timings", "seconds", "next")}
+        sync = sync_wait()
         mean_kl = kl.sum(1).mean().item()
         if cfg.adaptive_kl:
             klc.update(mean_kl, b)
@@ -323,37 +391,48 @@ class HybridFlow:
 
             timings = ray.get(timing_futs)
         else:
-            timings = self._all("pop_timings")
-        for d in timings:
+            timings = self._all("pop_timings") if self.backend == "local" else []
+        for d in [a["timings"] for a in answers] + timings:
             for key, v in d.items():
                 if key == "cpu_workers" and self.backend == "local":
                     continue                        # the workers are this process: its CPU is not theirs
+                if key in ("generate", "old_logp", "ref_logp"):   # fused stages, timed by the workers
+                    t[f"t_{key}"] = max(t.get(f"t_{key}", 0.0), v)
+                    continue
                 name = key if key == "cpu_workers" else f"t_{key}"
                 worker_t[name] = worker_t.get(name, 0.0) + v
-        return {"iter": it, "reward": raw.mean().item(), "reward_std": raw.std().item(), "score": score.mean().item(),
-                "kl": mean_kl, "kl_coef": klc.value, "entropy_est": ent.item(),
-                "response_len": mask.sum(1).mean().item(), "samples_per_s": b / dt,
-                "tokens_per_s": mask.sum().item() / dt, "t_iter": dt, **t, **sync, **worker_t, **nb,
-                "bytes_total": sum(nb.values()) + sync["bytes_weight_sync"], **stats}
+        m = {"iter": it, "reward": raw.mean().item(), "reward_std": raw.std().item(), "score": score.mean().item(),
+             "kl": mean_kl, "kl_coef": klc.value, "entropy_est": ent.item(),
+             "response_len": mask.sum(1).mean().item(), "samples_per_s": b / dt,
+             "tokens_per_s": mask.sum().item() / dt, "t_iter": dt, **t, **sync, **worker_t, **nb,
+             "bytes_total": sum(nb.values()) + sync["bytes_weight_sync"], **stats}
+        return m, nxt, g_state
 
-    def _sync_weights(self) -> dict:
-        """Actor rank 0 -> every rollout replica that is not the actor itself, through the object store."""
+    def _send_weights(self) -> Callable[[], dict]:
+        """Actor rank 0 -> every rollout replica that is not the actor itself, through the object store. Sends
+        at once; the returned function waits for the replicas and gives the sync's metrics."""
         pl = self.placement
         rpool, rworld = pl.roles["rollout"]
         apool, aworld = pl.roles["actor"]
         targets = [w for i, w in enumerate(self.pools[rpool][:rworld]) if not (rpool == apool and i < aworld)]
         t0 = time.perf_counter()
         if not targets:
-            return {"t_weight_sync": 0.0, "bytes_weight_sync": 0}
-        group = WorkerGroup("rollout", targets, RoleWorker, self.backend == "ray")
+            return lambda: {"t_weight_sync": 0.0, "bytes_weight_sync": 0}
+        nbytes = self._sd_bytes * len(targets)
         if self.backend == "ray":
             import ray
 
             ref = self.group("actor").workers[0].get_weights.remote()    # stays in the object store
-            ray.get([w.set_weights.remote(ref) for w in targets])
-        else:
-            group.call("set_weights", self.group("actor").call("get_weights").get()).get()
-        return {"t_weight_sync": time.perf_counter() - t0, "bytes_weight_sync": self._sd_bytes * len(targets)}
+            futs = [w.set_weights.remote(ref) for w in targets]
+
+            def wait() -> dict:
+                ray.get(futs)
+                return {"t_weight_sync": time.perf_counter() - t0, "bytes_weight_sync": nbytes}
+            return wait
+        group = WorkerGroup("rollout", targets, RoleWorker, False)
+        group.call("set_weights", self.group("actor").call("get_weights").get()).get()
+        out = {"t_weight_sync": time.perf_counter() - t0, "bytes_weight_sync": nbytes}
+        return lambda: out
 
 
 def _state_bytes(sd: dict) -> int:
@@ -398,7 +477,8 @@ class Session:
         flow._sd_bytes = _state_bytes(policy.state_dict())
         flow._load(policy, ref, self.c, None)
         self.history: list[dict] = []
-        self.ckpt = flow._checkpoint(-1, self.g, self.klc, self.history, initial=policy)
+        self.next_gen: Optional[dict] = None        # the next iteration's rollout, when already sent
+        self.ckpt = flow._checkpoint(-1, self.g.get_state(), self.klc, self.history, initial=policy)
 
     def step(self) -> dict:
         """Run iterations until one more has completed; returns its metrics."""
@@ -406,13 +486,15 @@ class Session:
         while True:
             it = len(self.history)
             try:
-                m = f._iteration(it, self.algo, self.prompt_fn, self.reward_fn, self.baseline_fn, cfg, self.g,
-                                 self.klc, self.hook)
+                gen, self.next_gen = self.next_gen, None
+                m, self.next_gen, g_state = f._iteration(it, self.algo, self.prompt_fn, self.reward_fn,
+                                                         self.baseline_fn, cfg, self.g, self.klc, self.hook, gen)
                 break
             except _ray_errors() as e:
                 if f.restarts >= f.max_restarts or f.checkpoint_every <= 0:
                     raise
                 f.restarts += 1
+                self.next_gen = None                # drawn from the lost iterations' generator state: drawn again
                 rebuilt = f._restart_dead_pools() if f.backend == "ray" else []
                 ck = f._read_checkpoint() or self.ckpt
                 rec = {"event": "restart", "iter": it, "restarts": f.restarts, "resume_from": ck["iter"] + 1,
@@ -429,9 +511,12 @@ class Session:
         if self.log:
             self.log(m)
         if f.checkpoint_every > 0 and ((it + 1) % f.checkpoint_every == 0 or it + 1 == cfg.iterations):
-            self.ckpt = f._checkpoint(it, self.g, self.klc, self.history)
+            self.ckpt = f._checkpoint(it, g_state, self.klc, self.history)
         return m
 
     def finish(self) -> list[dict]:
+        if self.next_gen is not None and "pend" in self.next_gen:   # a rollout for an iteration that will not run
+            self.next_gen["pend"].get()
+        self.next_gen = None
         self.policy.load_state_dict(self.flow.group("actor").call("get_weights").get())
         return self.history
