@@ -21,10 +21,14 @@ sync. With `pipeline=True` (the default, Ray only) the controller *sends* rollou
 the weight refresh, before their answers come back: Ray runs one caller's calls to an actor in the order they
 were sent, so every rollout process runs it after its own actor's update (colocated) or after the refresh of
 its replica (split). That takes one round trip and the controller's bookkeeping off the critical path, with
-the same samples (tests/test_hybridflow_ray.py: several iterations equal rl_train's). Where the actor's / ref's
-processes are the rollout's own (colocated), their forward passes are likewise sent at once, chained on each
-process's rollout answer (`WorkerGroup.call_chained`). What overlaps inside an iteration: old_logp, ref and
-reward run concurrently once the rollout is back (on disjoint workers in the split placement).
+the same samples (tests/test_hybridflow_ray.py: several iterations equal rl_train's). Where every role is on
+the same processes (colocated with equal worlds: the hybrid engine), the stages go to each process as two calls
+instead of five: `rollout_and_logp` (generate, old_logp, ref_logp in that order) and `update_and_rollout`
+(update k, then the rollout of k + 1 with the prompts and seed rl_train would draw next); the worker times each
+stage, so the metrics keep their per-stage seconds. At a tiny model a Ray call costs more than a stage (about
+1-2.5 ms of latency and 0.7 CPU-ms, benchmarks/RESULTS.md), so the number of calls per iteration is the
+dataflow's overhead. What overlaps inside an iteration elsewhere: old_logp, ref and reward run concurrently
+once the rollout is back (on disjoint workers in the split placement).
 
 Fault handling: after every `checkpoint_every` iterations the controller keeps a checkpoint (actor weights,
 optimizer, the loop's generator, KL coefficient, history; written atomically to `checkpoint_dir` when set).
