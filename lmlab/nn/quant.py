@@ -28,8 +28,8 @@ with fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp3
               stacked as 2·m rows of ONE kernel call (at batch 1 the weight read sets the time, not the row
               count) and the halves' results added in fp32. int8 also applies its per-row scale in fp32 after
               the kernel (the kernel gets scales of 1), so only the kernel's bf16 rounding of each half's result
-              (≤ 2⁻⁸ of |y|) and, for int4, the bf16 scales and zeros remain. Measured on SmolLM2 at batch 1, one
-              thread: +30 % per layer (576 -> 1536 int4: 35 -> 46 µs), see benchmarks/RESULTS.md.
+              (≤ 2⁻⁸ of |y|) and, for int4, the bf16 scales and zeros remain. Measured on SmolLM2, batch-1 decode,
+              one thread: +12 % CPU time per token for int4, +5 % for int8 (benchmarks/quant_accuracy.py).
     "fp32"    fp32 activations and scales through the kernels' scalar loop: the dequantised weights' exact
               product (fp32 accumulation), 10-25× slower than fp32 nn.Linear; a reference, not a decode path.
 The kernels want the scales in the compute dtype: kept in fp32, cast once and cached. They are CPU kernels (int4:
