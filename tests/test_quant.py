@@ -101,7 +101,7 @@ def test_bf16x2_equals_float64_twin(scheme):
     else:
         layer, base = Int4Linear.from_float(lin, 32, compute="bf16x2"), Int4Linear.from_float(lin, 32)
         q = unpack_int4(layer.qweight).double()
-        sz = layer.scales_and_zeros.bfloat16().double().repeat_interleave(32, dim=0)   # (k, n, 2): the kernel's
+        sz = layer.scales_and_zeros.bfloat16().double().repeat_interleave(32, dim=0)   # (k, n, 2) as read
         w = (q - 8) * sz[..., 0].T + sz[..., 1].T
     g = torch.Generator().manual_seed(1)
     for x in (torch.randn(3, 5, 256, generator=g), 1 + 0.01 * torch.randn(2, 256, generator=g)):   # 2nd: cancels

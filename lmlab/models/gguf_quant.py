@@ -109,6 +109,7 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
         raise ConfigError(f"GGUF {file}: weight mapping mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if cfg.tie_embeddings:
         model.head.weight = model.embed.weight
-    quantize_(model, scheme, group_size, compute=compute)   # whatever was not loaded packed (int8, other types, other groups)
+    # whatever was not loaded packed (int8, other types, other groups)
+    quantize_(model, scheme, group_size, compute=compute)
     mark_hf_twin(model, spec)
     return model.eval(), tok
