@@ -4,8 +4,12 @@
 
 Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights):
     fp32               the GGUF dequantised by transformers (lmlab.models.hf.load_pretrained)
-    int8               fp32 arm copied, every linear but the head per-channel int8 (quantize_)
+    int8               fp32 arm copied, every linear but the head per-channel int8 (quantize_), compute="bf16"
+    int8 bf16x2        the same int8 weights, compute="bf16x2" (fp32 activations as two bf16 halves, lmlab.nn.quant)
+    int8 w, fp32 math  accuracy only: the int8 arm's dequantised weights in fp32 nn.Linear layers, i.e. the int8
+                       weights' own error without any bf16 rounding (not timed: it is the fp32 arm's speed)
     int4               the Q4_1 blocks loaded straight into Int4Linear, group 32 (lmlab.models.gguf_quant); head fp32
+    int4 bf16x2        the same int4 layers, compute="bf16x2"
     int4, int8 head    the int4 arm with the head (a copy of the tied embedding) quantized to per-channel int8
 
 Accuracy: 20 prompts (facts, code, chat-template questions), 32-token greedy continuations (one batch, EOS
@@ -89,6 +93,34 @@ def perplexity(model, windows: list[list[int]]) -> float:
     return math.exp(nll / n)
 
 
+def with_compute(model, compute: str):
+    """A deep copy of `model` whose quantized layers run in `compute` mode (lmlab.nn.quant)."""
+    from lmlab.nn.quant import Int4Linear, Int8Linear
+
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, (Int8Linear, Int4Linear)):
+            mod.compute = compute
+    return m
+
+
+def float_twin(model):
+    """A copy of `model` with every quantized layer replaced by an fp32 nn.Linear holding its dequantised weight."""
+    from lmlab.nn.quant import Int4Linear, Int8Linear
+
+    m = copy.deepcopy(model)
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, (Int8Linear, Int4Linear)):
+            lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(mod.dequantize())
+                if mod.bias is not None:
+                    lin.bias.copy_(mod.bias)
+            parent, _, attr = name.rpartition(".")
+            setattr(m.get_submodule(parent) if parent else m, attr, lin)
+    return m
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="interleaved speed rounds (≥ 5 for a reported figure)")
@@ -116,7 +148,10 @@ def main(argv=None) -> dict:
     int4h = copy.deepcopy(int4)
     int4h.head = copy.deepcopy(int4h.head)                 # untie: the embedding lookup stays fp32
     quantize_(int4h, "int8", skip=())                      # only the head is still an nn.Linear
-    arms = {"fp32": fp32, "int8": int8, "int4": int4, "int4, int8 head": int4h}
+    arms = {"fp32": fp32, "int8": int8, "int8 bf16x2": with_compute(int8, "bf16x2"),
+            "int8 w, fp32 math": float_twin(int8), "int4": int4, "int4 bf16x2": with_compute(int4, "bf16x2"),
+            "int4, int8 head": int4h}
+    untimed = {"int8 w, fp32 math"}
     print(f"load (wall, under load): fp32 via transformers {load_fp32:.1f} s, int4 direct from GGUF {load_int4:.1f} s")
 
     # ---- accuracy
@@ -134,7 +169,7 @@ def main(argv=None) -> dict:
                  "ppl_tokens": sum(len(w) for w in windows), "load_s": {"fp32": load_fp32, "int4_direct": load_int4},
                  "arms": {}}
     ppl_fp32 = perplexity(fp32, windows)
-    print(f"\n{'arm':16s} {'identical':>9s} {'1st diff (median)':>17s} {'max|dlogit|':>11s} {'mean|dlogit|':>12s} "
+    print(f"\n{'arm':18s} {'identical':>9s} {'1st diff (median)':>17s} {'max|dlogit|':>11s} {'mean|dlogit|':>12s} "
           f"{'ppl':>7s} {'dppl':>7s}")
     for name, m in arms.items():
         same = [o == r for o, r in zip(outs[name], outs["fp32"])]
@@ -146,13 +181,15 @@ def main(argv=None) -> dict:
                              "max_logit_err": d.max().item(), "mean_logit_err": d.mean().item(), "ppl": ppl,
                              "ppl_delta": ppl - ppl_fp32}
         r = res["arms"][name]
-        print(f"{name:16s} {r['identical']:9.0%} {r['first_diff_median']:17d} {r['max_logit_err']:11.3f} "
+        print(f"{name:18s} {r['identical']:9.0%} {r['first_diff_median']:17d} {r['max_logit_err']:11.3f} "
               f"{r['mean_logit_err']:12.4f} {ppl:7.3f} {ppl - ppl_fp32:+7.3f}")
 
     # ---- speed: batch 1, a.new greedy tokens, interleaved
     prompt = ps[len(PLAIN)]                                 # a chat-template question
     engines = {}
     for name, m in arms.items():
+        if name in untimed:
+            continue
         engines[name] = Engine(m, tok)
         engines[name].stop_ids = set()
 
@@ -166,12 +203,12 @@ def main(argv=None) -> dict:
 
     times = interleaved({n: side(e) for n, e in engines.items()}, reps=a.reps, warmup=1)
     print(f"\nbatch 1, {len(prompt)}-token prompt, {a.new} new tokens, {a.threads} thread(s), {a.reps} rounds")
-    print(f"{'arm':16s} {'decode CPU-ms/tok':>17s} {'tok/CPU-s':>9s} {'call CPU-s':>10s} {'vs fp32':>7s}")
+    print(f"{'arm':18s} {'decode CPU-ms/tok':>17s} {'tok/CPU-s':>9s} {'call CPU-s':>10s} {'vs fp32':>7s}")
     base = median_of(times["fp32"], "decode_ms")
     for name, ss in times.items():
         ms = median_of(ss, "decode_ms")
         res["arms"][name].update(decode_ms=ms, decode_tok_per_cpu_s=1e3 / ms, call_cpu_s=median_of(ss))
-        print(f"{name:16s} {ms:17.1f} {1e3 / ms:9.1f} {median_of(ss):10.2f} {base / ms:6.2f}x")
+        print(f"{name:18s} {ms:17.1f} {1e3 / ms:9.1f} {median_of(ss):10.2f} {base / ms:6.2f}x")
     res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"\nload average at start {res['load_avg_start']}, at end {res['load_avg_end']} (2 cores)")
     if a.out:

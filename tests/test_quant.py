@@ -45,7 +45,7 @@ def test_int8_equals_float64_twin(bias):
     assert torch.equal(layer.dequantize().double(), w.float().double())
     x = torch.randn(2, 3, 128)                                      # any leading dims
     ref = naive_linear(x, w, lin.bias)
-    exact = Int8Linear.from_float(lin, compute_dtype=None)           # the kernel in fp32 (scalar loop)
+    exact = Int8Linear.from_float(lin, compute="fp32")              # the kernel in fp32 (scalar loop)
     y = exact(x)
     assert y.shape == (2, 3, 48) and y.dtype == torch.float32
     assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max()   # fp32 accumulation vs float64
@@ -64,7 +64,7 @@ def test_int4_equals_float64_twin(group_size):
     assert (layer.dequantize().double() - w).abs().max() < 1e-6 * w.abs().max()
     x = torch.randn(4, 256)
     ref = naive_linear(x, w, lin.bias)
-    y = Int4Linear.from_float(lin, group_size=group_size, compute_dtype=None)(x)   # fp32 kernel
+    y = Int4Linear.from_float(lin, group_size=group_size, compute="fp32")(x)   # fp32 kernel
     assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max()
     sz = layer.scales_and_zeros.bfloat16().double()                 # what the bf16 kernel reads
     w_bf16 = (q.double() - 8) * sz[..., 0].T.repeat_interleave(group_size, 1) + sz[..., 1].T.repeat_interleave(group_size, 1)
@@ -85,6 +85,36 @@ def _check_bf16(layer, x, ref, w_bf16, bias):
     assert (y.double() - twin).abs().max() < tol
     assert (y.double() - ref).abs().max() < 3e-2 * ref.abs().max()    # and near the fp32-input result
     assert layer(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_bf16x2_equals_float64_twin(scheme):
+    """compute="bf16x2": x = hi + lo in bf16, both halves in one kernel call, summed in fp32 (int8: its per-row
+    scale applied in fp32 after the kernel). Against the float64 twin of the weights the kernel reads, the error
+    is the bf16 rounding of each half's result (≤ 2⁻⁸ relative) plus O(2⁻¹⁶) of Σ|x||w| — a bound the bf16 path
+    (input rounded to 2⁻⁸) breaks."""
+    lin = _layer(k=256, bias=True)
+    if scheme == "int8":
+        q, s = quantize_int8_weight(lin.weight)
+        w = naive_int8_weight(q, s)                                     # fp32 scales, applied outside the kernel
+        layer, base = Int8Linear.from_float(lin, compute="bf16x2"), Int8Linear.from_float(lin)
+    else:
+        layer, base = Int4Linear.from_float(lin, 32, compute="bf16x2"), Int4Linear.from_float(lin, 32)
+        q = unpack_int4(layer.qweight).double()
+        sz = layer.scales_and_zeros.bfloat16().double().repeat_interleave(32, dim=0)   # (k, n, 2) as read
+        w = (q - 8) * sz[..., 0].T + sz[..., 1].T
+    g = torch.Generator().manual_seed(1)
+    for x in (torch.randn(3, 5, 256, generator=g), 1 + 0.01 * torch.randn(2, 256, generator=g)):   # 2nd: cancels
+        twin = naive_linear(x, w, lin.bias)
+        bound = 2 ** -8 * twin.abs() + 2 ** -14 * naive_linear(x.abs(), w.abs())
+        y = layer(x)
+        assert y.dtype == torch.float32 and y.shape == twin.shape
+        assert ((y.double() - twin).abs() <= bound).all()
+        assert ((base(x).double() - twin).abs() > bound).any()           # the one-half path does not meet it
+    assert layer(x.bfloat16()).dtype == torch.bfloat16                  # bf16 in: lo = 0, still one call
+    assert "compute=bf16x2" in repr(layer)
+    with pytest.raises(ConfigError, match=r"compute 'fp16' is not one of bf16, bf16x2, fp32"):
+        Int8Linear(16, 16, compute="fp16")
 
 
 def test_quantize_decoder_keeps_logits_close():
@@ -112,10 +142,32 @@ def test_quantize_decoder_keeps_logits_close():
     assert m.embed.weight.dtype == torch.float32                   # the tied embedding stays float
 
 
+def test_quantize_compute_modes_on_a_decoder():
+    """quantize_(compute=...) reaches every layer; bf16x2 logits sit closer to the exact (fp32 kernel) ones."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64, d_ff=128)
+    model = Decoder(cfg).eval()
+    ids = torch.randint(0, 128, (2, 12))
+    for scheme in ("int8", "int4"):
+        logits = {}
+        for compute in ("fp32", "bf16", "bf16x2"):
+            m = Decoder(cfg).eval()
+            m.load_state_dict(model.state_dict())
+            quantize_(m, scheme, compute=compute)
+            assert {mod.compute for mod in m.modules() if isinstance(mod, (Int8Linear, Int4Linear))} == {compute}
+            with torch.no_grad():
+                logits[compute] = m(ids).logits
+        err = {c: (logits[c] - logits["fp32"]).abs().max().item() for c in ("bf16", "bf16x2")}
+        # int8: only the kernel's bf16 result rounding is left; int4 also keeps its scales in bf16
+        assert 0 < err["bf16x2"] < err["bf16"] / (2 if scheme == "int8" else 1), (scheme, err)
+
+
 def test_errors_are_one_line():
     model = Decoder(ModelConfig(vocab_size=64, d_model=48, n_layer=1, n_head=4, max_seq_len=32, d_ff=96))
     with pytest.raises(ConfigError, match=r"scheme 'int3' is not one of int8, int4"):
         quantize_(model, "int3")
+    with pytest.raises(ConfigError, match=r"compute 'bf16x3' is not one of bf16, bf16x2, fp32"):
+        quantize_(model, "int8", compute="bf16x3")
     with pytest.raises(ConfigError, match=r"group size 16"):
         quantize_(model, "int4", group_size=16)
     with pytest.raises(ConfigError, match=r"layer blocks\.0\.mixer\.q_proj has in_features=48, not divisible by group size 32"):

@@ -53,12 +53,12 @@ def test_serve_int8_answers_openai_client(ckpt, monkeypatch):
 
     monkeypatch.setattr(uvicorn, "run", run)
     with pytest.raises(SystemExit) as e:
-        main(["serve", "--model", f"lmlab:{ckpt}", "--quantize", "int8"])
+        main(["serve", "--model", f"lmlab:{ckpt}", "--quantize", "int8", "--quant-compute", "bf16x2"])
     assert e.value.code == 0
     engine = got["engine"]
     assert got["models"] == ["tiny.pt"]
     linears = [m for n, m in engine.model.named_modules() if n.startswith("blocks.") and hasattr(m, "qweight")]
-    assert len(linears) == 2 * 7 and all(isinstance(m, Int8Linear) for m in linears)
+    assert len(linears) == 2 * 7 and all(isinstance(m, Int8Linear) and m.compute == "bf16x2" for m in linears)
     assert type(engine.model.head) is torch.nn.Linear              # the head stays float (lmlab.infer.cli.QUANT_HEAD)
     from lmlab.backend import GenerationConfig
 
@@ -69,6 +69,7 @@ def test_serve_int8_answers_openai_client(ckpt, monkeypatch):
     (["serve", "--quantize", "int3"], ["--quantize", "int3"]),
     (["generate", "--quantize", "fp8", "hi"], ["--quantize", "fp8"]),
     (["generate", "--quantize", "int4", "--group-size", "48", "hi"], ["--group-size", "48"]),
+    (["generate", "--quantize", "int8", "--quant-compute", "fp16", "hi"], ["--quant-compute", "fp16"]),
     (["generate", "--model", "lmlab:{ckpt}", "--quantize", "int4", "--group-size", "128", "hi"],
      ["blocks.0.mixer.q_proj", "in_features=64", "group size 128"]),
     (["generate", "--model", "openai:http://127.0.0.1:9/v1#m", "--quantize", "int8", "hi"],

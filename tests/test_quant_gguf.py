@@ -54,7 +54,11 @@ def test_smollm2_int4_direct_equals_transformers_dequantised():
     with torch.no_grad():
         a, fast = hf(ids).logits, model(ids).logits               # default: bf16 compute in the int4 layers
         for layer in layers.values():
-            layer.compute_dtype = None                            # fp32 through the kernel: transformers' numbers
+            layer.compute = "bf16x2"                              # fp32 input as two bf16 halves
+        x2 = model(ids).logits
+        for layer in layers.values():
+            layer.compute = "fp32"                                # fp32 through the kernel: transformers' numbers
         exact = model(ids).logits
     assert (a - exact).abs().max() < 1e-3
     assert (a - fast).abs().max() < 0.05 * a.abs().max() and a[0, -1].argmax() == fast[0, -1].argmax()
+    assert (a - x2).abs().mean() < (a - fast).abs().mean()

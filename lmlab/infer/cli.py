@@ -26,6 +26,9 @@ def _quant_args(p) -> None:
                    help="weight-only quantized linear layers (lmlab.nn.quant); smollm2/GGUF Q4_1 loads int4 directly")
     p.add_argument("--group-size", type=int, choices=[32, 64, 128, 256], default=32,
                    help="int4: input features sharing one scale")
+    p.add_argument("--quant-compute", choices=["bf16", "bf16x2", "fp32"], default="bf16",
+                   help="how --quantize layers feed their bf16 kernels: bf16 (fastest), bf16x2 (fp32 activations as "
+                        "two bf16 halves in one call: closer to fp32, slower), fp32 (exact, scalar loop)")
 
 
 def register_generate(sub) -> None:
@@ -44,7 +47,8 @@ def register_generate(sub) -> None:
 
 def _backend(args):
     kw = {"hydragen": False} if args.no_hydragen and not args.model.startswith(("hf:", "openai:")) else {}
-    return load_model(args.model, quantize=args.quantize, group_size=args.group_size, **kw)
+    return load_model(args.model, quantize=args.quantize, group_size=args.group_size,
+                      quant_compute=args.quant_compute, **kw)
 
 
 # What a weights file that is not one raises while it is read (torch.load's unpickler, safetensors, zip, GGUF).
@@ -65,11 +69,13 @@ def _unreadable() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_size: int = 32, **kw):
+def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_size: int = 32,
+               quant_compute: str = "bf16", **kw):
     """`lmlab.backend.load_backend(spec)`, with a file that is not a model (corrupt, truncated, pickled
     garbage, wrong format) reported in one line naming the flag and the spec. `quantize` int8/int4 swaps the
     local model's linear layers for weight-only quantized ones (`lmlab.nn.quant.quantize_`); a GGUF file
-    (smollm2 included) is read straight into them (`lmlab.models.gguf_quant`)."""
+    (smollm2 included) is read straight into them (`lmlab.models.gguf_quant`); `quant_compute` is their
+    `compute` mode (bf16, bf16x2, fp32)."""
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
 
@@ -85,7 +91,7 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
     try:
         if quantize == "none":
             return load_backend(spec, **kw)
-        return _load_quantized(spec, flag, quantize, group_size, **kw)
+        return _load_quantized(spec, flag, quantize, group_size, quant_compute, **kw)
     except _unreadable() as e:
         raise bad(e) from None
     except KeyError as e:  # torch.load of a file that is not a checkpoint (e.g. text) fails on a missing key
@@ -106,7 +112,7 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
 QUANT_HEAD = None
 
 
-def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, **kw):
+def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute: str = "bf16", **kw):
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
     from lmlab.infer.backend_impls import LocalBackend
@@ -118,16 +124,16 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, **kw):
 
         from lmlab.models.gguf_quant import load_gguf_quantized
 
-        model, tok = load_gguf_quantized(gguf, scheme, group_size)
+        model, tok = load_gguf_quantized(gguf, scheme, group_size, compute=compute)
         be = LocalBackend(model, tok, name="smollm2" if gguf == "smollm2" else Path(gguf).stem, **kw)
     else:
         be = load_backend(spec, **kw)
         if not isinstance(be, LocalBackend):
             raise ConfigError(f"--quantize {scheme}: {flag} {spec} is not a local lmlab model "
                               "(use smollm2, lmlab:PATH or PATH.gguf)")
-        quantize_(be.model, scheme, group_size)
+        quantize_(be.model, scheme, group_size, compute=compute)
     if QUANT_HEAD is not None:
-        quantize_(be.model, QUANT_HEAD, skip=())      # all that is still an nn.Linear: the LM head
+        quantize_(be.model, QUANT_HEAD, skip=(), compute=compute)   # all that is still an nn.Linear: the head
     return be
 
 
@@ -219,7 +225,8 @@ def run_serve(args) -> int:
                           batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
     spec = args.model
     be = load_model("lmlab:" + spec if spec.endswith(".gguf") and ":" not in spec else spec,
-                    hydragen=not args.no_hydragen, quantize=args.quantize, group_size=args.group_size)
+                    hydragen=not args.no_hydragen, quantize=args.quantize, group_size=args.group_size,
+                    quant_compute=args.quant_compute)
     serve(spec, host=args.host, port=args.port, api_key=key, limits=limits, hydragen=not args.no_hydragen,
           backend=be)
     return 0

@@ -27,7 +27,7 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.nn.hf_names import hf_weight_names, mark_hf_twin
-from lmlab.nn.quant import SCHEMES, Int4Linear, quantize_, unpack_int4
+from lmlab.nn.quant import COMPUTE, SCHEMES, Int4Linear, quantize_, unpack_int4
 
 Q4_1_BLOCK, Q4_1_BYTES = 32, 20   # weights per block; bytes per block: fp16 d, fp16 m, 16 bytes of codes
 
@@ -48,9 +48,11 @@ def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
     return torch.arange(n_rows).reshape(n_head, dim, 2).transpose(1, 2).reshape(-1)
 
 
-def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32) -> tuple[Any, Any]:
+def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
+                        compute: str = "bf16") -> tuple[Any, Any]:
     """(Decoder with Int8Linear/Int4Linear layers, tokenizer) from 'smollm2' or a Llama-family GGUF file.
-    The LM head follows `quantize_`'s default (left in float, tied to the embedding when the file ties them)."""
+    The LM head follows `quantize_`'s default (left in float, tied to the embedding when the file ties them).
+    `compute`: how the layers feed their kernels ("bf16", "bf16x2", "fp32"; lmlab.nn.quant)."""
     import gguf
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -60,6 +62,8 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32) -
 
     if scheme not in SCHEMES:
         raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    if compute not in COMPUTE:
+        raise ConfigError(f"quantize: compute {compute!r} is not one of {', '.join(COMPUTE)}")
     path, file = resolve(spec)
     if file is None:
         raise ConfigError(f"model {spec!r}: direct quantized loading needs a GGUF file")
@@ -92,7 +96,7 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32) -
                 q, d, m = q[perm], d[perm], m[perm]
             mod_name = lm_name[: -len(".weight")]
             parent, _, attr = mod_name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, Int4Linear.from_qparams(q, d, m, Q4_1_BLOCK))
+            setattr(model.get_submodule(parent), attr, Int4Linear.from_qparams(q, d, m, Q4_1_BLOCK, compute=compute))
             done.add(mod_name)
             continue
         w = torch.from_numpy(np.array(gguf.dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(shape)
@@ -105,6 +109,7 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32) -
         raise ConfigError(f"GGUF {file}: weight mapping mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if cfg.tie_embeddings:
         model.head.weight = model.embed.weight
-    quantize_(model, scheme, group_size)          # whatever was not loaded packed (int8, other types, other groups)
+    # whatever was not loaded packed (int8, other types, other groups)
+    quantize_(model, scheme, group_size, compute=compute)
     mark_hf_twin(model, spec)
     return model.eval(), tok

@@ -17,14 +17,23 @@ int4, group-wise asymmetric (min/max): in group j of row n, w[n, j·g + i] ≈ d
     machines; the kernel's copy is rebuilt from it (a non-persistent buffer: int4 layers hold their codes twice,
     still 1/4 of fp32).
 
-Compute dtype: in torch 2.13's CPU build both kernels are vectorised (AVX-512) for bf16 activations only; with
-fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp32 nn.Linear at batch 1 (measured:
+Compute (`compute=`): in torch 2.13's CPU build both kernels are vectorised (AVX-512) for bf16 activations only;
+with fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp32 nn.Linear at batch 1 (measured:
 576 -> 1536 at one thread, fp32 nn.Linear 55-80 µs, int8 640 µs / int4 1430 µs with fp32 activations, 33 µs /
-46 µs with bf16). So by default (`compute_dtype=torch.bfloat16`) a layer rounds its input to bf16, runs the
-kernel (fp32 accumulation inside, bf16 result) and returns the caller's dtype: llama.cpp rounds activations
-further (to 8 bits) for its Q4/Q8 dot products. `compute_dtype=None` runs the kernel in the activation's own
-dtype (exact fp32, slow). The kernels want the scales in the compute dtype: kept in fp32, cast once and cached.
-The kernels are CPU kernels (int4: CPU only).
+46 µs with bf16). The kernels accumulate in fp32 and round their result to the activation dtype. Three modes:
+    "bf16"    (default) the input rounded to bf16 (relative error ≤ 2⁻⁸), the scales cast to bf16, one kernel
+              call, its bf16 result (correctly rounded, measured) returned in the caller's dtype. llama.cpp
+              rounds activations further (to 8 bits) for its Q4/Q8 dot products.
+    "bf16x2"  the fp32 input split into two bf16 halves, x = hi + lo up to 2⁻¹⁶ relative (lo = bf16(x − hi)),
+              stacked as 2·m rows of ONE kernel call (at batch 1 the weight read sets the time, not the row
+              count) and the halves' results added in fp32. int8 also applies its per-row scale in fp32 after
+              the kernel (the kernel gets scales of 1), so only the kernel's bf16 rounding of each half's result
+              (≤ 2⁻⁸ of |y|) and, for int4, the bf16 scales and zeros remain. Measured on SmolLM2, batch-1 decode,
+              one thread: +12 % CPU time per token for int4, +5 % for int8 (benchmarks/quant_accuracy.py).
+    "fp32"    fp32 activations and scales through the kernels' scalar loop: the dequantised weights' exact
+              product (fp32 accumulation), 10-25× slower than fp32 nn.Linear; a reference, not a decode path.
+The kernels want the scales in the compute dtype: kept in fp32, cast once and cached. They are CPU kernels (int4:
+CPU only).
 
 The LM head: `quantize_` leaves it in float by default (`skip=("head",)`; pass `skip=()` to include it). SmolLM2's
 head is tied to the embedding (49152 × 576, 21 % of the weights) and at batch 1 it is the largest matmul of a
@@ -46,6 +55,7 @@ from torch import nn
 from lmlab.config import ConfigError
 
 SCHEMES = ("int8", "int4")
+COMPUTE = ("bf16", "bf16x2", "fp32")    # how a layer feeds the kernel (module doc)
 INT4_GROUP_SIZES = (32, 64, 128, 256)   # what _weight_int4pack_mm_for_cpu accepts
 
 
@@ -121,17 +131,16 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class _QuantLinear(nn.Module):
-    """What Int8Linear and Int4Linear share: the compute dtype, cached scales, the reshape around the kernel."""
+    """What Int8Linear and Int4Linear share: the compute mode, cached scales, the reshape around the kernel."""
 
     in_features: int
     out_features: int
     SCALES = ""                                   # name of the fp32 scales buffer the kernel reads
 
-    def __init__(self, compute_dtype: Optional[torch.dtype]):
+    def __init__(self, compute: str):
         super().__init__()
-        if compute_dtype not in (None,) + FLOAT_DTYPES:
-            raise ConfigError(f"quantized linear: compute_dtype {compute_dtype} is not fp32/bf16/fp16 or None")
-        self.compute_dtype = compute_dtype
+        _check_compute(compute)
+        self.compute = compute
         self._cached: dict = {}
 
     def _scales(self, dtype: torch.dtype) -> torch.Tensor:
@@ -144,19 +153,30 @@ class _QuantLinear(nn.Module):
     def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _kernel_fp32_out(self, x: torch.Tensor) -> torch.Tensor:
+        """bf16 rows (r, k) -> fp32 (r, n) for "bf16x2": the kernel's bf16 result, widened."""
+        return self._kernel(x, self._scales(torch.bfloat16)).float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in FLOAT_DTYPES:
             raise ConfigError(f"quantized linear: activations must be fp32/bf16/fp16, got {x.dtype}")
-        cd = self.compute_dtype or x.dtype
-        x2 = x.reshape(-1, self.in_features).to(cd).contiguous()                    # (m, k)
-        y = self._kernel(x2, self._scales(cd)).to(x.dtype)                          # (m, n)
+        x2 = x.reshape(-1, self.in_features)                                          # (m, k)
+        if self.compute == "bf16x2":
+            xf = x2.float()
+            hi = xf.to(torch.bfloat16)
+            lo = (xf - hi.float()).to(torch.bfloat16)                                 # x = hi + lo (to 2^-16)
+            y2 = self._kernel_fp32_out(torch.cat([hi, lo]).contiguous())              # (2m, n), one call
+            y = (y2[: len(hi)] + y2[len(hi):]).to(x.dtype)
+        else:
+            cd = torch.bfloat16 if self.compute == "bf16" else torch.float32
+            y = self._kernel(x2.to(cd).contiguous(), self._scales(cd)).to(x.dtype)   # (m, n)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _repr(self, what: str) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"{what}, compute_dtype={self.compute_dtype}")
+                f"{what}, compute={self.compute}")
 
 
 class Int8Linear(_QuantLinear):
@@ -164,9 +184,8 @@ class Int8Linear(_QuantLinear):
 
     SCALES = "scales"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False,
-                 compute_dtype: Optional[torch.dtype] = torch.bfloat16):
-        super().__init__(compute_dtype)
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute: str = "bf16"):
+        super().__init__(compute)
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.ones(out_features))
@@ -174,8 +193,8 @@ class Int8Linear(_QuantLinear):
 
     @classmethod
     def from_qparams(cls, q: torch.Tensor, s: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int8Linear":
-        m = cls(q.shape[1], q.shape[0], bias=bias is not None, compute_dtype=compute_dtype)
+                     compute: str = "bf16") -> "Int8Linear":
+        m = cls(q.shape[1], q.shape[0], bias=bias is not None, compute=compute)
         m.qweight.copy_(q)
         m.scales.copy_(s)
         if bias is not None:
@@ -183,13 +202,19 @@ class Int8Linear(_QuantLinear):
         return m
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, group_size: Optional[int] = None,
-                   compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int8Linear":
+    def from_float(cls, linear: nn.Linear, group_size: Optional[int] = None, compute: str = "bf16") -> "Int8Linear":
         """Per-channel int8 copy of `linear` (group_size is accepted for a uniform signature and ignored)."""
-        return cls.from_qparams(*quantize_int8_weight(linear.weight), bias=linear.bias, compute_dtype=compute_dtype)
+        return cls.from_qparams(*quantize_int8_weight(linear.weight), bias=linear.bias, compute=compute)
 
     def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x, self.qweight, scales)
+
+    def _kernel_fp32_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel with scales of 1 (x @ qᵀ, fp32 accumulation, bf16 result), then the fp32 per-row scale."""
+        key = ("ones", self.out_features)
+        if key not in self._cached:
+            self._cached[key] = torch.ones(self.out_features, dtype=torch.bfloat16)
+        return self._kernel(x, self._cached[key]).float() * self.scales.float()
 
     def dequantize(self) -> torch.Tensor:
         """The (n, k) fp32 weight this layer multiplies by."""
@@ -205,8 +230,8 @@ class Int4Linear(_QuantLinear):
     SCALES = "scales_and_zeros"
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 32, bias: bool = False,
-                 compute_dtype: Optional[torch.dtype] = torch.bfloat16):
-        super().__init__(compute_dtype)
+                 compute: str = "bf16"):
+        super().__init__(compute)
         _check_group(group_size)
         _check_shape("Int4Linear", in_features, out_features, group_size)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
@@ -226,11 +251,10 @@ class Int4Linear(_QuantLinear):
 
     @classmethod
     def from_qparams(cls, q: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, group_size: int,
-                     bias: Optional[torch.Tensor] = None,
-                     compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int4Linear":
+                     bias: Optional[torch.Tensor] = None, compute: str = "bf16") -> "Int4Linear":
         """From codes q (n, k) in 0..15 and per-group d, lo (n, k/g): W = d · q + lo."""
         n, k = q.shape
-        m = cls(k, n, group_size, bias=bias is not None, compute_dtype=compute_dtype)
+        m = cls(k, n, group_size, bias=bias is not None, compute=compute)
         m.qweight.copy_(pack_int4(q))
         m._repack()
         d, lo = d.float(), lo.float()
@@ -241,12 +265,11 @@ class Int4Linear(_QuantLinear):
         return m
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, group_size: int = 32,
-                   compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> "Int4Linear":
+    def from_float(cls, linear: nn.Linear, group_size: int = 32, compute: str = "bf16") -> "Int4Linear":
         _check_group(group_size)
         _check_shape("Int4Linear", linear.in_features, linear.out_features, group_size)
         return cls.from_qparams(*quantize_int4_weight(linear.weight, group_size), group_size, bias=linear.bias,
-                                compute_dtype=compute_dtype)
+                                compute=compute)
 
     def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, scales)
@@ -259,6 +282,11 @@ class Int4Linear(_QuantLinear):
 
     def extra_repr(self) -> str:
         return self._repr(f"int4 group_size={self.group_size}")
+
+
+def _check_compute(compute: str) -> None:
+    if compute not in COMPUTE:
+        raise ConfigError(f"quantized linear: compute {compute!r} is not one of {', '.join(COMPUTE)}")
 
 
 def _check_group(group_size: int) -> None:
@@ -278,12 +306,13 @@ def _skipped(name: str, skip: tuple[str, ...]) -> bool:
 
 
 def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int = 32,
-              skip: Iterable[str] = ("head",), compute_dtype: Optional[torch.dtype] = torch.bfloat16) -> nn.Module:
+              skip: Iterable[str] = ("head",), compute: str = "bf16") -> nn.Module:
     """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear, in place; modules
     named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
-    `compute_dtype`: see the module doc. Returns `model`."""
+    `compute` ("bf16", "bf16x2", "fp32"): see the module doc. Returns `model`."""
     if scheme not in SCHEMES:
         raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    _check_compute(compute)
     if scheme == "int4":
         _check_group(group_size)
     skip = tuple(skip)
@@ -295,5 +324,5 @@ def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int
     for name, m in todo:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, cls.from_float(m, group_size=group_size, compute_dtype=compute_dtype))
+        setattr(parent, attr, cls.from_float(m, group_size=group_size, compute=compute))
     return model
