@@ -73,6 +73,9 @@ def test_placement_cost_model_by_hand():
     assert c == pytest.approx(0.5 + (0.2 + 0.15) + 0.5 + 0.05)
     s = predict(st, {"train": 1, "gen": 1}, {"actor": ("train", 1), "ref": ("train", 1), "rollout": ("gen", 1)}, 0.01)
     assert s == pytest.approx(1.0 + 0.5 + 0.5 + 0.1 + 5 * 0.01)
+    # every role on both processes: the fused dispatch, two round trips
+    f = predict(st, {"all": 2}, {"actor": ("all", 2), "rollout": ("all", 2), "ref": ("all", 2)}, 0.01)
+    assert f == pytest.approx(0.5 + (0.1 + 0.15) + 0.25 + 2 * 0.01)
     ranked = search(st, 2)
     assert ranked[0][0] == "colocated(2, actor=2)" and [r[1] for r in ranked] == sorted(r[1] for r in ranked)
 

@@ -38,7 +38,11 @@ def predict(stage_s: dict[str, float], pools: dict[str, int], roles: dict[str, t
     upd = stage_s["update"] / aw
     replicas = rw - (aw if rp == ap else 0)
     sync = stage_s.get("weight_sync", 0.0) * max(replicas, 0) / max(rw, 1) if replicas > 0 else 0.0
-    calls = 4 + (1 if replicas > 0 else 0)
+    # round trips on the critical path: the controller's dispatch (HybridFlow._iteration) sends an iteration as
+    # two calls per process when every role sits on the same processes (fused), else rollout, the forward
+    # passes, update (+ the weight refresh)
+    fused = rp == ap == fp and rw == aw == fw
+    calls = 2 if fused else 4 + (1 if replicas > 0 else 0)
     return gen + fwd + upd + sync + overhead_s * calls
 
 
