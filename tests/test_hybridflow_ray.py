@@ -118,3 +118,31 @@ def test_kill_actor_mid_iteration_restarts_from_checkpoint(split_flow, tmp_path)
     assert ck["iter"] == 2 and ck["history_len"] == 3
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["dataflow_ckpt.pt"]   # no half-written temp file
     assert all(json.dumps(r) for r in records)
+
+
+def test_kill_during_fused_colocated_iteration_restarts(colocated_flow, tmp_path):
+    """Every role on both processes (the fused two-call dispatch, data-parallel actor): kill -9 of one process
+    while update 1 (+ the rollout of iteration 2) runs -> the pool is rebuilt from the checkpoint of iteration 0
+    and the run ends with the uninterrupted run's weights."""
+    want, _ = single_process("rloo", iterations=3)
+    pol, ref, cfg = setup("rloo", iterations=3)
+    killed, records = [], []
+
+    def hook(stage, it, flow):
+        if it == 1 and stage == "update" and not killed:
+            pid = flow.info()[1]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    colocated_flow.use(colocated(2, 2))
+    colocated_flow.checkpoint_dir = tmp_path / "ckpt"
+    try:
+        hist = colocated_flow.train(pol, ref, prompt_fn, reward_fn, cfg, log=records.append, hook=hook)
+    finally:
+        colocated_flow.use(colocated(2, 1))
+        colocated_flow.checkpoint_dir = None
+    assert colocated_flow._fused() is False                    # back to the placement the other tests use
+    restart = [r for r in records if r.get("event") == "restart"]
+    assert killed and len(restart) == 1 and restart[0]["iter"] == 1 and restart[0]["resume_from"] == 1
+    assert [h["iter"] for h in hist] == [0, 1, 2]
+    assert max_diff(want, pol) <= 1e-10                         # gradients summed across ranks: float64 rounding only
