@@ -106,3 +106,26 @@ def test_cli_plan_and_bad_flags():
                       "--rollout-workers=0"), (["--ray", "--placement", "colocated", "--actor-workers", "3"], "actor workers")):
         r = run(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+def test_batches_and_tensor_dicts_cross_processes_as_one_buffer():
+    """Pickling (what Ray does to call arguments and answers) keeps every dtype, shape and value; a small payload
+    travels as bytes, a large one as a single numpy buffer, never as per-tensor torch pickles."""
+    import pickle
+
+    from lmlab.align.hybridflow.workers import Tensors, _pack
+
+    g = torch.Generator().manual_seed(0)
+    b = Batch({"f64": torch.randn(3, 5, dtype=torch.float64, generator=g), "mask": torch.rand(3, 2, generator=g) > 0.5,
+               "bf16": torch.randn(3, 7, generator=g).bfloat16(), "ids": torch.arange(3), "none": torch.empty(3, 0),
+               "strided": torch.randn(4, 3, generator=g).t()[:, :3]}, {"prompt_len": 4})
+    c = pickle.loads(pickle.dumps(b))
+    assert c.meta == b.meta and list(c.tensors) == list(b.tensors)
+    for k in b.tensors:
+        assert c[k].dtype == b[k].dtype and torch.equal(c[k], b[k]), k
+    c.tensors["f64"].add_(1)                                         # owned, writable memory
+    big = Tensors(w=torch.randn(200, 200, generator=g), step=torch.tensor(3))
+    assert isinstance(_pack(b.tensors)[1], bytes) and not isinstance(_pack(big)[1], bytes)
+    back = pickle.loads(pickle.dumps(big))
+    assert isinstance(back, Tensors) and all(torch.equal(back[k], big[k]) for k in big)
+    assert b"torch._utils" not in pickle.dumps(b)                    # no torch tensor pickling inside
