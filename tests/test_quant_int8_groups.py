@@ -107,3 +107,49 @@ def test_input_group_errors_are_one_line():
         quantize_(model, "int4", input_group_size=16)
     with pytest.raises(ConfigError, match=r"in_features=40, not divisible by int8 input group size 32"):
         Int8Linear.from_float(nn.Linear(40, 16), input_group_size=32)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _ckpt_fixture():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_quant_cli import ckpt as fixture   # the tiny lmlab checkpoint (d_model 64, d_ff 128)
+
+    return fixture
+
+
+ckpt = _ckpt_fixture()
+
+
+def test_cli_int8_input_group_builds_grouped_layers(ckpt, capsys):
+    from lmlab.cli import main
+    from lmlab.infer.cli import load_model
+
+    be = load_model(f"lmlab:{ckpt}", quantize="int8", int8_input_group=32, quant_compute="bf16x2")
+    layers = [m for n, m in be.model.named_modules() if n.startswith("blocks.") and isinstance(m, Int8Linear)]
+    assert len(layers) == 2 * 7 and all(m.input_group_size == 32 and m.compute == "bf16x2" for m in layers)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", f"lmlab:{ckpt}", "--quantize", "int8", "--int8-input-group", "32",
+              "--max-tokens", "3", "hello"])
+    assert e.value.code in (0, None) and capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["generate", "--model", "lmlab:{ckpt}", "--int8-input-group", "32", "hi"],
+     ["--int8-input-group 32", "needs --quantize int8"]),
+    (["generate", "--model", "lmlab:{ckpt}", "--quantize", "int8", "--int8-input-group", "48", "hi"],
+     ["blocks.0.mixer.q_proj", "in_features=64", "int8 input group size 48"]),
+    (["generate", "--quantize", "int8", "--int8-input-group", "0", "hi"], ["--int8-input-group", "0"]),
+])
+def test_cli_int8_input_group_errors_one_line(argv, needles, ckpt, capsys):
+    from lmlab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([a.replace("{ckpt}", str(ckpt)) for a in argv])
+    assert e.value.code not in (0, None)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and ": error: " in lines[0], lines
+    for n in needles:
+        assert n in lines[0], (n, lines[0])

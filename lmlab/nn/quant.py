@@ -16,6 +16,15 @@ int4, group-wise asymmetric (min/max): in group j of row n, w[n, j·g + i] ≈ d
     the codes two a byte in the portable `pack_int4` layout (`qweight`), so a checkpoint moves between
     machines; the kernel's copy is rebuilt from it (a non-persistent buffer: int4 layers hold their codes twice,
     still 1/4 of fp32).
+int8 with input groups (`input_group_size=g`, int8 only): one factor c[j] per group j of g input features as well
+    as r[n] per output row, so block (n, j) gets the grid step r[n]·c[j] instead of s[n]; with zero points
+    (default) each block is first centred on z[n, j] = (max + min) / 2. w[n, k] ≈ r[n]·c[j]·q[n, k] + z[n, j],
+    q ∈ -127..127, r and c the smallest rank-1 steps that fit every block (`fit_row_col_steps`). The kernel still
+    takes one scale per row: y = r · ((x·c) @ qᵀ) — c multiplies the activation (one (k,) vector) before the same
+    single `_weight_int8pack_mm` call — plus (group sums of x) @ zᵀ, an (m, k/g) @ (k/g, n) fp32 matmul. Measured
+    on SmolLM2's Q4_1 weights (benchmarks/RESULTS.md, "int8 with input groups"): the zero points are most of the
+    gain, c little (its blocks' ranges vary within a row by ~1.4× only), and no int8 grid per (row, block) comes
+    near the 11-bit per-row grid greedy agreement needs there.
 
 Compute (`compute=`): in torch 2.13's CPU build both kernels are vectorised (AVX-512) for bf16 activations only;
 with fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp32 nn.Linear at batch 1 (measured:
