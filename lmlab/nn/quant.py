@@ -22,9 +22,10 @@ int8 with input groups (`input_group_size=g`, int8 only): one factor c[j] per gr
     q ∈ -127..127, r and c the smallest rank-1 steps that fit every block (`fit_row_col_steps`). The kernel still
     takes one scale per row: y = r · ((x·c) @ qᵀ) — c multiplies the activation (one (k,) vector) before the same
     single `_weight_int8pack_mm` call — plus (group sums of x) @ zᵀ, an (m, k/g) @ (k/g, n) fp32 matmul. Measured
-    on SmolLM2's Q4_1 weights (benchmarks/RESULTS.md, "int8 with input groups"): the zero points are most of the
-    gain, c little (its blocks' ranges vary within a row by ~1.4× only), and no int8 grid per (row, block) comes
-    near the 11-bit per-row grid greedy agreement needs there.
+    on SmolLM2's Q4_1 weights (benchmarks/RESULTS.md, "int8 with input groups"): weight error −19 % vs per-row
+    int8, nearly all from the zero points (c alone: −0.5 %; a row's largest block range is a median 1.41× a
+    block's); greedy agreement with fp32 25 → 70 % (bf16), still short of 90 %, for +14 % decode CPU. No int8
+    grid per (row, block) comes near the 11-bit per-row grid that agreement needs there.
 
 Compute (`compute=`): in torch 2.13's CPU build both kernels are vectorised (AVX-512) for bf16 activations only;
 with fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp32 nn.Linear at batch 1 (measured:
