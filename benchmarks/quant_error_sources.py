@@ -14,7 +14,9 @@ prompt position):
     int8 bits=B        per-output-row symmetric weights with 2^(B−1) − 1 levels a side (B = 8: quantize_'s int8),
                        in exact fp32 math: how fine a per-row grid these 4-bit weights need
     int8 g32 [sym]     lmlab.nn.quant's int8 with input groups of 32 (a step r[n]·c[j] per block, centred on
-                       per-block zero points; "sym": no zero points), in exact fp32 math
+                       per-block zero points; "sym": no zero points), in exact fp32 math; r, c fitted from the
+                       least-squares start (`fit_row_col_steps(init="lsq")`, the default)
+    int8 g32 row-init [sym]   the same from the per-row start (init="row": no block coarser than per-row)
     int8 per-block [sym]   every 32-wide block its own int8 grid (step = its half-range / 127, centred; "sym":
                        its max |w| / 127): the ceiling of any int8 grid per (row, block), which one
                        `_weight_int8pack_mm` call cannot carry
@@ -108,9 +110,19 @@ def main(argv=None) -> dict:
             "int4 bf16x2": (bf_scales, False, True)}
     for bits in (8, 9, 10, 11):
         arms[f"int8 bits={bits}"] = ({n: per_row(w, bits) for n, w in exact.items()}, False, False)
+    coarser = {}   # g32 arms: the fraction of blocks whose step exceeds the per-row grid's (same centring)
     for zp, tag in ((True, ""), (False, " sym")):
-        arms[f"int8 g32{tag}"] = ({n: naive_int8_grouped_weight(*quantize_int8_grouped_weight(w, 32, zp), 32).float()
-                                   for n, w in exact.items()}, False, False)
+        for init, itag in (("lsq", ""), ("row", " row-init")):
+            ws, n_coarse, n_blocks = {}, 0, 0
+            for n, w in exact.items():
+                q, r, c, z = quantize_int8_grouped_weight(w, 32, zp, init=init)
+                ws[n] = naive_int8_grouped_weight(q, r, c, z, 32).float()
+                wb = w.reshape(w.shape[0], -1, 32)
+                half = (wb.amax(-1) - wb.amin(-1)) / 2 if zp else wb.abs().amax(-1)
+                n_coarse += (r[:, None] * c[None] > half.amax(1, keepdim=True) / 127 * (1 + 1e-6)).sum().item()
+                n_blocks += half.numel()
+            arms[f"int8 g32{itag}{tag}"] = (ws, False, False)
+            coarser[f"int8 g32{itag}{tag}"] = n_coarse / n_blocks
         arms[f"int8 per-block{tag}"] = ({n: per_block(w, zp) for n, w in exact.items()}, False, False)
     if a.arms:
         unknown = sorted(set(a.arms) - set(arms))
@@ -151,8 +163,11 @@ def main(argv=None) -> dict:
                                  "max_logit_err": d.max().item(), "mean_logit_err": d.mean().item(),
                                  "rel_weight_err": sum((weights[n].double() - exact[n].double()).pow(2).sum()
                                                        for n in exact).sqrt().item() / w_norm}
+        if name in coarser:
+            r["blocks_coarser_than_per_row"] = coarser[name]
         print(f"{name:20s} {r['identical']:9.0%} {r['max_logit_err']:11.3f} {r['mean_logit_err']:12.4f} "
-              f"{r['rel_weight_err']:9.2e}", flush=True)
+              f"{r['rel_weight_err']:9.2e}"
+              + (f"  blocks coarser than per-row: {coarser[name]:.1%}" if name in coarser else ""), flush=True)
     res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"\nload average at start {res['load_avg_start']}, at end {res['load_avg_end']} (2 cores)")
     if a.out:

@@ -41,6 +41,28 @@ def test_fit_row_col_steps_covers_every_block_and_is_exact_on_rank_one():
 
 
 @pytest.mark.parametrize("zero_points", [True, False])
+@pytest.mark.parametrize("init", ["lsq", "row"])
+def test_zero_rows_groups_and_blocks_need_no_step(zero_points, init):
+    """All-zero rows, input groups and single blocks constrain nothing: they quantize to exact zeros and the
+    other blocks keep their half-step bound; from init="row" no block's step exceeds per-row int8's."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 64, generator=g)
+    w[2], w[:, 8:16], w[4, :8] = 0, 0, 0
+    q, r, c, z = quantize_int8_grouped_weight(w, G, zero_points, init=init)
+    assert torch.isfinite(r).all() and torch.isfinite(c).all() and (r > 0).all() and (c > 0).all()
+    err = naive_int8_grouped_weight(q, r, c, z, G) - w.double()
+    assert (err[w == 0] == 0).all()
+    step = (r.double()[:, None] * c.double()[None]).repeat_interleave(G, 1)
+    assert ((err.abs() <= step / 2 + 1e-6) | (w == 0)).all()
+    if init == "row":
+        wb = w.reshape(6, -1, G)
+        half = (wb.amax(-1) - wb.amin(-1)) / 2 if zero_points else wb.abs().amax(-1)   # what each block needs
+        row_step = half.amax(1).double() / 127
+        nonzero = row_step > 0
+        assert (step[nonzero] <= row_step[nonzero, None] * (1 + 1e-6)).all()
+
+
+@pytest.mark.parametrize("zero_points", [True, False])
 def test_grouped_weight_equals_float64_twin_and_beats_per_row(zero_points):
     lin = _q4_1_like()
     w0 = lin.weight.double()
@@ -107,6 +129,8 @@ def test_input_group_errors_are_one_line():
         quantize_(model, "int4", input_group_size=16)
     with pytest.raises(ConfigError, match=r"in_features=40, not divisible by int8 input group size 32"):
         Int8Linear.from_float(nn.Linear(40, 16), input_group_size=32)
+    with pytest.raises(ConfigError, match=r"init 'svd' is not one of lsq, row"):
+        fit_row_col_steps(torch.ones(2, 2), init="svd")
 
 
 # ------------------------------------------------------------------------------------------------ CLI

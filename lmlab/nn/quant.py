@@ -110,28 +110,42 @@ def quantize_int8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, s
 
 
-def fit_row_col_steps(a: torch.Tensor, iters: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest rank-1 steps over the needed ones: a (n, G) ≥ 0 -> r (n,), c (G,) > 0 with r[n]·c[j] ≥ a[n, j].
-    Log domain: start from the least-squares fit log a ≈ u[n] + v[j] (row and column means), then alternately
-    lower each row's u and each column's v to the least value that keeps every block covered (each pass only
-    shrinks steps, so the total squared step Σ (r·c)² never grows). c is normalised to geometric mean 1."""
-    tiny = torch.finfo(torch.float32).tiny
-    la = a.double().clamp_min(tiny).log()
-    v = la.mean(0) - la.mean()
-    u = (la - v).amax(1)
+def fit_row_col_steps(a: torch.Tensor, iters: int = 20, init: str = "lsq") -> tuple[torch.Tensor, torch.Tensor]:
+    """Small rank-1 steps over the needed ones: a (n, G) ≥ 0 -> r (n,), c (G,) > 0 with r[n]·c[j] ≥ a[n, j].
+    Log domain: start from `init` — "lsq", the least-squares fit log a ≈ u[n] + v[j] (row and column means), or
+    "row", the per-row grid (u = the row's largest need, v = 0) — then alternately lower each column's v and each
+    row's u to the least value that keeps every block covered (each pass only shrinks steps, so the total squared
+    step Σ (r·c)² never grows, and from "row" no block's step exceeds its row's per-row step). Blocks with a = 0
+    (all-zero weights) need no step and are left out; c is normalised to geometric mean 1."""
+    if init not in ("lsq", "row"):
+        raise ConfigError(f"fit_row_col_steps: init {init!r} is not one of lsq, row")
+    la = torch.where(a > 0, a.double().log(), -torch.inf)                   # (n, G); -inf: no constraint
+    known = torch.isfinite(la)
+    zeroed = torch.where(known, la, 0.0)
+
+    def finite(t: torch.Tensor) -> torch.Tensor:                           # an all-zero row / column: any factor
+        return torch.where(torch.isfinite(t), t, 0.0)
+
+    if init == "lsq":
+        mean_all = zeroed.sum() / known.sum().clamp_min(1)
+        v = finite(torch.where(known.any(0), zeroed.sum(0) / known.sum(0).clamp_min(1) - mean_all, 0.0))
+        u = finite((la - v).amax(1))
+    else:
+        u = finite(la.amax(1))
     for _ in range(iters):
-        v = (la - u[:, None]).amax(0)
-        u = (la - v).amax(1)
+        v = finite((la - u[:, None]).amax(0))
+        u = finite((la - v).amax(1))
     shift = v.mean()
     return (u + shift).exp().float(), (v - shift).exp().float()
 
 
-def quantize_int8_grouped_weight(w: torch.Tensor, group_size: int, zero_points: bool = True
+def quantize_int8_grouped_weight(w: torch.Tensor, group_size: int, zero_points: bool = True, init: str = "lsq"
                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """w (n, k) -> (q (n, k) int8, r (n,), c (k/g,), z (n, k/g) or None), all fp32 but q:
     w ≈ r[n]·c[j]·q[n, k] + z[n, j] with j = k // g the input group. Block (n, j)'s grid step is r[n]·c[j]
-    (`fit_row_col_steps` of the steps each block needs for its codes to fit -127..127); with `zero_points` each
-    block is centred on z = (max + min) / 2 first (its half-range, not its largest |w|, sets the step needed)."""
+    (`fit_row_col_steps(init=init)` of the steps each block needs for its codes to fit -127..127); with
+    `zero_points` each block is centred on z = (max + min) / 2 first (its half-range, not its largest |w|, sets
+    the step needed)."""
     n, k = w.shape
     wb = w.detach().float().reshape(n, k // group_size, group_size)            # (n, k/g, g)
     if zero_points:
@@ -141,8 +155,9 @@ def quantize_int8_grouped_weight(w: torch.Tensor, group_size: int, zero_points: 
         wb = wb - z[..., None]
     else:
         z, half = None, wb.abs().amax(-1)
-    r, c = fit_row_col_steps(half / 127)
-    q = torch.round(wb / (r[:, None, None] * c[None, :, None])).clamp_(-127, 127).to(torch.int8)
+    r, c = fit_row_col_steps(half / 127, init=init)
+    step = (r[:, None] * c[None]).clamp_min(torch.finfo(torch.float32).tiny)   # (n, k/g)
+    q = torch.round(wb / step[..., None]).clamp_(-127, 127).to(torch.int8)
     return q.reshape(n, k), r, c, z
 
 
