@@ -12,6 +12,8 @@ Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights
                        block (n, j) is r[n]·c[j], c carried by the activation, plus folded per-block zero points
     int8 g32 w, fp32 math        accuracy only: that arm's dequantised weights in fp32 nn.Linear layers
     int8 g32 no zeros w, fp32 math   the same without the zero points (symmetric blocks, r[n]·c[j] only)
+    int8 g32 row-init [w, fp32 math] r, c fitted from the per-row grid (fit_row_col_steps(init="row"): no block's
+                       step coarser than per-row int8's; the default starts from a least-squares fit)
     int4               the Q4_1 blocks loaded straight into Int4Linear, group 32 (lmlab.models.gguf_quant); head fp32
     int4 bf16x2        the same int4 layers, compute="bf16x2"
     int4, int8 head    the int4 arm with the head (a copy of the tied embedding) quantized to per-channel int8
@@ -125,6 +127,21 @@ def float_twin(model):
     return m
 
 
+def int8_groups_row_init(model):
+    """A copy of `model` with its linears but the head as Int8Linear(input_group_size=32), r and c fitted from
+    the per-row grid (quantize_int8_grouped_weight(init="row"))."""
+    from lmlab.nn.quant import Int8Linear, quantize_int8_grouped_weight
+
+    m = copy.deepcopy(model)
+    for name, mod in list(m.named_modules()):
+        if type(mod) is torch.nn.Linear and name != "head":
+            q, r, c, z = quantize_int8_grouped_weight(mod.weight, 32, init="row")
+            parent, _, attr = name.rpartition(".")
+            setattr(m.get_submodule(parent) if parent else m, attr,
+                    Int8Linear.from_qparams(q, r, bias=mod.bias, in_scales=c, zeros=z, input_group_size=32))
+    return m
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="interleaved speed rounds (≥ 5 for a reported figure)")
@@ -162,6 +179,8 @@ def main(argv=None) -> dict:
                  "int8 g32 w, fp32 math": float_twin(g32),
                  "int8 g32 no zeros w, fp32 math": float_twin(
                      quantize_(copy.deepcopy(fp32), "int8", input_group_size=32, zero_points=False))})
+    g32r = int8_groups_row_init(fp32)
+    arms.update({"int8 g32 row-init": g32r, "int8 g32 row-init w, fp32 math": float_twin(g32r)})
     if a.arms:
         unknown = sorted(set(a.arms) - set(arms))
         if unknown:
