@@ -19,7 +19,7 @@ int4, group-wise asymmetric (min/max): in group j of row n, w[n, j·g + i] ≈ d
 int8 with input groups (`input_group_size=g`, int8 only): one factor c[j] per group j of g input features as well
     as r[n] per output row, so block (n, j) gets the grid step r[n]·c[j] instead of s[n]; with zero points
     (default) each block is first centred on z[n, j] = (max + min) / 2. w[n, k] ≈ r[n]·c[j]·q[n, k] + z[n, j],
-    q ∈ -127..127, r and c the smallest rank-1 steps that fit every block (`fit_row_col_steps`). The kernel still
+    q ∈ -127..127, r and c small rank-1 steps that fit every block (`fit_row_col_steps`). The kernel still
     takes one scale per row: y = r · ((x·c) @ qᵀ) — c multiplies the activation (one (k,) vector) before the same
     single `_weight_int8pack_mm` call — plus (group sums of x) @ zᵀ, an (m, k/g) @ (k/g, n) fp32 matmul. Measured
     on SmolLM2's Q4_1 weights (benchmarks/RESULTS.md, "int8 with input groups"): weight error −19 % vs per-row
