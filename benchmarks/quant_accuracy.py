@@ -8,6 +8,12 @@ Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights
     int8 bf16x2        the same int8 weights, compute="bf16x2" (fp32 activations as two bf16 halves, lmlab.nn.quant)
     int8 w, fp32 math  accuracy only: the int8 arm's dequantised weights in fp32 nn.Linear layers, i.e. the int8
                        weights' own error without any bf16 rounding (not timed: it is the fp32 arm's speed)
+    int8 g32 [bf16x2]  int8 with input groups of 32 (the Q4_1 block; quantize_(input_group_size=32)): the grid step of
+                       block (n, j) is r[n]·c[j], c carried by the activation, plus folded per-block zero points
+    int8 g32 w, fp32 math        accuracy only: that arm's dequantised weights in fp32 nn.Linear layers
+    int8 g32 no zeros w, fp32 math   the same without the zero points (symmetric blocks, r[n]·c[j] only)
+    int8 g32 row-init [w, fp32 math] r, c fitted from the per-row grid (fit_row_col_steps(init="row"): no block's
+                       step coarser than per-row int8's; the default starts from a least-squares fit)
     int4               the Q4_1 blocks loaded straight into Int4Linear, group 32 (lmlab.models.gguf_quant); head fp32
     int4 bf16x2        the same int4 layers, compute="bf16x2"
     int4, int8 head    the int4 arm with the head (a copy of the tied embedding) quantized to per-channel int8
@@ -121,6 +127,21 @@ def float_twin(model):
     return m
 
 
+def int8_groups_row_init(model):
+    """A copy of `model` with its linears but the head as Int8Linear(input_group_size=32), r and c fitted from
+    the per-row grid (quantize_int8_grouped_weight(init="row"))."""
+    from lmlab.nn.quant import Int8Linear, quantize_int8_grouped_weight
+
+    m = copy.deepcopy(model)
+    for name, mod in list(m.named_modules()):
+        if type(mod) is torch.nn.Linear and name != "head":
+            q, r, c, z = quantize_int8_grouped_weight(mod.weight, 32, init="row")
+            parent, _, attr = name.rpartition(".")
+            setattr(m.get_submodule(parent) if parent else m, attr,
+                    Int8Linear.from_qparams(q, r, bias=mod.bias, in_scales=c, zeros=z, input_group_size=32))
+    return m
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="interleaved speed rounds (≥ 5 for a reported figure)")
@@ -128,6 +149,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--ppl-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                    help="run only these arms (and fp32, the reference); default: all")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -151,7 +174,19 @@ def main(argv=None) -> dict:
     arms = {"fp32": fp32, "int8": int8, "int8 bf16x2": with_compute(int8, "bf16x2"),
             "int8 w, fp32 math": float_twin(int8), "int4": int4, "int4 bf16x2": with_compute(int4, "bf16x2"),
             "int4, int8 head": int4h}
-    untimed = {"int8 w, fp32 math"}
+    g32 = quantize_(copy.deepcopy(fp32), "int8", input_group_size=32)
+    arms.update({"int8 g32": g32, "int8 g32 bf16x2": with_compute(g32, "bf16x2"),
+                 "int8 g32 w, fp32 math": float_twin(g32),
+                 "int8 g32 no zeros w, fp32 math": float_twin(
+                     quantize_(copy.deepcopy(fp32), "int8", input_group_size=32, zero_points=False))})
+    g32r = int8_groups_row_init(fp32)
+    arms.update({"int8 g32 row-init": g32r, "int8 g32 row-init w, fp32 math": float_twin(g32r)})
+    if a.arms:
+        unknown = sorted(set(a.arms) - set(arms))
+        if unknown:
+            raise SystemExit(f"--arms: unknown arm {unknown[0]!r}; known: {', '.join(arms)}")
+        arms = {n: m for n, m in arms.items() if n == "fp32" or n in a.arms}
+    untimed = {n for n in arms if n.endswith("fp32 math")}
     print(f"load (wall, under load): fp32 via transformers {load_fp32:.1f} s, int4 direct from GGUF {load_int4:.1f} s")
 
     # ---- accuracy
@@ -169,7 +204,7 @@ def main(argv=None) -> dict:
                  "ppl_tokens": sum(len(w) for w in windows), "load_s": {"fp32": load_fp32, "int4_direct": load_int4},
                  "arms": {}}
     ppl_fp32 = perplexity(fp32, windows)
-    print(f"\n{'arm':18s} {'identical':>9s} {'1st diff (median)':>17s} {'max|dlogit|':>11s} {'mean|dlogit|':>12s} "
+    print(f"\n{'arm':30s} {'identical':>9s} {'1st diff (median)':>17s} {'max|dlogit|':>11s} {'mean|dlogit|':>12s} "
           f"{'ppl':>7s} {'dppl':>7s}")
     for name, m in arms.items():
         same = [o == r for o, r in zip(outs[name], outs["fp32"])]
@@ -181,7 +216,7 @@ def main(argv=None) -> dict:
                              "max_logit_err": d.max().item(), "mean_logit_err": d.mean().item(), "ppl": ppl,
                              "ppl_delta": ppl - ppl_fp32}
         r = res["arms"][name]
-        print(f"{name:18s} {r['identical']:9.0%} {r['first_diff_median']:17d} {r['max_logit_err']:11.3f} "
+        print(f"{name:30s} {r['identical']:9.0%} {r['first_diff_median']:17d} {r['max_logit_err']:11.3f} "
               f"{r['mean_logit_err']:12.4f} {ppl:7.3f} {ppl - ppl_fp32:+7.3f}")
 
     # ---- speed: batch 1, a.new greedy tokens, interleaved
@@ -203,12 +238,12 @@ def main(argv=None) -> dict:
 
     times = interleaved({n: side(e) for n, e in engines.items()}, reps=a.reps, warmup=1)
     print(f"\nbatch 1, {len(prompt)}-token prompt, {a.new} new tokens, {a.threads} thread(s), {a.reps} rounds")
-    print(f"{'arm':18s} {'decode CPU-ms/tok':>17s} {'tok/CPU-s':>9s} {'call CPU-s':>10s} {'vs fp32':>7s}")
+    print(f"{'arm':30s} {'decode CPU-ms/tok':>17s} {'tok/CPU-s':>9s} {'call CPU-s':>10s} {'vs fp32':>7s}")
     base = median_of(times["fp32"], "decode_ms")
     for name, ss in times.items():
         ms = median_of(ss, "decode_ms")
         res["arms"][name].update(decode_ms=ms, decode_tok_per_cpu_s=1e3 / ms, call_cpu_s=median_of(ss))
-        print(f"{name:18s} {ms:17.1f} {1e3 / ms:9.1f} {median_of(ss):10.2f} {base / ms:6.2f}x")
+        print(f"{name:30s} {ms:17.1f} {1e3 / ms:9.1f} {median_of(ss):10.2f} {base / ms:6.2f}x")
     res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"\nload average at start {res['load_avg_start']}, at end {res['load_avg_end']} (2 cores)")
     if a.out:

@@ -29,6 +29,9 @@ def _quant_args(p) -> None:
     p.add_argument("--quant-compute", choices=["bf16", "bf16x2", "fp32"], default="bf16",
                    help="how --quantize layers feed their bf16 kernels: bf16 (fastest), bf16x2 (fp32 activations as "
                         "two bf16 halves in one call: closer to fp32, slower), fp32 (exact, scalar loop)")
+    p.add_argument("--int8-input-group", type=positive_int, default=None, metavar="N",
+                   help="--quantize int8: a scale per N input features as well as per output row (carried by the "
+                        "activation) and per-block zero points (lmlab.nn.quant); N must divide each layer's inputs")
 
 
 def register_generate(sub) -> None:
@@ -48,7 +51,7 @@ def register_generate(sub) -> None:
 def _backend(args):
     kw = {"hydragen": False} if args.no_hydragen and not args.model.startswith(("hf:", "openai:")) else {}
     return load_model(args.model, quantize=args.quantize, group_size=args.group_size,
-                      quant_compute=args.quant_compute, **kw)
+                      quant_compute=args.quant_compute, int8_input_group=args.int8_input_group, **kw)
 
 
 # What a weights file that is not one raises while it is read (torch.load's unpickler, safetensors, zip, GGUF).
@@ -70,12 +73,12 @@ def _unreadable() -> tuple[type[BaseException], ...]:
 
 
 def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_size: int = 32,
-               quant_compute: str = "bf16", **kw):
+               quant_compute: str = "bf16", int8_input_group: int | None = None, **kw):
     """`lmlab.backend.load_backend(spec)`, with a file that is not a model (corrupt, truncated, pickled
     garbage, wrong format) reported in one line naming the flag and the spec. `quantize` int8/int4 swaps the
     local model's linear layers for weight-only quantized ones (`lmlab.nn.quant.quantize_`); a GGUF file
     (smollm2 included) is read straight into them (`lmlab.models.gguf_quant`); `quant_compute` is their
-    `compute` mode (bf16, bf16x2, fp32)."""
+    `compute` mode (bf16, bf16x2, fp32); `int8_input_group` int8's input group size (`quantize_`)."""
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
 
@@ -88,10 +91,12 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
         return ConfigError(f"{flag} {spec}: not a readable model ({type(e).__name__}"
                            + (f": {first[:160]}" if first else "") + ")")
 
+    if int8_input_group is not None and quantize != "int8":
+        raise ConfigError(f"--int8-input-group {int8_input_group}: needs --quantize int8 (got {quantize})")
     try:
         if quantize == "none":
             return load_backend(spec, **kw)
-        return _load_quantized(spec, flag, quantize, group_size, quant_compute, **kw)
+        return _load_quantized(spec, flag, quantize, group_size, quant_compute, int8_input_group, **kw)
     except _unreadable() as e:
         raise bad(e) from None
     except KeyError as e:  # torch.load of a file that is not a checkpoint (e.g. text) fails on a missing key
@@ -112,7 +117,8 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
 QUANT_HEAD = None
 
 
-def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute: str = "bf16", **kw):
+def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute: str = "bf16",
+                    int8_input_group: int | None = None, **kw):
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
     from lmlab.infer.backend_impls import LocalBackend
@@ -124,14 +130,15 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute:
 
         from lmlab.models.gguf_quant import load_gguf_quantized
 
-        model, tok = load_gguf_quantized(gguf, scheme, group_size, compute=compute)
+        model, tok = load_gguf_quantized(gguf, scheme, group_size, compute=compute,
+                                         input_group_size=int8_input_group)
         be = LocalBackend(model, tok, name="smollm2" if gguf == "smollm2" else Path(gguf).stem, **kw)
     else:
         be = load_backend(spec, **kw)
         if not isinstance(be, LocalBackend):
             raise ConfigError(f"--quantize {scheme}: {flag} {spec} is not a local lmlab model "
                               "(use smollm2, lmlab:PATH or PATH.gguf)")
-        quantize_(be.model, scheme, group_size, compute=compute)
+        quantize_(be.model, scheme, group_size, compute=compute, input_group_size=int8_input_group)
     if QUANT_HEAD is not None:
         quantize_(be.model, QUANT_HEAD, skip=(), compute=compute)   # all that is still an nn.Linear: the head
     return be
@@ -226,7 +233,7 @@ def run_serve(args) -> int:
     spec = args.model
     be = load_model("lmlab:" + spec if spec.endswith(".gguf") and ":" not in spec else spec,
                     hydragen=not args.no_hydragen, quantize=args.quantize, group_size=args.group_size,
-                    quant_compute=args.quant_compute)
+                    quant_compute=args.quant_compute, int8_input_group=args.int8_input_group)
     serve(spec, host=args.host, port=args.port, api_key=key, limits=limits, hydragen=not args.no_hydragen,
           backend=be)
     return 0

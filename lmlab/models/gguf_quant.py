@@ -49,10 +49,11 @@ def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
 
 
 def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
-                        compute: str = "bf16") -> tuple[Any, Any]:
+                        compute: str = "bf16", input_group_size: int | None = None) -> tuple[Any, Any]:
     """(Decoder with Int8Linear/Int4Linear layers, tokenizer) from 'smollm2' or a Llama-family GGUF file.
     The LM head follows `quantize_`'s default (left in float, tied to the embedding when the file ties them).
-    `compute`: how the layers feed their kernels ("bf16", "bf16x2", "fp32"; lmlab.nn.quant)."""
+    `compute`: how the layers feed their kernels ("bf16", "bf16x2", "fp32"; lmlab.nn.quant); `input_group_size`:
+    int8's per-input-group grid (`quantize_`; int8 only)."""
     import gguf
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -64,6 +65,8 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
         raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
     if compute not in COMPUTE:
         raise ConfigError(f"quantize: compute {compute!r} is not one of {', '.join(COMPUTE)}")
+    if input_group_size is not None and scheme != "int8":
+        raise ConfigError(f"quantize {scheme}: input_group_size {input_group_size!r} is for int8 only")
     path, file = resolve(spec)
     if file is None:
         raise ConfigError(f"model {spec!r}: direct quantized loading needs a GGUF file")
@@ -110,6 +113,6 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
     if cfg.tie_embeddings:
         model.head.weight = model.embed.weight
     # whatever was not loaded packed (int8, other types, other groups)
-    quantize_(model, scheme, group_size, compute=compute)
+    quantize_(model, scheme, group_size, compute=compute, input_group_size=input_group_size)
     mark_hf_twin(model, spec)
     return model.eval(), tok

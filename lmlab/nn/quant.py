@@ -16,6 +16,16 @@ int4, group-wise asymmetric (min/max): in group j of row n, w[n, j·g + i] ≈ d
     the codes two a byte in the portable `pack_int4` layout (`qweight`), so a checkpoint moves between
     machines; the kernel's copy is rebuilt from it (a non-persistent buffer: int4 layers hold their codes twice,
     still 1/4 of fp32).
+int8 with input groups (`input_group_size=g`, int8 only): one factor c[j] per group j of g input features as well
+    as r[n] per output row, so block (n, j) gets the grid step r[n]·c[j] instead of s[n]; with zero points
+    (default) each block is first centred on z[n, j] = (max + min) / 2. w[n, k] ≈ r[n]·c[j]·q[n, k] + z[n, j],
+    q ∈ -127..127, r and c small rank-1 steps that fit every block (`fit_row_col_steps`). The kernel still
+    takes one scale per row: y = r · ((x·c) @ qᵀ) — c multiplies the activation (one (k,) vector) before the same
+    single `_weight_int8pack_mm` call — plus (group sums of x) @ zᵀ, an (m, k/g) @ (k/g, n) fp32 matmul. Measured
+    on SmolLM2's Q4_1 weights (benchmarks/RESULTS.md, "int8 with input groups"): weight error −19 % vs per-row
+    int8, nearly all from the zero points (c alone: −0.5 %; a row's largest block range is a median 1.41× a
+    block's); greedy agreement with fp32 25 → 70 % (bf16), still short of 90 %, for +14 % decode CPU. No int8
+    grid per (row, block) comes near the 11-bit per-row grid that agreement needs there.
 
 Compute (`compute=`): in torch 2.13's CPU build both kernels are vectorised (AVX-512) for bf16 activations only;
 with fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp32 nn.Linear at batch 1 (measured:
@@ -100,6 +110,57 @@ def quantize_int8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, s
 
 
+def fit_row_col_steps(a: torch.Tensor, iters: int = 20, init: str = "lsq") -> tuple[torch.Tensor, torch.Tensor]:
+    """Small rank-1 steps over the needed ones: a (n, G) ≥ 0 -> r (n,), c (G,) > 0 with r[n]·c[j] ≥ a[n, j].
+    Log domain: start from `init` — "lsq", the least-squares fit log a ≈ u[n] + v[j] (row and column means), or
+    "row", the per-row grid (u = the row's largest need, v = 0) — then alternately lower each column's v and each
+    row's u to the least value that keeps every block covered (each pass only shrinks steps, so the total squared
+    step Σ (r·c)² never grows, and from "row" no block's step exceeds its row's per-row step). Blocks with a = 0
+    (all-zero weights) need no step and are left out; c is normalised to geometric mean 1."""
+    if init not in ("lsq", "row"):
+        raise ConfigError(f"fit_row_col_steps: init {init!r} is not one of lsq, row")
+    la = torch.where(a > 0, a.double().log(), -torch.inf)                   # (n, G); -inf: no constraint
+    known = torch.isfinite(la)
+    zeroed = torch.where(known, la, 0.0)
+
+    def finite(t: torch.Tensor) -> torch.Tensor:                           # an all-zero row / column: any factor
+        return torch.where(torch.isfinite(t), t, 0.0)
+
+    if init == "lsq":
+        mean_all = zeroed.sum() / known.sum().clamp_min(1)
+        v = finite(torch.where(known.any(0), zeroed.sum(0) / known.sum(0).clamp_min(1) - mean_all, 0.0))
+        u = finite((la - v).amax(1))
+    else:
+        u = finite(la.amax(1))
+    for _ in range(iters):
+        v = finite((la - u[:, None]).amax(0))
+        u = finite((la - v).amax(1))
+    shift = v.mean()
+    return (u + shift).exp().float(), (v - shift).exp().float()
+
+
+def quantize_int8_grouped_weight(w: torch.Tensor, group_size: int, zero_points: bool = True, init: str = "lsq"
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """w (n, k) -> (q (n, k) int8, r (n,), c (k/g,), z (n, k/g) or None), all fp32 but q:
+    w ≈ r[n]·c[j]·q[n, k] + z[n, j] with j = k // g the input group. Block (n, j)'s grid step is r[n]·c[j]
+    (`fit_row_col_steps(init=init)` of the steps each block needs for its codes to fit -127..127); with
+    `zero_points` each block is centred on z = (max + min) / 2 first (its half-range, not its largest |w|, sets
+    the step needed)."""
+    n, k = w.shape
+    wb = w.detach().float().reshape(n, k // group_size, group_size)            # (n, k/g, g)
+    if zero_points:
+        hi, lo = wb.amax(-1), wb.amin(-1)
+        z = (hi + lo) / 2
+        half = (hi - lo) / 2
+        wb = wb - z[..., None]
+    else:
+        z, half = None, wb.abs().amax(-1)
+    r, c = fit_row_col_steps(half / 127, init=init)
+    step = (r[:, None] * c[None]).clamp_min(torch.finfo(torch.float32).tiny)   # (n, k/g)
+    q = torch.round(wb / step[..., None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(n, k), r, c, z
+
+
 def quantize_int4_weight(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w (n, k) -> (q (n, k) uint8 codes 0..15, d (n, k/g) fp32, lo (n, k/g) fp32), w ≈ d · q + lo per group."""
     n, k = w.shape
@@ -113,6 +174,13 @@ def quantize_int4_weight(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor
 def naive_int8_weight(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """float64 twin: the (n, k) weight an int8 (q, s) pair stands for."""
     return q.double() * s.double()[:, None]
+
+
+def naive_int8_grouped_weight(q: torch.Tensor, r: torch.Tensor, c: torch.Tensor, z: Optional[torch.Tensor],
+                              group_size: int) -> torch.Tensor:
+    """float64 twin: the (n, k) weight r[n]·c[j]·q[n, k] (+ z[n, j]) stands for, j = k // group_size."""
+    w = q.double() * r.double()[:, None] * c.double().repeat_interleave(group_size)[None, :]
+    return w + z.double().repeat_interleave(group_size, 1) if z is not None else w
 
 
 def naive_int4_weight(q: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -180,31 +248,60 @@ class _QuantLinear(nn.Module):
 
 
 class Int8Linear(_QuantLinear):
-    """y = x @ (s · q)ᵀ + b with q (n, k) int8 and one fp32 scale per output row (see the module doc)."""
+    """y = x @ (s · q)ᵀ + b with q (n, k) int8 and one fp32 scale per output row (see the module doc).
+
+    With `input_group_size=g` (module doc, "int8 with input groups"): w ≈ r[n]·c[j]·q + z[n, j] for input group
+    j = k // g; the activation is multiplied by c (one factor per input feature) before the same single
+    `_weight_int8pack_mm` call with row scales r, and the zero points, if any, add (group sums of x) @ zᵀ in fp32."""
 
     SCALES = "scales"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute: str = "bf16"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, compute: str = "bf16",
+                 input_group_size: Optional[int] = None, zero_points: bool = False):
         super().__init__(compute)
         self.in_features, self.out_features = in_features, out_features
+        self.input_group_size = input_group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        if input_group_size is not None:
+            _check_input_group("Int8Linear", in_features, input_group_size)
+            groups = in_features // input_group_size
+            self.register_buffer("in_scales", torch.ones(groups))
+            self.register_buffer("zeros", torch.zeros(out_features, groups) if zero_points else None)
+        self._cvec: tuple = ()
 
     @classmethod
     def from_qparams(cls, q: torch.Tensor, s: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     compute: str = "bf16") -> "Int8Linear":
-        m = cls(q.shape[1], q.shape[0], bias=bias is not None, compute=compute)
+                     compute: str = "bf16", in_scales: Optional[torch.Tensor] = None,
+                     zeros: Optional[torch.Tensor] = None, input_group_size: Optional[int] = None) -> "Int8Linear":
+        """From codes q (n, k), row scales s (n,) and, with `input_group_size`, the groups' factors `in_scales`
+        (k/g,) and optional `zeros` (n, k/g): w = s[n]·in_scales[j]·q (+ zeros[n, j])."""
+        if (input_group_size is None) != (in_scales is None):
+            raise ConfigError("Int8Linear.from_qparams: in_scales and input_group_size go together")
+        m = cls(q.shape[1], q.shape[0], bias=bias is not None, compute=compute, input_group_size=input_group_size,
+                zero_points=zeros is not None)
         m.qweight.copy_(q)
         m.scales.copy_(s)
+        if input_group_size is not None:
+            m.in_scales.copy_(in_scales)
+            if zeros is not None:
+                m.zeros.copy_(zeros)
         if bias is not None:
             m.bias.copy_(bias.detach())
         return m
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, group_size: Optional[int] = None, compute: str = "bf16") -> "Int8Linear":
-        """Per-channel int8 copy of `linear` (group_size is accepted for a uniform signature and ignored)."""
-        return cls.from_qparams(*quantize_int8_weight(linear.weight), bias=linear.bias, compute=compute)
+    def from_float(cls, linear: nn.Linear, group_size: Optional[int] = None, compute: str = "bf16",
+                   input_group_size: Optional[int] = None, zero_points: bool = True) -> "Int8Linear":
+        """Per-channel int8 copy of `linear` (group_size is accepted for a uniform signature and ignored); with
+        `input_group_size` the per-row × per-input-group grid of `quantize_int8_grouped_weight`."""
+        if input_group_size is None:
+            return cls.from_qparams(*quantize_int8_weight(linear.weight), bias=linear.bias, compute=compute)
+        _check_input_group("Int8Linear", linear.in_features, input_group_size)
+        q, r, c, z = quantize_int8_grouped_weight(linear.weight, input_group_size, zero_points)
+        return cls.from_qparams(q, r, bias=linear.bias, compute=compute, in_scales=c, zeros=z,
+                                input_group_size=input_group_size)
 
     def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x, self.qweight, scales)
@@ -216,12 +313,38 @@ class Int8Linear(_QuantLinear):
             self._cached[key] = torch.ones(self.out_features, dtype=torch.bfloat16)
         return self._kernel(x, self._cached[key]).float() * self.scales.float()
 
+    def _in_scale_vector(self) -> torch.Tensor:
+        """in_scales repeated over each group's features: (k,) fp32, cached."""
+        key = (self.in_scales.data_ptr(), self.in_scales._version)
+        if not self._cvec or self._cvec[0] != key:
+            self._cvec = (key, self.in_scales.float().repeat_interleave(self.input_group_size).contiguous())
+        return self._cvec[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_group_size is None:
+            return super().forward(x)
+        if x.dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"quantized linear: activations must be fp32/bf16/fp16, got {x.dtype}")
+        x2 = x.reshape(-1, self.in_features).float()                                  # (m, k)
+        y = super().forward(x2 * self._in_scale_vector())                             # (m, n) fp32, bias added
+        if self.zeros is not None:
+            sums = x2.reshape(len(x2), -1, self.input_group_size).sum(-1)             # (m, k/g)
+            y = torch.addmm(y, sums, self.zeros.float().T)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
     def dequantize(self) -> torch.Tensor:
         """The (n, k) fp32 weight this layer multiplies by."""
-        return self.qweight.float() * self.scales.float()[:, None]
+        w = self.qweight.float() * self.scales.float()[:, None]
+        if self.input_group_size is None:
+            return w
+        w = w * self._in_scale_vector()
+        return w + self.zeros.float().repeat_interleave(self.input_group_size, 1) if self.zeros is not None else w
 
     def extra_repr(self) -> str:
-        return self._repr("int8 per-channel")
+        if self.input_group_size is None:
+            return self._repr("int8 per-channel")
+        zp = ", zero points" if self.zeros is not None else ""
+        return self._repr(f"int8 per-channel × input groups of {self.input_group_size}{zp}")
 
 
 class Int4Linear(_QuantLinear):
@@ -294,6 +417,11 @@ def _check_group(group_size: int) -> None:
         raise ConfigError(f"int4 group size {group_size!r}: must be one of {', '.join(map(str, INT4_GROUP_SIZES))}")
 
 
+def _check_input_group(what: str, k: int, input_group_size) -> None:
+    if not isinstance(input_group_size, int) or input_group_size < 1 or k % input_group_size:
+        raise ConfigError(f"{what} has in_features={k}, not divisible by int8 input group size {input_group_size!r}")
+
+
 def _check_shape(what: str, k: int, n: int, group_size: int) -> None:
     if k % group_size:
         raise ConfigError(f"{what} has in_features={k}, not divisible by group size {group_size}")
@@ -306,23 +434,30 @@ def _skipped(name: str, skip: tuple[str, ...]) -> bool:
 
 
 def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int = 32,
-              skip: Iterable[str] = ("head",), compute: str = "bf16") -> nn.Module:
+              skip: Iterable[str] = ("head",), compute: str = "bf16", input_group_size: Optional[int] = None,
+              zero_points: bool = True) -> nn.Module:
     """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear, in place; modules
     named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
-    `compute` ("bf16", "bf16x2", "fp32"): see the module doc. Returns `model`."""
+    `compute` ("bf16", "bf16x2", "fp32"): see the module doc. int8 only: `input_group_size` (and `zero_points`)
+    select the per-row × per-input-group grid (module doc, "int8 with input groups"). Returns `model`."""
     if scheme not in SCHEMES:
         raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
     _check_compute(compute)
     if scheme == "int4":
         _check_group(group_size)
+        if input_group_size is not None:
+            raise ConfigError(f"quantize int4: input_group_size {input_group_size!r} is for int8 only")
     skip = tuple(skip)
     todo = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
-    if scheme == "int4":
-        for name, m in todo:
+    for name, m in todo:
+        if scheme == "int4":
             _check_shape(f"quantize int4: layer {name}", m.in_features, m.out_features, group_size)
+        elif input_group_size is not None:
+            _check_input_group(f"quantize int8: layer {name}", m.in_features, input_group_size)
+    kw = {"input_group_size": input_group_size, "zero_points": zero_points} if scheme == "int8" else {}
     cls = Int8Linear if scheme == "int8" else Int4Linear
     for name, m in todo:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, cls.from_float(m, group_size=group_size, compute=compute))
+        setattr(parent, attr, cls.from_float(m, group_size=group_size, compute=compute, **kw))
     return model
