@@ -142,6 +142,17 @@ def int8_groups_row_init(model):
     return m
 
 
+def finish(res: dict, out) -> dict:
+    """Close a run: the load average at the end (printed beside the one at the start), the JSON written atomically."""
+    res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"\nload average at start {res['load_avg_start']}, at end {res['load_avg_end']} (2 cores)")
+    if out:
+        from lmlab.io import atomic_write_text
+
+        atomic_write_text(out, json.dumps(res, indent=1))
+    return res
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="interleaved speed rounds (≥ 5 for a reported figure)")
@@ -244,13 +255,7 @@ def main(argv=None) -> dict:
         ms = median_of(ss, "decode_ms")
         res["arms"][name].update(decode_ms=ms, decode_tok_per_cpu_s=1e3 / ms, call_cpu_s=median_of(ss))
         print(f"{name:30s} {ms:17.1f} {1e3 / ms:9.1f} {median_of(ss):10.2f} {base / ms:6.2f}x")
-    res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"\nload average at start {res['load_avg_start']}, at end {res['load_avg_end']} (2 cores)")
-    if a.out:
-        from lmlab.io import atomic_write_text
-
-        atomic_write_text(a.out, json.dumps(res, indent=1))
-    return res
+    return finish(res, a.out)
 
 
 if __name__ == "__main__":

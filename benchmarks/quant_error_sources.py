@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
-from benchmarks.quant_accuracy import prompts  # noqa: E402
+from benchmarks.quant_accuracy import finish, prompts  # noqa: E402
 
 
 def bf(t: torch.Tensor) -> torch.Tensor:
@@ -168,13 +167,7 @@ def main(argv=None) -> dict:
         print(f"{name:20s} {r['identical']:9.0%} {r['max_logit_err']:11.3f} {r['mean_logit_err']:12.4f} "
               f"{r['rel_weight_err']:9.2e}"
               + (f"  blocks coarser than per-row: {coarser[name]:.1%}" if name in coarser else ""), flush=True)
-    res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"\nload average at start {res['load_avg_start']}, at end {res['load_avg_end']} (2 cores)")
-    if a.out:
-        from lmlab.io import atomic_write_text
-
-        atomic_write_text(a.out, json.dumps(res, indent=1))
-    return res
+    return finish(res, a.out)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from _quant_setup import CFG, tiny_decoder
 from lmlab.config import ConfigError, ModelConfig
 from lmlab.models.decoder import Decoder
 from lmlab.nn.quant import (Int4Linear, Int8Linear, naive_int4_weight, naive_int8_weight, naive_linear, pack_int4,
@@ -118,15 +119,10 @@ def test_bf16x2_equals_float64_twin(scheme):
 
 
 def test_quantize_decoder_keeps_logits_close():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=128, d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64, d_ff=128)
-    model = Decoder(cfg).eval()
-    ids = torch.randint(0, 128, (2, 12))
-    with torch.no_grad():
-        ref = model(ids).logits
+    model, ids, ref = tiny_decoder()
     scale = ref.std().item()
     for scheme, tol in (("int8", 0.03), ("int4", 0.3)):
-        m = Decoder(cfg).eval()
+        m = Decoder(CFG).eval()
         m.load_state_dict(model.state_dict())
         assert quantize_(m, scheme) is m
         kinds = {type(mod).__name__ for name, mod in m.named_modules() if name.startswith("blocks.")}
@@ -136,7 +132,7 @@ def test_quantize_decoder_keeps_logits_close():
             got = m(ids).logits
         err = (got - ref).abs().max().item() / scale
         assert 0 < err < tol, (scheme, err)
-    m = Decoder(cfg).eval()
+    m = Decoder(CFG).eval()
     quantize_(m, "int8", skip=())
     assert isinstance(m.head, Int8Linear)
     assert m.embed.weight.dtype == torch.float32                   # the tied embedding stays float
@@ -144,14 +140,11 @@ def test_quantize_decoder_keeps_logits_close():
 
 def test_quantize_compute_modes_on_a_decoder():
     """quantize_(compute=...) reaches every layer; bf16x2 logits sit closer to the exact (fp32 kernel) ones."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=128, d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64, d_ff=128)
-    model = Decoder(cfg).eval()
-    ids = torch.randint(0, 128, (2, 12))
+    model, ids, _ = tiny_decoder()
     for scheme in ("int8", "int4"):
         logits = {}
         for compute in ("fp32", "bf16", "bf16x2"):
-            m = Decoder(cfg).eval()
+            m = Decoder(CFG).eval()
             m.load_state_dict(model.state_dict())
             quantize_(m, scheme, compute=compute)
             assert {mod.compute for mod in m.modules() if isinstance(mod, (Int8Linear, Int4Linear))} == {compute}

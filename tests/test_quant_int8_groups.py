@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from _quant_setup import tiny_decoder
 from lmlab.config import ConfigError, ModelConfig
 from lmlab.models.decoder import Decoder
 from lmlab.nn.quant import (Int8Linear, fit_row_col_steps, naive_int8_grouped_weight, naive_int8_weight, naive_linear,
@@ -105,12 +106,7 @@ def test_grouped_compute_modes_and_state_dict():
 
 
 def test_quantize_decoder_with_input_groups():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=128, d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64, d_ff=128)
-    model = Decoder(cfg).eval()
-    ids = torch.randint(0, 128, (2, 12))
-    with torch.no_grad():
-        ref = model(ids).logits
+    model, ids, ref = tiny_decoder()
     quantize_(model, "int8", input_group_size=32, compute="bf16x2")
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
     assert layers and all(m.input_group_size == 32 and m.zeros is not None for m in layers)

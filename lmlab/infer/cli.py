@@ -34,6 +34,12 @@ def _quant_args(p) -> None:
                         "activation) and per-block zero points (lmlab.nn.quant); N must divide each layer's inputs")
 
 
+def _quant_kw(args) -> dict:
+    """`load_model`'s quantization arguments from the flags `_quant_args` adds."""
+    return {"quantize": args.quantize, "group_size": args.group_size, "quant_compute": args.quant_compute,
+            "int8_input_group": args.int8_input_group}
+
+
 def register_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a local or remote model")
     p.add_argument("text", nargs="*", type=text, help="prompt(s), as well as or instead of --prompt")
@@ -50,8 +56,7 @@ def register_generate(sub) -> None:
 
 def _backend(args):
     kw = {"hydragen": False} if args.no_hydragen and not args.model.startswith(("hf:", "openai:")) else {}
-    return load_model(args.model, quantize=args.quantize, group_size=args.group_size,
-                      quant_compute=args.quant_compute, int8_input_group=args.int8_input_group, **kw)
+    return load_model(args.model, **_quant_kw(args), **kw)
 
 
 # What a weights file that is not one raises while it is read (torch.load's unpickler, safetensors, zip, GGUF).
@@ -232,8 +237,7 @@ def run_serve(args) -> int:
                           batch_window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
     spec = args.model
     be = load_model("lmlab:" + spec if spec.endswith(".gguf") and ":" not in spec else spec,
-                    hydragen=not args.no_hydragen, quantize=args.quantize, group_size=args.group_size,
-                    quant_compute=args.quant_compute, int8_input_group=args.int8_input_group)
+                    hydragen=not args.no_hydragen, **_quant_kw(args))
     serve(spec, host=args.host, port=args.port, api_key=key, limits=limits, hydragen=not args.no_hydragen,
           backend=be)
     return 0
