@@ -131,6 +131,28 @@ def test_bad_requests_get_4xx_json(server):
     assert client(url).completions.create(model="tiny", prompt="ok", max_tokens=2, temperature=0).choices
 
 
+def test_ignore_eos_generates_max_tokens_and_is_validated():
+    from fastapi.testclient import TestClient
+
+    from lmlab.infer.fused import FusedEngine
+    from lmlab.infer.server import ServerLimits, create_app
+
+    model, tok = tiny(torch.float32), CharTok()
+    first = FusedEngine(model, tok, stop_token_ids=[]).generate_ids([tok.encode("hello")],
+                                                                    GenerationConfig(max_new_tokens=1))[0][0]
+    engine = FusedEngine(model, tok, stop_token_ids=first.token_ids)   # the greedy first token is a stop id
+    stop_ids = set(engine.stop_ids)
+    with TestClient(create_app(engine, "tiny", tok, limits=ServerLimits(max_tokens=32))) as tc:
+        body = {"model": "tiny", "prompt": "hello", "max_tokens": 7, "temperature": 0}
+        r = tc.post("/v1/completions", json=body).json()
+        assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 0
+        r = tc.post("/v1/completions", json={**body, "ignore_eos": True}).json()
+        assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 7
+        assert engine.stop_ids == stop_ids                              # restored after the batch
+        r = tc.post("/v1/completions", json={**body, "ignore_eos": "yes"})
+        assert r.status_code == 400 and "ignore_eos" in r.json()["error"]["message"]
+
+
 def test_concurrency_limit_answers_429():
     from fastapi.testclient import TestClient
 

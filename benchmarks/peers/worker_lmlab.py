@@ -1,9 +1,10 @@
-"""benchmarks/peers.py worker: lmlab's engine (lmlab.infer.engine) on SmolLM2-135M, fp32 or weight-only int8/int4.
+"""benchmarks/peers.py worker: lmlab's engine on SmolLM2-135M, fp32 or weight-only int8/int4.
 
     PYTHONPATH=. .venv/bin/python benchmarks/peers/worker_lmlab.py --workloads W.json --threads 1 --quantize int4
 
-Runs in the project's .venv. --quantize uses `lmlab.nn.quant.quantize_(model, scheme, group_size=)`; where
-that module is missing the worker reports the error instead of READY.
+Runs in the project's .venv. --quantize uses `lmlab.nn.quant.quantize_(model, scheme, group_size=)`. --engine and
+--head-dtype mean what they mean for `lmlab generate/serve` (lmlab.infer.cli): the fused engine
+(lmlab.infer.fused) by default, its LM head in bf16 when quantized ("auto").
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def main() -> None:
     ap = worker_parser("smollm2")
     ap.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
     ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--engine", choices=["fused", "modules"], default="fused")
+    ap.add_argument("--head-dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     a = ap.parse_args()
 
     def load():
@@ -27,7 +30,7 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
         from lmlab.backend import GenerationConfig
-        from lmlab.infer.engine import Engine
+        from lmlab.infer.fused import make_engine
         from lmlab.models.hf import load_pretrained
 
         model, tok = load_pretrained(a.model)
@@ -35,7 +38,9 @@ def main() -> None:
             from lmlab.nn.quant import quantize_   # added by the weight-only quantization work (issue 21)
 
             quantize_(model, a.quantize, group_size=a.group_size)
-        eng = Engine(model.eval(), tok)
+        head = {"auto": torch.bfloat16 if a.quantize != "none" else None, "float32": None,
+                "bfloat16": torch.bfloat16}[a.head_dtype]
+        eng = make_engine(model.eval(), tok, fused=a.engine == "fused", **({"head_dtype": head} if head else {}))
         eng.stop_ids = set()   # EOS ignored: every sequence gets exactly `new` tokens
 
         def run(w: dict, seed: int) -> list[int]:
@@ -45,7 +50,8 @@ def main() -> None:
 
         from importlib.metadata import version
 
-        return run, {"engine": f"lmlab {a.quantize if a.quantize != 'none' else 'fp32'}",
+        return run, {"engine": f"lmlab {a.quantize if a.quantize != 'none' else 'fp32'}", "engine_class": type(eng).__name__,
+                     "head_dtype": str(getattr(getattr(eng, "head", None), "weight", model.head.weight).dtype),
                      "version": version("lmlab"), "torch": torch.__version__,
                      "threads": torch.get_num_threads()}
 

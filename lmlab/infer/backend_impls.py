@@ -87,19 +87,26 @@ def _load_lmlab_checkpoint(path: str):
 
 
 # --------------------------------------------------------------------------------------------- local
+ENGINE_OPTIONS = ("hydragen", "fused", "head_dtype")   # LocalBackend's engine settings; other backends drop them
+
+
 @BACKENDS.register("lmlab")
 class LocalBackend:
-    """An lmlab Decoder driven by lmlab's Engine (Hydragen on by default)."""
+    """An lmlab Decoder driven by lmlab's Engine (Hydragen on by default): the fused layer loop
+    (lmlab.infer.fused.FusedEngine) when the model allows it and `fused`, with an optional `head_dtype` copy of
+    the LM head (e.g. torch.bfloat16), else the module path."""
 
-    def __init__(self, model, tokenizer, name: str = "lmlab", hydragen: bool = True):
-        from lmlab.infer.engine import Engine
+    def __init__(self, model, tokenizer, name: str = "lmlab", hydragen: bool = True, fused: bool = True,
+                 head_dtype: Optional[torch.dtype] = None):
+        from lmlab.infer.fused import make_engine
 
         if tokenizer is None:
             raise ConfigError(f"backend {name!r}: a tokenizer is needed for text generation")
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
-        self.engine = Engine(model, tokenizer, hydragen=hydragen)
+        self.engine = make_engine(model, tokenizer, hydragen=hydragen, fused=fused,
+                                  **({"head_dtype": head_dtype} if head_dtype is not None else {}))
 
     @classmethod
     def from_spec(cls, spec: str, **kw) -> "LocalBackend":
@@ -151,7 +158,8 @@ class HFBackend:
     def from_spec(cls, spec: str, **kw) -> "HFBackend":
         from lmlab.models.hf import load_hf
 
-        kw.pop("hydragen", None)  # an engine option; transformers decodes its own way
+        for k in ENGINE_OPTIONS:   # lmlab engine options; transformers decodes its own way
+            kw.pop(k, None)
         model, tok = load_hf(spec)
         return cls(model, tok, name=spec, **kw)
 
@@ -222,7 +230,8 @@ class OpenAIBackend:
 
     @classmethod
     def from_spec(cls, spec: str, **kw) -> "OpenAIBackend":
-        kw.pop("hydragen", None)
+        for k in ENGINE_OPTIONS:
+            kw.pop(k, None)
         url, _, model = spec.partition("#")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"openai backend {spec!r}: expected openai:http(s)://host:port/v1#model")

@@ -32,12 +32,18 @@ def _quant_args(p) -> None:
     p.add_argument("--int8-input-group", type=positive_int, default=None, metavar="N",
                    help="--quantize int8: a scale per N input features as well as per output row (carried by the "
                         "activation) and per-block zero points (lmlab.nn.quant); N must divide each layer's inputs")
+    p.add_argument("--engine", choices=["fused", "modules"], default="fused",
+                   help="fused: one linear for q/k/v and one for gate/up per layer, no per-kernel casts "
+                        "(lmlab.infer.fused; models it cannot run use modules); modules: the model's own layers")
+    p.add_argument("--head-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="dtype of the LM head's weights in the fused engine; auto: bfloat16 with --quantize "
+                        "int8/int4 (half the bytes of the largest matmul of a decode step), else the model's")
 
 
 def _quant_kw(args) -> dict:
     """`load_model`'s quantization arguments from the flags `_quant_args` adds."""
     return {"quantize": args.quantize, "group_size": args.group_size, "quant_compute": args.quant_compute,
-            "int8_input_group": args.int8_input_group}
+            "int8_input_group": args.int8_input_group, "engine": args.engine, "head_dtype": args.head_dtype}
 
 
 def register_generate(sub) -> None:
@@ -78,14 +84,30 @@ def _unreadable() -> tuple[type[BaseException], ...]:
 
 
 def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_size: int = 32,
-               quant_compute: str = "bf16", int8_input_group: int | None = None, **kw):
+               quant_compute: str = "bf16", int8_input_group: int | None = None, engine: str = "fused",
+               head_dtype: str = "auto", **kw):
     """`lmlab.backend.load_backend(spec)`, with a file that is not a model (corrupt, truncated, pickled
     garbage, wrong format) reported in one line naming the flag and the spec. `quantize` int8/int4 swaps the
     local model's linear layers for weight-only quantized ones (`lmlab.nn.quant.quantize_`); a GGUF file
     (smollm2 included) is read straight into them (`lmlab.models.gguf_quant`); `quant_compute` is their
-    `compute` mode (bf16, bf16x2, fp32); `int8_input_group` int8's input group size (`quantize_`)."""
+    `compute` mode (bf16, bf16x2, fp32); `int8_input_group` int8's input group size (`quantize_`). A local
+    model runs on the fused engine (`engine="fused"`, lmlab.infer.fused) with its LM head in `head_dtype`
+    ("auto": bfloat16 when quantized, else the model's), or on its own layers (`engine="modules"`)."""
+    import torch
+
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
+
+    if engine not in ("fused", "modules"):
+        raise ConfigError(f"--engine {engine!r}: use fused or modules")
+    dtypes = {"auto": torch.bfloat16 if quantize != "none" else None, "float32": torch.float32,
+              "bfloat16": torch.bfloat16}
+    if head_dtype not in dtypes:
+        raise ConfigError(f"--head-dtype {head_dtype!r}: use auto, float32 or bfloat16")
+    if engine != "fused":                      # the defaults are LocalBackend's own: pass only a change
+        kw["fused"] = False
+    if dtypes[head_dtype] is not None:
+        kw["head_dtype"] = dtypes[head_dtype]
 
     def bad(e: BaseException) -> ConfigError:
         import pickle

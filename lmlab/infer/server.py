@@ -1,5 +1,6 @@
 """OpenAI-compatible HTTP server over lmlab's Engine: /v1/models, /v1/completions, /v1/chat/completions,
-SSE streaming, bearer-token auth, request limits.
+SSE streaming, bearer-token auth, request limits. vLLM's `ignore_eos` extension is accepted (true: generate
+max_tokens tokens whatever the model's EOS, as load tests of vLLM and llama.cpp's servers ask for).
 
     lmlab serve --model smollm2                       # 127.0.0.1:8000
     OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x").chat.completions.create(model="smollm2", ...)
@@ -61,6 +62,7 @@ class _Request:
     emit: Any                                   # emit(kind, payload) -> thread-safe push to the request
     done: threading.Event = field(default_factory=threading.Event)
     images: list = field(default_factory=list)  # [(digest, PIL image)]; ids >= vocab name them by position
+    ignore_eos: bool = False                    # vLLM's extension: EOS does not end the sequence
 
 
 class Batcher:
@@ -86,8 +88,8 @@ class Batcher:
             self.cv.notify()
 
     @staticmethod
-    def _key(g: GenerationConfig) -> str:
-        return json.dumps(asdict(g), sort_keys=True)
+    def _key(r: _Request) -> str:
+        return json.dumps([asdict(r.gen), r.ignore_eos], sort_keys=True)
 
     def _take(self) -> list[_Request]:
         with self.cv:
@@ -97,10 +99,10 @@ class Batcher:
                 return []
         time.sleep(self.limits.batch_window_s)   # let concurrent requests arrive
         with self.cv:
-            key = self._key(self.queue[0].gen)
+            key = self._key(self.queue[0])
             batch, rest, seqs = [], [], 0
             for r in self.queue:
-                if self._key(r.gen) == key and seqs + r.gen.n <= max(self.limits.max_batch, r.gen.n) and \
+                if self._key(r) == key and seqs + r.gen.n <= max(self.limits.max_batch, r.gen.n) and \
                         (not batch or seqs + r.gen.n <= self.limits.max_batch):
                     batch.append(r)
                     seqs += r.gen.n
@@ -121,8 +123,14 @@ class Batcher:
                     from lmlab.infer.vlm import merge_image_requests
 
                     prompts, extra = merge_image_requests(self.vlm, [(r.prompt_ids, r.images) for r in batch])
-                out = self.engine.generate_ids(prompts, gen, stream=lambda i, j, s: batch[i].emit("delta", (j, s)),
-                                               extra_embeds=extra)
+                stop_ids = self.engine.stop_ids         # this thread is the engine's only caller
+                if batch[0].ignore_eos:
+                    self.engine.stop_ids = set()
+                try:
+                    out = self.engine.generate_ids(prompts, gen, stream=lambda i, j, s: batch[i].emit("delta", (j, s)),
+                                                   extra_embeds=extra)
+                finally:
+                    self.engine.stop_ids = stop_ids
                 self.batches.append(len(batch) * gen.n)
                 for r, row in zip(batch, out):
                     r.emit("done", row)
@@ -163,7 +171,7 @@ def parse_gen(body: dict, limits: ServerLimits, default_max: int) -> GenerationC
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
         raise ApiError(400, f"'seed' must be an integer in [0, {MAX_SEED}], got {seed!r}", param="seed")
-    for flag in ("stream", "echo"):
+    for flag in ("stream", "echo", "ignore_eos"):
         if body.get(flag) is not None and not isinstance(body.get(flag), bool):
             raise ApiError(400, f"'{flag}' must be true or false, got {body.get(flag)!r}", param=flag)
     mt = _num(body, "max_tokens", default_max, int, 0, limits.max_tokens,
@@ -272,13 +280,14 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
             raise ApiError(400, "prompt is empty", param="prompt")
         return ids
 
-    async def run(prompt_ids: list[list[int]], gen: GenerationConfig, on_delta=None, images=None) -> list[list]:
+    async def run(prompt_ids: list[list[int]], gen: GenerationConfig, on_delta=None, images=None,
+                  ignore_eos: bool = False) -> list[list]:
         """Submit every prompt; await the completions. on_delta(prompt_idx, sample_idx, text) as they come."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         for i, ids in enumerate(prompt_ids):
             emit = (lambda i_: lambda kind, payload: loop.call_soon_threadsafe(q.put_nowait, (i_, kind, payload)))(i)
-            batcher.submit(_Request(ids, gen, emit, images=list(images or [])))
+            batcher.submit(_Request(ids, gen, emit, images=list(images or []), ignore_eos=ignore_eos))
         results: list = [None] * len(prompt_ids)
         pending = len(prompt_ids)
         while pending:
@@ -328,7 +337,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         return {"tokens": toks, "token_logprobs": [None] + lp, "top_logprobs": None, "text_offset": offsets}
 
     async def generation_response(kind: str, prompts_text: list[str], gen: GenerationConfig, stream: bool,
-                                  echo: bool = False, logprobs: bool = False, images=None):
+                                  echo: bool = False, logprobs: bool = False, images=None, ignore_eos: bool = False):
         if images:
             from lmlab.infer.vlm import request_prompt_ids
 
@@ -353,7 +362,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         admit()
         if not stream:
             try:
-                rows = await run(prompt_ids, gen, images=images)
+                rows = await run(prompt_ids, gen, images=images, ignore_eos=ignore_eos)
             finally:
                 state["in_flight"] -= 1
             choices = []
@@ -388,7 +397,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
 
             async def producer():
                 try:
-                    rows = await run(prompt_ids, gen, on_delta, images=images)
+                    rows = await run(prompt_ids, gen, on_delta, images=images, ignore_eos=ignore_eos)
                     for i, row in enumerate(rows):
                         for j, c in enumerate(row):
                             await out.put(sse(chunk(i * gen.n + j, None if kind == "chat" else "", c.finish_reason)))
@@ -426,7 +435,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         gen = parse_gen(body, limits, default_max=16)
         lp = body.get("logprobs")
         return await generation_response("text", prompts, gen, bool(body.get("stream")), bool(body.get("echo")),
-                                         lp is not None and lp is not False)
+                                         lp is not None and lp is not False, ignore_eos=bool(body.get("ignore_eos")))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -448,11 +457,13 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         if images:
             prompt = vlm.format_prompt(next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
                                        len(images))
-            return await generation_response("chat", [prompt], gen, bool(body.get("stream")), images=images)
+            return await generation_response("chat", [prompt], gen, bool(body.get("stream")), images=images,
+                                             ignore_eos=bool(body.get("ignore_eos")))
         from lmlab.infer.backend_impls import _chat_prompt
 
         prompt = _chat_prompt(tokenizer, [{"role": m["role"], "content": m["content"]} for m in msgs])
-        return await generation_response("chat", [prompt], gen, bool(body.get("stream")))
+        return await generation_response("chat", [prompt], gen, bool(body.get("stream")),
+                                         ignore_eos=bool(body.get("ignore_eos")))
 
     return app
 

@@ -1,0 +1,212 @@
+"""A decode path with fewer, larger operators for Llama-shaped lmlab Decoders: `FusedEngine`.
+
+    engine = make_engine(model, tokenizer)            # FusedEngine when the model allows it, else Engine
+    engine.generate(["prompt"], GenerationConfig(max_new_tokens=64))
+
+`FusedEngine` is `lmlab.infer.engine.Engine` (same prefix tree, KV caches, Hydragen, sampling, stop handling)
+with its per-forward layer loop replaced. Per layer the module path runs 7 linears (q, k, v, o, gate, up, down),
+two RMSNorm autograd functions, a rotary table per projection and, under weight-only quantization, a cast to
+bf16 and back around each of the 7 kernel calls. Here a layer is
+
+    x   = rms_norm(h) in the compute dtype           h: the fp32 residual stream (b, t, d)
+    qkv = x @ [Wq; Wk; Wv]ᵀ                           one linear (rows concatenated), then fp32
+    q, k = rotary(q, k)                               one call for both, the table made once per forward
+    y   = cache.attend(q, k, v)                       the engine's TreeKVCache, fp32, unchanged
+    h  += (y @ Woᵀ)
+    g, u = split(rms_norm(h) @ [Wgate; Wup]ᵀ)         one linear
+    h  += (silu(g) · u) @ Wdownᵀ
+
+so a layer makes 4 weight reads instead of 7, and a quantized one casts twice instead of 14 times: the compute
+dtype is bf16 when every linear is a weight-only int8/int4 layer in "bf16" compute (the kernels' own input
+dtype; lmlab.nn.quant), so x, the gate/up product and the attention output enter the kernels without a cast,
+and otherwise the model's dtype (fp32 models compute exactly the module path's products, summed in another
+order). The concatenated layers are the model's own weights (`fuse_linears`), built once at construction;
+the model is not modified. A batch of one sequence skips the Hydragen split (there is nothing to share).
+
+`head_dtype=torch.bfloat16` keeps a bf16 copy of the LM head (49152 × 576 for SmolLM2: at batch 1 the largest
+matmul of a step, read in half the bytes); the default keeps the model's head as it is.
+
+Not fusable (`fusable(model)` says why, `make_engine` then returns the plain Engine): mixers other than
+full-context Attention, FFNs other than SwiGLU, residuals other than pre-norm, LoRA/PEFT-wrapped linears,
+mixed linear kinds inside one fused group. Calls with image embeddings (`extra_embeds`) run the module path.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.infer.engine import Engine
+from lmlab.nn.attention import Attention, rope_cache, rotate_half
+from lmlab.nn.ffn import SwiGLU
+from lmlab.nn.quant import Int4Linear, Int8Linear
+from lmlab.nn.residual import PreNormResidual
+
+_LINEAR_KINDS = (nn.Linear, Int8Linear, Int4Linear)
+
+
+def fusable(model) -> Optional[str]:
+    """None when `FusedEngine` can run `model`, else the first reason it cannot (one line)."""
+    if type(getattr(model, "head", None)) not in _LINEAR_KINDS:
+        return f"head is {type(getattr(model, 'head', None)).__name__}, not a linear layer"
+    for i, blk in enumerate(getattr(model, "blocks", [])):
+        a, f = blk.mixer, blk.ffn
+        if type(a) is not Attention or a.window is not None:
+            return f"block {i}: mixer {type(a).__name__} (needs full-context Attention)"
+        if type(f) is not SwiGLU:
+            return f"block {i}: ffn {type(f).__name__} (needs SwiGLU)"
+        if type(blk.res_mixer) is not PreNormResidual or type(blk.res_ffn) is not PreNormResidual:
+            return f"block {i}: residual {type(blk.res_mixer).__name__} (needs prenorm)"
+        for group in ((a.q_proj, a.k_proj, a.v_proj), (a.o_proj,), (f.gate, f.up), (f.down,)):
+            why = _group_problem(group)
+            if why:
+                return f"block {i}: {why}"
+    return None
+
+
+def _group_problem(mods) -> Optional[str]:
+    kinds = {type(m) for m in mods}
+    if len(kinds) != 1 or not kinds <= set(_LINEAR_KINDS):
+        return "linear layers " + ", ".join(sorted(k.__name__ for k in kinds)) + " (PEFT-wrapped or mixed kinds)"
+    m0 = mods[0]
+    if isinstance(m0, Int4Linear) and len({(m.group_size, m.compute) for m in mods}) != 1:
+        return "int4 layers with different group sizes or compute modes"
+    if isinstance(m0, Int8Linear) and (any(m.input_group_size is not None for m in mods)
+                                       or len({m.compute for m in mods}) != 1):
+        return "int8 layers with input groups or different compute modes"
+    if len({m.bias is None for m in mods}) != 1:
+        return "linear layers with and without bias"
+    return None
+
+
+@torch.no_grad()
+def fuse_linears(mods) -> nn.Module:
+    """One linear layer whose output is the concatenation of `mods`' outputs (same kind, same input width):
+    y = x @ [W1; W2; …]ᵀ (+ [b1; b2; …]). nn.Linear, Int8Linear (per-row scales) and Int4Linear (same group
+    size) concatenate their weights / codes and scales along the output rows; one module is returned as is."""
+    mods = list(mods)
+    why = _group_problem(mods)
+    if why:
+        raise ValueError(f"fuse_linears: {why}")
+    if len(mods) == 1:
+        return mods[0]
+    m0, k = mods[0], mods[0].in_features
+    n = sum(m.out_features for m in mods)
+    bias = torch.cat([m.bias for m in mods]) if m0.bias is not None else None
+    if isinstance(m0, Int4Linear):
+        out = Int4Linear(k, n, m0.group_size, bias=bias is not None, compute=m0.compute)
+        out.qweight.copy_(torch.cat([m.qweight for m in mods]))
+        out.scales_and_zeros.copy_(torch.cat([m.scales_and_zeros for m in mods], dim=1))
+        out._repack()
+    elif isinstance(m0, Int8Linear):
+        out = Int8Linear(k, n, bias=bias is not None, compute=m0.compute)
+        out.qweight.copy_(torch.cat([m.qweight for m in mods]))
+        out.scales.copy_(torch.cat([m.scales for m in mods]))
+    else:
+        w = m0.weight
+        out = nn.Linear(k, n, bias=bias is not None, device=w.device, dtype=w.dtype)
+        out.weight.copy_(torch.cat([m.weight for m in mods]))
+    if bias is not None:
+        out.bias.copy_(bias)
+    return out.eval()
+
+
+def _bf16_kernel(m: nn.Module) -> bool:
+    return isinstance(m, (Int8Linear, Int4Linear)) and m.compute == "bf16"
+
+
+def _call(m: nn.Module):
+    """x (rows, k) -> (rows, n): the packed kernel itself for a bias-free "bf16" int8/int4 layer (x already
+    bf16 and contiguous; the scales cast once here), else the module."""
+    if not _bf16_kernel(m) or m.bias is not None:
+        return m
+    scales = getattr(m, m.SCALES).to(torch.bfloat16).contiguous()
+    if isinstance(m, Int4Linear):
+        packed, group = m.packed, m.group_size
+        return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scales)
+    q = m.qweight
+    return lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scales)
+
+
+def _rms(h: torch.Tensor, w: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """lmlab.nn.norm.rms_norm (fp32 statistics) without its autograd wrapper, cast to the compute dtype."""
+    return (h * torch.rsqrt(h.square().mean(-1, keepdim=True).add_(eps))).mul_(w).to(dtype)
+
+
+class _Layer:
+    """One block's fused weights and the constants its forward needs."""
+
+    def __init__(self, blk):
+        a, f = blk.mixer, blk.ffn
+        self.modules = (fuse_linears([a.q_proj, a.k_proj, a.v_proj]), a.o_proj, fuse_linears([f.gate, f.up]), f.down)
+        self.qkv, self.o, self.gate_up, self.down = (_call(m) for m in self.modules)
+        self.norm1, self.eps1 = blk.res_mixer.norm.weight, blk.res_mixer.norm.eps
+        self.norm2, self.eps2 = blk.res_ffn.norm.weight, blk.res_ffn.norm.eps
+        self.h, self.kv, self.hd = a.n_head, a.n_kv, a.head_dim
+        self.ff = f.gate.out_features
+
+
+class FusedEngine(Engine):
+    """`Engine` with the fused layer loop of the module doc. Raises ValueError when `fusable(model)` objects."""
+
+    def __init__(self, model, tokenizer=None, hydragen: bool = True, stop_token_ids: Optional[list[int]] = None,
+                 head_dtype: Optional[torch.dtype] = None):
+        why = fusable(model)
+        if why:
+            raise ValueError(f"FusedEngine: {why}")
+        super().__init__(model, tokenizer, hydragen=hydragen, stop_token_ids=stop_token_ids)
+        self.layers = [_Layer(b) for b in model.blocks]
+        linears = [m for lay in self.layers for m in lay.modules]
+        self.compute_dtype = (torch.bfloat16 if all(_bf16_kernel(m) for m in linears)
+                              else model.embed.weight.dtype)
+        head = model.head
+        self.head_dtype = head_dtype
+        if head_dtype is not None and type(head) is nn.Linear and head.weight.dtype != head_dtype:
+            self.head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None,
+                                  dtype=head_dtype, device=head.weight.device).eval()
+            with torch.no_grad():
+                self.head.weight.copy_(head.weight)
+                if head.bias is not None:
+                    self.head.bias.copy_(head.bias)
+        else:
+            self.head = head
+        cfg = model.cfg
+        self.theta = cfg.rope_theta
+
+    def _generate_ids(self, prompts, gen, stream, hydragen):
+        if len(prompts) * gen.n == 1:   # one sequence: the dense per-sequence cache, no prefix levels to merge
+            hydragen = False
+        return super()._generate_ids(prompts, gen, stream, hydragen)
+
+    def _forward(self, idx: torch.Tensor, positions: torch.Tensor, caches: list,
+                 last: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self._extra is not None:
+            return super()._forward(idx, positions, caches, last)
+        m, cd = self.model, self.compute_dtype
+        b, t = idx.shape
+        d = m.cfg.d_model
+        h = m.embed(idx).view(b * t, d)                                   # the residual stream, fp32
+        cos, sin = rope_cache(positions.expand(b, t), self.layers[0].hd, self.theta)
+        cos, sin = cos[:, None].to(h.dtype), sin[:, None].to(h.dtype)     # (b, 1, t, hd)
+        for lay, cache in zip(self.layers, caches):
+            qkv = lay.qkv(_rms(h, lay.norm1, lay.eps1, cd)).view(b, t, lay.h + 2 * lay.kv, lay.hd)
+            qkv = qkv.transpose(1, 2).to(h.dtype)                            # (b, heads, t, hd)
+            qk = qkv[:, :lay.h + lay.kv]
+            qk = qk * cos + rotate_half(qk) * sin                            # q and k rotated together
+            y = cache.attend(qk[:, :lay.h], qk[:, lay.h:], qkv[:, lay.h + lay.kv:])   # (b, h, t, hd)
+            h = h + lay.o(y.transpose(1, 2).reshape(b * t, lay.h * lay.hd).to(cd))
+            g, u = lay.gate_up(_rms(h, lay.norm2, lay.eps2, cd)).split(lay.ff, dim=-1)
+            h = h + lay.down(F.silu(g).mul_(u))
+        h = h.view(b, t, d)
+        x = h[:, -1] if last is None else h[torch.arange(b, device=h.device), last]
+        x = m.norm(x)
+        return self.head(x.to(self.head.weight.dtype) if hasattr(self.head, "weight") else x).float()
+
+
+def make_engine(model, tokenizer=None, hydragen: bool = True, fused: bool = True, **kw) -> Engine:
+    """A FusedEngine when `fused` and `fusable(model)` agree, else the module-path Engine."""
+    if fused and fusable(model) is None:
+        return FusedEngine(model, tokenizer, hydragen=hydragen, **kw)
+    return Engine(model, tokenizer, hydragen=hydragen)

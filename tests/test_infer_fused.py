@@ -1,0 +1,144 @@
+"""The fused engine (lmlab.infer.fused): concatenated linears equal their parts, the fused layer loop generates
+what the module-path engine and a full recompute generate, and models it cannot run fall back."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lmlab.backend import GenerationConfig
+from lmlab.config import ModelConfig
+from lmlab.infer.engine import Engine
+from lmlab.infer.fused import FusedEngine, fusable, fuse_linears, make_engine
+from lmlab.models.decoder import Decoder
+from lmlab.nn.quant import Int4Linear, Int8Linear, quantize_
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import CharTok  # noqa: E402
+from test_infer_engine import PROMPTS, greedy_reference, tiny  # noqa: E402
+
+
+def _no_stop(engine):
+    engine.stop_ids = set()
+    return engine
+
+
+@pytest.mark.parametrize("kind", ["float", "int8", "int4"])
+def test_fuse_linears_equals_the_concatenated_outputs(kind):
+    torch.manual_seed(0)
+    parts = [nn.Linear(64, n, bias=kind == "float") for n in (64, 32, 32)]
+    if kind == "int8":
+        parts = [Int8Linear.from_float(p) for p in parts]
+    elif kind == "int4":
+        parts = [Int4Linear.from_float(p, group_size=32) for p in parts]
+    fused = fuse_linears(parts)
+    assert type(fused) is type(parts[0]) and fused.out_features == 128
+    x = torch.randn(5, 64)
+    if kind != "float":
+        x = x.to(torch.bfloat16)
+    with torch.no_grad():
+        want = torch.cat([p(x) for p in parts], -1)
+        got = fused(x)
+    assert torch.equal(got, want) if kind != "float" else torch.allclose(got, want, atol=1e-6)
+    assert fuse_linears(parts[:1]) is parts[0]
+    with pytest.raises(ValueError, match="mixed kinds"):
+        fuse_linears([nn.Linear(64, 8), Int8Linear.from_float(nn.Linear(64, 8))])
+
+
+@pytest.mark.parametrize("hydragen", [True, False])
+def test_fused_greedy_equals_full_recompute(hydragen):
+    m, tok = tiny(), CharTok()   # float64: the fused loop computes the same products, so the same argmax
+    eng = _no_stop(FusedEngine(m, tok, hydragen=hydragen))
+    ids = [tok.encode(p) for p in PROMPTS]
+    out = eng.generate_ids(ids, GenerationConfig(max_new_tokens=12, n=2))
+    for p, row in zip(ids, out):
+        ref = greedy_reference(m, p, 12)
+        for c in row:
+            assert c.token_ids == ref
+    one = eng.generate_ids([ids[0]], GenerationConfig(max_new_tokens=12))[0][0]   # batch 1: the dense path
+    assert one.token_ids == greedy_reference(m, ids[0], 12)
+
+
+def test_fused_samples_like_the_module_engine_fp32():
+    m, tok = tiny(torch.float32), CharTok()
+    ids = [tok.encode(p) for p in PROMPTS]
+    gen = GenerationConfig(max_new_tokens=10, n=3, temperature=0.8, top_p=0.9, seed=5)
+    a = _no_stop(Engine(m, tok)).generate_ids(ids, gen)
+    b = _no_stop(FusedEngine(m, tok)).generate_ids(ids, gen)
+    assert [[c.token_ids for c in row] for row in a] == [[c.token_ids for c in row] for row in b]
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_fused_quantized_logits_match_the_module_engine(scheme):
+    torch.manual_seed(0)
+    m, tok = Decoder(ModelConfig(vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=256,
+                                 d_ff=128, tie_embeddings=False)).eval(), CharTok()
+    with torch.no_grad():
+        m.head.weight.mul_(8.0)
+    quantize_(m, scheme, group_size=32)
+    fused, plain = FusedEngine(m, tok), Engine(m, tok)
+    assert fused.compute_dtype == torch.bfloat16          # the kernels' own input dtype: no casts around them
+    ids = [tok.encode(p) for p in PROMPTS[:3]]
+    gen = GenerationConfig(max_new_tokens=8)
+    got, want = (e._generate_ids(ids, gen, None, True) for e in (_no_stop(fused), _no_stop(plain)))
+    logits = {}
+    for name, e in (("fused", fused), ("plain", plain)):   # prefill logits of the last prompt token
+        from lmlab.infer.engine import TreeKVCache, _Plan
+
+        p = ids[0]
+        plan = _Plan(phase="level1", L0=0, R=len(p), group=torch.zeros(1, dtype=torch.long),
+                     l1_len=torch.tensor([len(p)]))
+        caches = [TreeKVCache(plan, 1, m.cfg.kv_heads, m.cfg.head_dim, 1, "cpu", torch.float32) for _ in m.blocks]
+        with torch.no_grad():
+            logits[name] = e._forward(torch.tensor([p]), torch.arange(len(p))[None], caches)
+    scale = logits["plain"].abs().max()
+    assert (logits["fused"] - logits["plain"]).abs().max() <= 0.02 * scale   # bf16 rounding of silu·up only
+    agree = sum(a[0].token_ids == b[0].token_ids for a, b in zip(got, want))
+    assert agree >= 2
+
+
+def test_bf16_head_copy():
+    m, tok = tiny(torch.float32), CharTok()
+    eng = FusedEngine(m, tok, head_dtype=torch.bfloat16)
+    assert eng.head.weight.dtype == torch.bfloat16 and m.head.weight.dtype == torch.float32
+    assert torch.allclose(eng.head.weight.float(), m.head.weight, rtol=2 ** -8)
+    ids = tok.encode(PROMPTS[0])
+    a = _no_stop(eng).generate_ids([ids], GenerationConfig(max_new_tokens=6))[0][0].token_ids
+    assert len(a) == 6
+
+
+def test_unfusable_models_fall_back_with_a_reason():
+    from lmlab.nn.peft.lora import apply_lora
+
+    m, tok = tiny(torch.float32), CharTok()
+    apply_lora(m, r=2, target_modules=("q_proj",))
+    assert "PEFT" in fusable(m)
+    assert type(make_engine(m, tok)) is Engine
+    with pytest.raises(ValueError, match="FusedEngine: block 0"):
+        FusedEngine(m, tok)
+    torch.manual_seed(0)
+    rec = Decoder(ModelConfig(vocab_size=256, d_model=48, n_layer=2, n_head=6, max_seq_len=64, mixer="hgrn2")).eval()
+    assert "needs full-context Attention" in fusable(rec) and type(make_engine(rec, tok)) is Engine
+    ok = tiny(torch.float32)
+    assert fusable(ok) is None and type(make_engine(ok, tok)) is FusedEngine
+    assert type(make_engine(ok, tok, fused=False)) is Engine
+
+
+def test_extra_embeddings_take_the_module_path():
+    m, tok = tiny(torch.float32), CharTok()
+    extra = torch.randn(3, m.cfg.d_model)
+    p = tok.encode("look: ") + [256, 257, 258] + tok.encode(" what?")
+    gen = GenerationConfig(max_new_tokens=6)
+    a = _no_stop(Engine(m, tok)).generate_ids([p], gen, extra_embeds=extra)[0][0].token_ids
+    b = _no_stop(FusedEngine(m, tok)).generate_ids([p], gen, extra_embeds=extra)[0][0].token_ids
+    assert a == b
+
+
+def test_local_backend_runs_the_fused_engine():
+    from lmlab.infer.backend_impls import LocalBackend
+
+    m, tok = tiny(torch.float32), CharTok()
+    assert type(LocalBackend(m, tok).engine) is FusedEngine
+    assert type(LocalBackend(m, tok, fused=False).engine) is Engine
+    assert LocalBackend(m, tok, head_dtype=torch.bfloat16).engine.head.weight.dtype == torch.bfloat16
