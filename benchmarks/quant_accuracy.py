@@ -17,10 +17,14 @@ Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights
     int4               the Q4_1 blocks loaded straight into Int4Linear, group 32 (lmlab.models.gguf_quant); head fp32
     int4 bf16x2        the same int4 layers, compute="bf16x2"
     int4, int8 head    the int4 arm with the head (a copy of the tied embedding) quantized to per-channel int8
+    fused …            the same weights generated and timed by the fused engine (lmlab.infer.fused: one linear for
+                       q/k/v and one for gate/up, activations kept in bf16 between the kernels); "bf16 head": the
+                       head (a copy of the tied embedding) in bf16 (BF16Linear), what `lmlab serve --quantize`
+                       runs by default; "bf16" arms: every linear but the head a BF16Linear (bf16 weights)
 
 Accuracy: 20 prompts (facts, code, chat-template questions), 32-token greedy continuations (one batch, EOS
-ignored): the fraction identical to fp32's and the first divergent position; max / mean |logit − fp32 logit|
-over every prompt position; perplexity on held-out text (the validation split of lmlab.data.embedded's
+ignored, by the arm's engine): the fraction identical to fp32's and the first divergent position; max / mean
+|logit − fp32 logit| over every prompt position (the model's own forward, also for fused arms); perplexity on held-out text (the validation split of lmlab.data.embedded's
 bible_web and docs domains, 512-token windows). Speed: batch 1, 128 new greedy tokens, one torch thread,
 `--reps` interleaved rounds (benchmarks/_interleave.py), median decode CPU-ms per step -> tokens/s.
 """
@@ -127,6 +131,15 @@ def float_twin(model):
     return m
 
 
+def bf16_head(model):
+    """A copy of `model` whose LM head is a BF16Linear (untied: the embedding lookup stays fp32)."""
+    from lmlab.nn.quant import BF16Linear
+
+    m = copy.deepcopy(model)
+    m.head = BF16Linear.from_float(model.head)
+    return m
+
+
 def int8_groups_row_init(model):
     """A copy of `model` with its linears but the head as Int8Linear(input_group_size=32), r and c fitted from
     the per-row grid (quantize_int8_grouped_weight(init="row"))."""
@@ -167,6 +180,7 @@ def main(argv=None) -> dict:
 
     from lmlab.backend import GenerationConfig
     from lmlab.infer.engine import Engine
+    from lmlab.infer.fused import FusedEngine
     from lmlab.models.gguf_quant import load_gguf_quantized
     from lmlab.models.hf import load_pretrained
     from lmlab.nn.quant import quantize_
@@ -192,6 +206,12 @@ def main(argv=None) -> dict:
                      quantize_(copy.deepcopy(fp32), "int8", input_group_size=32, zero_points=False))})
     g32r = int8_groups_row_init(fp32)
     arms.update({"int8 g32 row-init": g32r, "int8 g32 row-init w, fp32 math": float_twin(g32r)})
+    bf16 = quantize_(copy.deepcopy(fp32), "bf16")
+    arms.update({"fused fp32": fp32, "fused int8": int8, "fused int8, bf16 head": bf16_head(int8),
+                 "fused int4": int4, "fused int4, bf16 head": bf16_head(int4), "fused bf16, bf16 head": bf16_head(bf16)})
+
+    def engine(name: str, m):
+        return FusedEngine(m, tok) if name.startswith("fused") else Engine(m, tok)
     if a.arms:
         unknown = sorted(set(a.arms) - set(arms))
         if unknown:
@@ -205,7 +225,7 @@ def main(argv=None) -> dict:
     gen = GenerationConfig(max_new_tokens=32)
     outs, logits = {}, {}
     for name, m in arms.items():
-        eng = Engine(m, tok)
+        eng = engine(name, m)
         eng.stop_ids = set()
         outs[name] = [r[0].token_ids for r in eng.generate_ids(ps, gen)]
         with torch.no_grad():
@@ -215,6 +235,7 @@ def main(argv=None) -> dict:
                  "ppl_tokens": sum(len(w) for w in windows), "load_s": {"fp32": load_fp32, "int4_direct": load_int4},
                  "arms": {}}
     ppl_fp32 = perplexity(fp32, windows)
+    ppls = {id(fp32): ppl_fp32}
     print(f"\n{'arm':30s} {'identical':>9s} {'1st diff (median)':>17s} {'max|dlogit|':>11s} {'mean|dlogit|':>12s} "
           f"{'ppl':>7s} {'dppl':>7s}")
     for name, m in arms.items():
@@ -222,7 +243,9 @@ def main(argv=None) -> dict:
         first = [next((i for i, (x, y) in enumerate(zip(o, r)) if x != y), len(r))
                  for o, r in zip(outs[name], outs["fp32"])]
         d = torch.cat([(x - y).abs().flatten() for x, y in zip(logits[name], logits["fp32"])])
-        ppl = ppl_fp32 if name == "fp32" else perplexity(m, windows)
+        if id(m) not in ppls:                              # a fused arm shares its weights' perplexity
+            ppls[id(m)] = perplexity(m, windows)
+        ppl = ppls[id(m)]
         res["arms"][name] = {"identical": sum(same) / len(same), "first_diff_median": sorted(first)[len(first) // 2],
                              "max_logit_err": d.max().item(), "mean_logit_err": d.mean().item(), "ppl": ppl,
                              "ppl_delta": ppl - ppl_fp32}
@@ -236,7 +259,7 @@ def main(argv=None) -> dict:
     for name, m in arms.items():
         if name in untimed:
             continue
-        engines[name] = Engine(m, tok)
+        engines[name] = engine(name, m)
         engines[name].stop_ids = set()
 
     def side(eng):

@@ -72,10 +72,11 @@ def start_server(model: str, max_tokens: int, window_ms: float):
 
 async def one_client(http, url: str, model: str, i: int, max_tokens: int, timeout: float) -> dict:
     body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0.7, "seed": 0,
+            "stream_options": {"include_usage": True},
             "messages": [{"role": "system", "content": SYSTEM},
                          {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]}
     t0 = time.perf_counter()
-    first, chunks, text = None, 0, ""
+    first, chunks, text, completion_tokens = None, 0, "", None
     try:
         async with http.stream("POST", url + "/chat/completions", json=body, timeout=timeout) as r:
             if r.status_code != 200:
@@ -86,6 +87,9 @@ async def one_client(http, url: str, model: str, i: int, max_tokens: int, timeou
                 obj = json.loads(line[6:])
                 if "error" in obj:
                     return {"error": obj["error"]["message"]}
+                if obj.get("usage") and not obj.get("choices"):   # stream_options.include_usage's last chunk
+                    completion_tokens = obj["usage"].get("completion_tokens")
+                    continue
                 piece = obj["choices"][0]["delta"].get("content")
                 if piece:
                     first = first or time.perf_counter() - t0
@@ -93,7 +97,8 @@ async def one_client(http, url: str, model: str, i: int, max_tokens: int, timeou
                     text += piece
     except Exception as e:  # timeouts, disconnects: counted, never fatal
         return {"error": f"{type(e).__name__}: {e}"}
-    return {"latency": time.perf_counter() - t0, "ttft": first or float("nan"), "chunks": chunks, "text": text}
+    return {"latency": time.perf_counter() - t0, "ttft": first or float("nan"), "chunks": chunks, "text": text,
+            "completion_tokens": completion_tokens}
 
 
 async def load(url: str, model: str, clients: int, max_tokens: int, timeout: float) -> list[dict]:

@@ -142,3 +142,4 @@ def test_local_backend_runs_the_fused_engine():
     assert type(LocalBackend(m, tok).engine) is FusedEngine
     assert type(LocalBackend(m, tok, fused=False).engine) is Engine
     assert LocalBackend(m, tok, head_dtype=torch.bfloat16).engine.head.weight.dtype == torch.bfloat16
+

@@ -151,6 +151,13 @@ def test_ignore_eos_generates_max_tokens_and_is_validated():
         assert engine.stop_ids == stop_ids                              # restored after the batch
         r = tc.post("/v1/completions", json={**body, "ignore_eos": "yes"})
         assert r.status_code == 400 and "ignore_eos" in r.json()["error"]["message"]
+        streamed = tc.post("/v1/completions", json={**body, "ignore_eos": True, "stream": True,
+                                                    "stream_options": {"include_usage": True}}).text
+        events = [json.loads(ln[6:]) for ln in streamed.splitlines() if ln.startswith("data: {")]
+        assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 7
+        assert all(e["choices"] for e in events[:-1])
+        r = tc.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": 1}})
+        assert r.status_code == 400 and "stream_options" in r.json()["error"]["message"]
 
 
 def test_concurrency_limit_answers_429():

@@ -170,3 +170,31 @@ def test_errors_are_one_line():
         Int4Linear.from_float(nn.Linear(40, 16), group_size=32)
     with pytest.raises(ConfigError, match="out_features=40, not a multiple of 16"):
         Int4Linear.from_float(nn.Linear(64, 40), group_size=32)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_linear_equals_float64_twin(bias):
+    """BF16Linear: the bf16-rounded weight and input, multiplied in float64, rounded once to bf16 at the end."""
+    from lmlab.nn.quant import BF16Linear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 40, bias=bias)
+    m = BF16Linear.from_float(lin)
+    assert m.weight.dtype == torch.bfloat16 and torch.equal(m.dequantize(), lin.weight.detach().to(torch.bfloat16).float())
+    x = torch.randn(7, 96)
+    ref = naive_linear(x.to(torch.bfloat16).double(), m.weight.double(),
+                       m.bias.double() if bias else None)
+    y = m(x)
+    assert y.dtype == torch.float32 and y.shape == (7, 40)
+    assert torch.allclose(y.double(), ref, rtol=2 ** -7, atol=1e-3 * float(ref.abs().max()))
+    m2 = BF16Linear(96, 40, bias=bias)
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2(x), y)
+    model, ids, ref_logits = tiny_decoder()
+    quantize_(model, "bf16")
+    assert type(model.blocks[0].mixer.q_proj) is BF16Linear and type(model.head) is nn.Linear
+    with torch.no_grad():
+        got = model(ids).logits
+    assert (got - ref_logits).abs().max() <= 0.05 * ref_logits.abs().max()
+    with pytest.raises(ConfigError, match="quantize bf16"):
+        quantize_(tiny_decoder()[0], "bf16", compute="bf16x2")

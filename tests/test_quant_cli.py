@@ -84,3 +84,21 @@ def test_bad_quantize_options_one_line(argv, needles, ckpt, capsys):
     assert len(lines) == 1 and ": error: " in lines[0], lines
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "bf16"])
+def test_quantize_reaches_the_fused_engine(ckpt, scheme):
+    """`load_model(lmlab:PATH, quantize=...)` quantizes after loading: the engine it returns fuses the new layers,
+    with the LM head in bf16 (--head-dtype auto), and generates."""
+    from lmlab.backend import GenerationConfig
+    from lmlab.infer.cli import load_model
+    from lmlab.infer.fused import FusedEngine
+    from lmlab.nn.quant import BF16Linear, Int4Linear, Int8Linear
+
+    be = load_model(f"lmlab:{ckpt}", quantize=scheme)
+    cls = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}[scheme]
+    assert type(be.engine) is FusedEngine and all(type(m) is cls for m in be.engine.layers[0].modules)
+    assert be.engine.head.weight.dtype == torch.bfloat16 and be.engine.compute_dtype == torch.bfloat16
+    assert len(be.generate(["hello"], GenerationConfig(max_new_tokens=4))[0]) == 1
+    plain = load_model(f"lmlab:{ckpt}", quantize=scheme, engine="modules", head_dtype="float32")
+    assert type(plain.engine) is not FusedEngine

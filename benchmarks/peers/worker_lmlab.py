@@ -19,7 +19,7 @@ from _protocol import serve_worker, worker_parser  # noqa: E402
 
 def main() -> None:
     ap = worker_parser("smollm2")
-    ap.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
+    ap.add_argument("--quantize", choices=["none", "int8", "int4", "bf16"], default="none")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--engine", choices=["fused", "modules"], default="fused")
     ap.add_argument("--head-dtype", choices=["auto", "float32", "bfloat16"], default="auto")

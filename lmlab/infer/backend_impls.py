@@ -105,8 +105,15 @@ class LocalBackend:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
-        self.engine = make_engine(model, tokenizer, hydragen=hydragen, fused=fused,
-                                  **({"head_dtype": head_dtype} if head_dtype is not None else {}))
+        self._engine_kw = dict(hydragen=hydragen, fused=fused, **({"head_dtype": head_dtype} if head_dtype else {}))
+        self.engine = make_engine(model, tokenizer, **self._engine_kw)
+
+    def refresh_engine(self) -> None:
+        """A new engine over the model as it is now (the fused engine copies the layers it fuses: call this
+        after replacing the model's layers, e.g. by `quantize_`)."""
+        from lmlab.infer.fused import make_engine
+
+        self.engine = make_engine(self.model, self.tokenizer, **self._engine_kw)
 
     @classmethod
     def from_spec(cls, spec: str, **kw) -> "LocalBackend":

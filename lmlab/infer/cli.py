@@ -22,8 +22,9 @@ def _gen_args(p) -> None:
 
 
 def _quant_args(p) -> None:
-    p.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
-                   help="weight-only quantized linear layers (lmlab.nn.quant); smollm2/GGUF Q4_1 loads int4 directly")
+    p.add_argument("--quantize", choices=["none", "int8", "int4", "bf16"], default="none",
+                   help="weight-only quantized linear layers (lmlab.nn.quant); smollm2/GGUF Q4_1 loads int4 directly; "
+                        "bf16: bf16 weights and GEMMs (fastest for batches of 16+ sequences and long prompts)")
     p.add_argument("--group-size", type=int, choices=[32, 64, 128, 256], default=32,
                    help="int4: input features sharing one scale")
     p.add_argument("--quant-compute", choices=["bf16", "bf16x2", "fp32"], default="bf16",
@@ -152,7 +153,7 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute:
     from lmlab.nn.quant import quantize_
 
     gguf = spec.removeprefix("lmlab:")
-    if gguf == "smollm2" or gguf.endswith(".gguf"):
+    if scheme != "bf16" and (gguf == "smollm2" or gguf.endswith(".gguf")):
         from pathlib import Path
 
         from lmlab.models.gguf_quant import load_gguf_quantized
@@ -168,6 +169,7 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute:
         quantize_(be.model, scheme, group_size, compute=compute, input_group_size=int8_input_group)
     if QUANT_HEAD is not None:
         quantize_(be.model, QUANT_HEAD, skip=(), compute=compute)   # all that is still an nn.Linear: the head
+    be.refresh_engine()                                            # the engine runs the layers as replaced
     return be
 
 

@@ -17,11 +17,12 @@ bf16 and back around each of the 7 kernel calls. Here a layer is
     h  += (silu(g) · u) @ Wdownᵀ
 
 so a layer makes 4 weight reads instead of 7, and a quantized one casts twice instead of 14 times: the compute
-dtype is bf16 when every linear is a weight-only int8/int4 layer in "bf16" compute (the kernels' own input
+dtype is bf16 when every linear is a weight-only int8/int4/bf16 layer in "bf16" compute (the kernels' own input
 dtype; lmlab.nn.quant), so x, the gate/up product and the attention output enter the kernels without a cast,
 and otherwise the model's dtype (fp32 models compute exactly the module path's products, summed in another
-order). The concatenated layers are the model's own weights (`fuse_linears`), built once at construction;
-the model is not modified. A batch of one sequence skips the Hydragen split (there is nothing to share).
+order). The concatenated layers are copies of the model's weights (`fuse_linears`), made once at construction;
+the model is not modified, and an engine made before its layers are replaced (e.g. by `quantize_`) keeps
+running the old ones: make a new engine then. A batch of one sequence skips the Hydragen split (there is nothing to share).
 
 `head_dtype=torch.bfloat16` keeps a bf16 copy of the LM head (49152 × 576 for SmolLM2: at batch 1 the largest
 matmul of a step, read in half the bytes); the default keeps the model's head as it is.
@@ -41,10 +42,10 @@ from torch import nn
 from lmlab.infer.engine import Engine
 from lmlab.nn.attention import Attention, rope_cache, rotate_half
 from lmlab.nn.ffn import SwiGLU
-from lmlab.nn.quant import Int4Linear, Int8Linear
+from lmlab.nn.quant import BF16Linear, Int4Linear, Int8Linear
 from lmlab.nn.residual import PreNormResidual
 
-_LINEAR_KINDS = (nn.Linear, Int8Linear, Int4Linear)
+_LINEAR_KINDS = (nn.Linear, Int8Linear, Int4Linear, BF16Linear)
 
 
 def fusable(model) -> Optional[str]:
@@ -100,6 +101,9 @@ def fuse_linears(mods) -> nn.Module:
         out.qweight.copy_(torch.cat([m.qweight for m in mods]))
         out.scales_and_zeros.copy_(torch.cat([m.scales_and_zeros for m in mods], dim=1))
         out._repack()
+    elif isinstance(m0, BF16Linear):
+        out = BF16Linear(k, n, bias=bias is not None)
+        out.weight.copy_(torch.cat([m.weight for m in mods]))
     elif isinstance(m0, Int8Linear):
         out = Int8Linear(k, n, bias=bias is not None, compute=m0.compute)
         out.qweight.copy_(torch.cat([m.qweight for m in mods]))
@@ -114,14 +118,17 @@ def fuse_linears(mods) -> nn.Module:
 
 
 def _bf16_kernel(m: nn.Module) -> bool:
-    return isinstance(m, (Int8Linear, Int4Linear)) and m.compute == "bf16"
+    return isinstance(m, (Int8Linear, Int4Linear, BF16Linear)) and m.compute == "bf16"
 
 
 def _call(m: nn.Module):
-    """x (rows, k) -> (rows, n): the packed kernel itself for a bias-free "bf16" int8/int4 layer (x already
+    """x (rows, k) -> (rows, n): the kernel itself for a bias-free "bf16" int8/int4/bf16 layer (x already
     bf16 and contiguous; the scales cast once here), else the module."""
     if not _bf16_kernel(m) or m.bias is not None:
         return m
+    if isinstance(m, BF16Linear):
+        w = m.weight
+        return lambda x: torch.mm(x, w.t())
     scales = getattr(m, m.SCALES).to(torch.bfloat16).contiguous()
     if isinstance(m, Int4Linear):
         packed, group = m.packed, m.group_size
@@ -187,14 +194,16 @@ class FusedEngine(Engine):
         m, cd = self.model, self.compute_dtype
         b, t = idx.shape
         d = m.cfg.d_model
-        h = m.embed(idx).view(b * t, d)                                   # the residual stream, fp32
+        ad = m.embed.weight.dtype                                          # the KV caches' dtype (Engine's)
+        h = m.embed(idx).view(b * t, d).to(torch.promote_types(ad, torch.float32))   # residual stream, ≥ fp32
         cos, sin = rope_cache(positions.expand(b, t), self.layers[0].hd, self.theta)
         cos, sin = cos[:, None].to(h.dtype), sin[:, None].to(h.dtype)     # (b, 1, t, hd)
         for lay, cache in zip(self.layers, caches):
             qkv = lay.qkv(_rms(h, lay.norm1, lay.eps1, cd)).view(b, t, lay.h + 2 * lay.kv, lay.hd)
             qkv = qkv.transpose(1, 2).to(h.dtype)                            # (b, heads, t, hd)
             qk = qkv[:, :lay.h + lay.kv]
-            qk = qk * cos + rotate_half(qk) * sin                            # q and k rotated together
+            qk = (qk * cos + rotate_half(qk) * sin).to(ad)                   # q and k rotated together
+            qkv = qkv.to(ad)
             y = cache.attend(qk[:, :lay.h], qk[:, lay.h:], qkv[:, lay.h + lay.kv:])   # (b, h, t, hd)
             h = h + lay.o(y.transpose(1, 2).reshape(b * t, lay.h * lay.hd).to(cd))
             g, u = lay.gate_up(_rms(h, lay.norm2, lay.eps2, cd)).split(lay.ff, dim=-1)

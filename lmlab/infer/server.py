@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP server over lmlab's Engine: /v1/models, /v1/completions, /v1/chat/completions,
 SSE streaming, bearer-token auth, request limits. vLLM's `ignore_eos` extension is accepted (true: generate
-max_tokens tokens whatever the model's EOS, as load tests of vLLM and llama.cpp's servers ask for).
+max_tokens tokens whatever the model's EOS, as load tests of vLLM and llama.cpp's servers ask for), and so is
+OpenAI's `stream_options: {"include_usage": true}` (a last chunk with no choices and the token counts).
 
     lmlab serve --model smollm2                       # 127.0.0.1:8000
     OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x").chat.completions.create(model="smollm2", ...)
@@ -188,6 +189,16 @@ def parse_gen(body: dict, limits: ServerLimits, default_max: int) -> GenerationC
         n=_num(body, "n", 1, int, 1, limits.max_n), stop=stop, seed=seed)
 
 
+def include_usage(body: dict) -> bool:
+    """OpenAI's stream_options.include_usage (an object with a boolean, or absent/null)."""
+    opts = body.get("stream_options")
+    if opts is None:
+        return False
+    if not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool):
+        raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}", param="stream_options")
+    return bool(opts.get("include_usage"))
+
+
 def _text(s: str, param: str) -> str:
     """A request string must be encodable text: JSON may carry lone surrogates (\\ud800) and NULs."""
     try:
@@ -337,7 +348,8 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         return {"tokens": toks, "token_logprobs": [None] + lp, "top_logprobs": None, "text_offset": offsets}
 
     async def generation_response(kind: str, prompts_text: list[str], gen: GenerationConfig, stream: bool,
-                                  echo: bool = False, logprobs: bool = False, images=None, ignore_eos: bool = False):
+                                  echo: bool = False, logprobs: bool = False, images=None, ignore_eos: bool = False,
+                                  include_usage: bool = False):
         if images:
             from lmlab.infer.vlm import request_prompt_ids
 
@@ -401,6 +413,9 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
                     for i, row in enumerate(rows):
                         for j, c in enumerate(row):
                             await out.put(sse(chunk(i * gen.n + j, None if kind == "chat" else "", c.finish_reason)))
+                    if include_usage:
+                        await out.put(sse({"id": rid, "object": chunk_obj, "created": created, "model": model_name,
+                                           "choices": [], "usage": usage(rows, prompt_ids)}))
                 except ApiError as e:
                     await out.put(sse(e.body()))
                 finally:
@@ -435,7 +450,8 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         gen = parse_gen(body, limits, default_max=16)
         lp = body.get("logprobs")
         return await generation_response("text", prompts, gen, bool(body.get("stream")), bool(body.get("echo")),
-                                         lp is not None and lp is not False, ignore_eos=bool(body.get("ignore_eos")))
+                                         lp is not None and lp is not False, ignore_eos=bool(body.get("ignore_eos")),
+                                         include_usage=include_usage(body))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -458,12 +474,12 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
             prompt = vlm.format_prompt(next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
                                        len(images))
             return await generation_response("chat", [prompt], gen, bool(body.get("stream")), images=images,
-                                             ignore_eos=bool(body.get("ignore_eos")))
+                                             ignore_eos=bool(body.get("ignore_eos")), include_usage=include_usage(body))
         from lmlab.infer.backend_impls import _chat_prompt
 
         prompt = _chat_prompt(tokenizer, [{"role": m["role"], "content": m["content"]} for m in msgs])
         return await generation_response("chat", [prompt], gen, bool(body.get("stream")),
-                                         ignore_eos=bool(body.get("ignore_eos")))
+                                         ignore_eos=bool(body.get("ignore_eos")), include_usage=include_usage(body))
 
     return app
 

@@ -2,6 +2,7 @@
 
     quantize_(model, "int8")                   # every nn.Linear but the LM head -> Int8Linear, in place
     quantize_(model, "int4", group_size=128)   # -> Int4Linear (groups of 128 input features share a scale)
+    quantize_(model, "bf16")                   # -> BF16Linear (bf16 weights, bf16 GEMM, fp32 accumulation)
 
 Notation: n = out_features, k = in_features, g = group size, m = activation rows (leading dims flattened).
 
@@ -53,6 +54,13 @@ copy of SmolLM2's head (its GGUF holds it as group-32 Q8_0) moves perplexity by 
 it by +0.013 (benchmarks/quant_accuracy.py, "int4, int8 head" arm), so `lmlab generate/serve --quantize` keep
 the head float too (`lmlab.infer.cli.QUANT_HEAD`).
 
+bf16 weights (`BF16Linear`): the weight rounded to bf16 once, x rounded to bf16 per call, one bf16 GEMM (oneDNN's
+AVX512-BF16 path on CPUs that have it; fp32 accumulation, bf16 result) returned in the caller's dtype. Not a
+quantization grid, but the same weight-only layer contract, and the dtype vLLM's CPU backend runs. At batch 1
+it reads half the bytes of fp32 and twice those of int8; with 16 or more rows the int8/int4 kernels' cost grows
+with the rows while the GEMM's barely does (one thread, 576 -> 3072: 32 rows int4 0.69 ms, bf16 0.41 ms, fp32
+1.48 ms; 1024 rows 21.2 / 7.8 / 35.8 ms), so it is the format for batched decode and long prefills.
+
 `naive_*` are the float64 reference twins the tests compare the kernels with.
 """
 from __future__ import annotations
@@ -64,7 +72,7 @@ from torch import nn
 
 from lmlab.config import ConfigError
 
-SCHEMES = ("int8", "int4")
+SCHEMES = ("int8", "int4", "bf16")
 COMPUTE = ("bf16", "bf16x2", "fp32")    # how a layer feeds the kernel (module doc)
 INT4_GROUP_SIZES = (32, 64, 128, 256)   # what _weight_int4pack_mm_for_cpu accepts
 
@@ -407,6 +415,40 @@ class Int4Linear(_QuantLinear):
         return self._repr(f"int4 group_size={self.group_size}")
 
 
+class BF16Linear(nn.Module):
+    """y = x @ Wᵀ + b with W (and b) stored in bf16; x rounded to bf16 per call (module doc)."""
+
+    compute = "bf16"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.bfloat16))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.bfloat16) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: Optional[int] = None, compute: str = "bf16") -> "BF16Linear":
+        """A bf16 copy of `linear` (group_size and compute accepted for `quantize_`'s uniform call, unused)."""
+        m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        with torch.no_grad():
+            m.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                m.bias.copy_(linear.bias)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"bf16 linear: activations must be fp32/bf16/fp16, got {x.dtype}")
+        return torch.nn.functional.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        """The (n, k) fp32 weight this layer multiplies by."""
+        return self.weight.float()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, bf16"
+
+
 def _check_compute(compute: str) -> None:
     if compute not in COMPUTE:
         raise ConfigError(f"quantized linear: compute {compute!r} is not one of {', '.join(COMPUTE)}")
@@ -433,10 +475,10 @@ def _skipped(name: str, skip: tuple[str, ...]) -> bool:
     return any(name == s or name.startswith(s + ".") for s in skip)
 
 
-def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int = 32,
+def quantize_(model: nn.Module, scheme: Literal["int8", "int4", "bf16"], group_size: int = 32,
               skip: Iterable[str] = ("head",), compute: str = "bf16", input_group_size: Optional[int] = None,
               zero_points: bool = True) -> nn.Module:
-    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear, in place; modules
+    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear / BF16Linear, in place; modules
     named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
     `compute` ("bf16", "bf16x2", "fp32"): see the module doc. int8 only: `input_group_size` (and `zero_points`)
     select the per-row × per-input-group grid (module doc, "int8 with input groups"). Returns `model`."""
@@ -447,6 +489,8 @@ def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int
         _check_group(group_size)
         if input_group_size is not None:
             raise ConfigError(f"quantize int4: input_group_size {input_group_size!r} is for int8 only")
+    if scheme == "bf16" and (input_group_size is not None or compute != "bf16"):
+        raise ConfigError("quantize bf16: input_group_size and compute modes other than bf16 are for int8/int4")
     skip = tuple(skip)
     todo = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
     for name, m in todo:
@@ -455,7 +499,7 @@ def quantize_(model: nn.Module, scheme: Literal["int8", "int4"], group_size: int
         elif input_group_size is not None:
             _check_input_group(f"quantize int8: layer {name}", m.in_features, input_group_size)
     kw = {"input_group_size": input_group_size, "zero_points": zero_points} if scheme == "int8" else {}
-    cls = Int8Linear if scheme == "int8" else Int4Linear
+    cls = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}[scheme]
     for name, m in todo:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
