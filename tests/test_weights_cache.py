@@ -218,3 +218,26 @@ def test_smollm2_cached_equals_converted(tmp_path, monkeypatch):
     cached = load_pretrained("smollm2")
     _same(converted, cached)
     assert cached[0].cfg.n_layer == 30 and cached[1].vocab_size == 49152
+
+
+def test_direct_quantized_load_reads_config_and_tokenizer_from_the_cache(tiny, monkeypatch):
+    """load_gguf_quantized takes the config and tokenizer of the cache entry load_pretrained wrote, without
+    transformers' GGUF parsing; with the cache off it parses the file as before, to the same model."""
+    import transformers
+
+    from lmlab.models.gguf_quant import load_gguf_quantized
+    from lmlab.models.hf import load_pretrained
+
+    ref = load_gguf_quantized(str(tiny), "int8")                   # no entry yet: transformers' path
+    load_pretrained(str(tiny))                                     # writes the entry
+
+    def refuse(*a, **k):
+        raise AssertionError("transformers parsed the GGUF")
+
+    with monkeypatch.context() as m:
+        m.setattr(transformers.AutoConfig, "from_pretrained", refuse)
+        m.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+        cached = load_gguf_quantized(str(tiny), "int8")
+    _same(ref, cached)
+    monkeypatch.setenv("LMLAB_WEIGHTS_CACHE", "0")
+    _same(ref, load_gguf_quantized(str(tiny), "int8"))

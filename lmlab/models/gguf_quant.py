@@ -15,12 +15,15 @@ uses) applied to the HF name of `hf_weight_names`. llama.cpp stores q/k rows int
 pairs neighbours); transformers un-permutes them when it dequantises, and so do we, on the rows of the packed
 codes and scales: a row permutation commutes with row-wise quantisation.
 
-The tokenizer and the model config come from transformers (`AutoTokenizer` / `AutoConfig` with `gguf_file`).
+The tokenizer and the model config come from the file's weights-cache entry when `load_pretrained` has made one
+(lmlab.models.hf: checked by size and checksum, keyed by the file's sha256), else from transformers
+(`AutoTokenizer` / `AutoConfig` with `gguf_file`). transformers parses the whole GGUF header (49K vocabulary
+strings for SmolLM2) once for each, which was most of a direct int4 load (9 s of it, at load 5).
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -48,6 +51,17 @@ def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
     return torch.arange(n_rows).reshape(n_head, dim, 2).transpose(1, 2).reshape(-1)
 
 
+def cached_config_and_tokenizer(gguf_path: str) -> Optional[tuple[Any, Any]]:
+    """(lmlab ModelConfig, tokenizer) of a GGUF from its weights-cache entry, or None (no entry, a damaged one, or
+    the cache turned off with $LMLAB_WEIGHTS_CACHE=0)."""
+    from lmlab.models.hf import WEIGHTS_CACHE_ENV, gguf_cache_entry, read_cache_entry
+
+    if os.environ.get(WEIGHTS_CACHE_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    hit = read_cache_entry(gguf_cache_entry(gguf_path))
+    return None if hit is None else (hit[0], hit[2])
+
+
 def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
                         compute: str = "bf16", input_group_size: int | None = None) -> tuple[Any, Any]:
     """(Decoder with Int8Linear/Int4Linear layers, tokenizer) from 'smollm2' or a Llama-family GGUF file.
@@ -55,8 +69,6 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
     `compute`: how the layers feed their kernels ("bf16", "bf16x2", "fp32"; lmlab.nn.quant); `input_group_size`:
     int8's per-input-group grid (`quantize_`; int8 only)."""
     import gguf
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     from lmlab.models.decoder import Decoder
     from lmlab.models.hf import HFTokenizer, config_from_hf, resolve
@@ -70,10 +82,16 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
     path, file = resolve(spec)
     if file is None:
         raise ConfigError(f"model {spec!r}: direct quantized loading needs a GGUF file")
-    hf_logging.set_verbosity_error()
-    hf_cfg = AutoConfig.from_pretrained(path, gguf_file=file)
-    tok = HFTokenizer(AutoTokenizer.from_pretrained(path, gguf_file=file))
-    cfg = config_from_hf(hf_cfg)
+    cached = cached_config_and_tokenizer(os.path.join(path, file))
+    if cached is not None:
+        cfg, tok = cached
+    else:
+        from transformers import AutoConfig, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        tok = HFTokenizer(AutoTokenizer.from_pretrained(path, gguf_file=file))
+        cfg = config_from_hf(AutoConfig.from_pretrained(path, gguf_file=file))
     reader = gguf.GGUFReader(os.path.join(path, file))
     tensors = {t.name: t for t in reader.tensors}
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.n_layer)
