@@ -241,3 +241,32 @@ def test_direct_quantized_load_reads_config_and_tokenizer_from_the_cache(tiny, m
     _same(ref, cached)
     monkeypatch.setenv("LMLAB_WEIGHTS_CACHE", "0")
     _same(ref, load_gguf_quantized(str(tiny), "int8"))
+
+
+def test_converted_quantized_model_is_cached(tiny, monkeypatch):
+    """The second direct quantized load reads the converted model back (no GGUF parsing), equal bit for bit and
+    in generation; a damaged entry is rebuilt with a warning; the compute mode is the caller's, not the entry's."""
+    import lmlab.models.gguf_quant as GQ
+    from lmlab.nn.quant import Int8Linear
+
+    first = GQ.load_gguf_quantized(str(tiny), "int8", input_group_size=16)
+    entry = GQ.quant_cache_entry(str(tiny), "int8", 32, 16)
+    assert (entry / GQ.QUANT_META).exists() and (entry / GQ.QUANT_WEIGHTS).exists()
+    with monkeypatch.context() as mp:
+        mp.setattr(GQ, "_convert", lambda *a, **k: pytest.fail("converted again"))
+        second = GQ.load_gguf_quantized(str(tiny), "int8", input_group_size=16, compute="bf16x2")
+    _same(first, second)
+    layers = [m for m in second[0].modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.compute == "bf16x2" and m.input_group_size == 16 for m in layers)
+    assert second[0].head.weight is second[0].embed.weight
+    ids = torch.tensor([first[1].encode("the theme")])
+    for m in layers:
+        m.compute = "bf16"
+    with torch.no_grad():
+        assert torch.equal(first[0](ids).logits, second[0](ids).logits)
+    w = entry / GQ.QUANT_WEIGHTS
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)                 # same size, other bytes
+    with pytest.warns(UserWarning, match="rebuilding"):
+        third = GQ.load_gguf_quantized(str(tiny), "int8", input_group_size=16)
+    _same(first, third)
+    assert GQ.read_quant_entry(entry) is not None                  # rewritten

@@ -100,7 +100,6 @@ def fuse_linears(mods) -> nn.Module:
         out = Int4Linear(k, n, m0.group_size, bias=bias is not None, compute=m0.compute)
         out.qweight.copy_(torch.cat([m.qweight for m in mods]))
         out.scales_and_zeros.copy_(torch.cat([m.scales_and_zeros for m in mods], dim=1))
-        out._repack()
     elif isinstance(m0, BF16Linear):
         out = BF16Linear(k, n, bias=bias is not None)
         out.weight.copy_(torch.cat([m.weight for m in mods]))
@@ -131,7 +130,7 @@ def _call(m: nn.Module):
         return lambda x: torch.mm(x, w.t())
     scales = getattr(m, m.SCALES).to(torch.bfloat16).contiguous()
     if isinstance(m, Int4Linear):
-        packed, group = m.packed, m.group_size
+        packed, group = m.packed_weight(), m.group_size
         return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scales)
     q = m.qweight
     return lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scales)

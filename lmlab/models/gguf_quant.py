@@ -22,7 +22,10 @@ strings for SmolLM2) once for each, which was most of a direct int4 load (9 s of
 """
 from __future__ import annotations
 
+import json
 import os
+import warnings
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -30,7 +33,7 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.nn.hf_names import hf_weight_names, mark_hf_twin
-from lmlab.nn.quant import COMPUTE, SCHEMES, Int4Linear, quantize_, unpack_int4
+from lmlab.nn.quant import COMPUTE, SCHEMES, BF16Linear, Int4Linear, Int8Linear, quantize_, unpack_int4
 
 Q4_1_BLOCK, Q4_1_BYTES = 32, 20   # weights per block; bytes per block: fp16 d, fp16 m, 16 bytes of codes
 
@@ -67,11 +70,11 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
     """(Decoder with Int8Linear/Int4Linear layers, tokenizer) from 'smollm2' or a Llama-family GGUF file.
     The LM head follows `quantize_`'s default (left in float, tied to the embedding when the file ties them).
     `compute`: how the layers feed their kernels ("bf16", "bf16x2", "fp32"; lmlab.nn.quant); `input_group_size`:
-    int8's per-input-group grid (`quantize_`; int8 only)."""
-    import gguf
+    int8's per-input-group grid (`quantize_`; int8 only).
 
-    from lmlab.models.decoder import Decoder
-    from lmlab.models.hf import HFTokenizer, config_from_hf, resolve
+    The converted model is kept in the weights cache (`quant_cache_entry`: keyed by the file's sha256, the scheme
+    and the group sizes) and read back from there on later loads, unless $LMLAB_WEIGHTS_CACHE=0."""
+    from lmlab.models.hf import resolve
 
     if scheme not in SCHEMES:
         raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
@@ -82,6 +85,29 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
     path, file = resolve(spec)
     if file is None:
         raise ConfigError(f"model {spec!r}: direct quantized loading needs a GGUF file")
+    entry = quant_cache_entry(os.path.join(path, file), scheme, group_size, input_group_size) if _cache_on() else None
+    hit = read_quant_entry(entry, compute) if entry is not None else None
+    if hit is not None:
+        model, tok = hit
+    else:
+        model, tok = _convert(path, file, scheme, group_size, compute, input_group_size)
+        if entry is not None:
+            try:
+                write_quant_entry(entry, model, tok)
+            except OSError as e:  # a read-only or full disk: the model is loaded all the same
+                warnings.warn(f"weights cache: could not write {entry}: {e}", stacklevel=2)
+    mark_hf_twin(model, spec)
+    return model.eval(), tok
+
+
+def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
+             input_group_size: int | None) -> tuple[Any, Any]:
+    """The GGUF read and converted (the module doc): Q4_1 blocks packed as they are, the rest through quantize_."""
+    import gguf
+
+    from lmlab.models.decoder import Decoder
+    from lmlab.models.hf import HFTokenizer, config_from_hf
+
     cached = cached_config_and_tokenizer(os.path.join(path, file))
     if cached is not None:
         cfg, tok = cached
@@ -132,5 +158,126 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
         model.head.weight = model.embed.weight
     # whatever was not loaded packed (int8, other types, other groups)
     quantize_(model, scheme, group_size, compute=compute, input_group_size=input_group_size)
-    mark_hf_twin(model, spec)
-    return model.eval(), tok
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------- converted-model cache
+QUANT_CACHE_FORMAT = 1
+QUANT_META = "lmlab_quant_cache.json"
+QUANT_WEIGHTS = "model.safetensors"
+_KINDS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}
+
+
+def _cache_on() -> bool:
+    from lmlab.models.hf import WEIGHTS_CACHE_ENV
+
+    return os.environ.get(WEIGHTS_CACHE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def quant_cache_entry(gguf_path: str, scheme: str, group_size: int, input_group_size: int | None = None) -> Path:
+    """<weights_cache_dir>/gguf-quant-v<format>/<sha256 of the file>-<scheme>-g<group>[-ig<input group>]/: the
+    converted Decoder's state dict (model.safetensors: packed codes, scales, float norms and embedding), the
+    tokenizer's files, and lmlab_quant_cache.json (lmlab ModelConfig, every quantized layer's kind and shape,
+    transformers version, size and checksum of every file). Written with lmlab.io.atomic_dir."""
+    from lmlab.models.hf import file_sha256, weights_cache_dir
+
+    tag = f"{scheme}-g{group_size}" + (f"-ig{input_group_size}" if input_group_size else "")
+    return weights_cache_dir() / f"gguf-quant-v{QUANT_CACHE_FORMAT}" / f"{file_sha256(gguf_path)}-{tag}"
+
+
+def _layer_spec(m: torch.nn.Module) -> dict:
+    spec = {"kind": next(k for k, c in _KINDS.items() if type(m) is c), "in": m.in_features, "out": m.out_features,
+            "bias": m.bias is not None}
+    if isinstance(m, Int4Linear):
+        spec["group_size"] = m.group_size
+    if isinstance(m, Int8Linear) and m.input_group_size is not None:
+        spec.update(input_group_size=m.input_group_size, zero_points=m.zeros is not None)
+    return spec
+
+
+def _layer_shell(spec: dict, compute: str) -> torch.nn.Module:
+    k, n, bias = spec["in"], spec["out"], spec["bias"]
+    if spec["kind"] == "int4":
+        return Int4Linear(k, n, spec["group_size"], bias=bias, compute=compute)
+    if spec["kind"] == "int8":
+        return Int8Linear(k, n, bias=bias, compute=compute, input_group_size=spec.get("input_group_size"),
+                          zero_points=spec.get("zero_points", False))
+    return BF16Linear(k, n, bias=bias)
+
+
+def write_quant_entry(entry: Path, model, tok) -> Path:
+    """Store a converted quantized Decoder and its tokenizer as the cache entry `entry`."""
+    import importlib.metadata
+
+    from safetensors.torch import save_file
+
+    from lmlab.config import to_dict
+    from lmlab.io import atomic_dir
+    from lmlab.models.hf import _digest
+
+    tied = model.cfg.tie_embeddings
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not (tied and k == "head.weight")}
+    layers = {name: _layer_spec(m) for name, m in model.named_modules() if type(m) in _KINDS.values()}
+    with atomic_dir(entry) as tmp:
+        save_file(sd, str(tmp / QUANT_WEIGHTS))
+        tok.tok.save_pretrained(str(tmp))
+        files = {f.name: {"size": f.stat().st_size, "digest": _digest(f.read_bytes())}
+                 for f in sorted(tmp.iterdir()) if f.is_file()}
+        meta = {"format": QUANT_CACHE_FORMAT, "transformers": importlib.metadata.version("transformers"),
+                "model_config": to_dict(model.cfg), "layers": layers, "files": files}
+        (tmp / QUANT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return entry
+
+
+def read_quant_entry(entry: Path, compute: str = "bf16") -> Optional[tuple[Any, Any]]:
+    """(Decoder, tokenizer) from a converted-model cache entry, or None when there is none. An entry that does not
+    check out (another format or transformers version, a file missing, resized or changed, tensors that do not
+    fit the recorded layers) is reported with a warning and None, and the caller converts the file again."""
+    meta_path = entry / QUANT_META
+    if not meta_path.exists():
+        return None
+    try:
+        return _read_quant_entry(entry, json.loads(meta_path.read_text(encoding="utf-8")), compute)
+    except Exception as e:  # noqa: BLE001 - any fault in a cache entry means: convert again
+        warnings.warn(f"weights cache: rebuilding {entry} ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                      stacklevel=3)
+        return None
+
+
+def _read_quant_entry(entry: Path, meta: dict, compute: str) -> tuple[Any, Any]:
+    import importlib.metadata
+
+    import transformers
+    from safetensors.torch import load
+
+    from lmlab.config import ModelConfig
+    from lmlab.models.decoder import Decoder
+    from lmlab.models.hf import HFTokenizer, _digest
+
+    if meta.get("format") != QUANT_CACHE_FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}, this is {QUANT_CACHE_FORMAT}")
+    if meta.get("transformers") != importlib.metadata.version("transformers"):
+        raise ValueError(f"written by transformers {meta.get('transformers')}")
+    weights = b""
+    for name, want in meta["files"].items():
+        data = (entry / name).read_bytes()
+        if len(data) != want["size"] or _digest(data) != want["digest"]:
+            raise ValueError(f"{name}: size or checksum differs from the one written")
+        if name == QUANT_WEIGHTS:
+            weights = data
+    cfg = ModelConfig(**meta["model_config"])
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    model.to_empty(device="cpu")
+    for name, spec in meta["layers"].items():
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, _layer_shell(spec, compute))
+    if cfg.tie_embeddings:
+        model.head.weight = model.embed.weight
+    missing, unexpected = model.load_state_dict(load(weights), strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{QUANT_WEIGHTS}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    name = json.loads((entry / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    return model, HFTokenizer((cls or transformers.AutoTokenizer).from_pretrained(str(entry)))

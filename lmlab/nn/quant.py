@@ -370,15 +370,21 @@ class Int4Linear(_QuantLinear):
         self.register_buffer("scales_and_zeros", torch.zeros(in_features // group_size, out_features, 2))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)   # kernel layout
-        self._repack()
 
     def _repack(self) -> None:
         codes = unpack_int4(self.qweight).to(torch.int32).contiguous()                # (n, k)
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
 
+    def packed_weight(self) -> torch.Tensor:
+        """The codes in the kernel's layout, made from `qweight` on first use after construction (a layer that is
+        loaded or built from codes at once, as every constructor here does, converts its codes once)."""
+        if self.packed.numel() == 0:
+            self._repack()
+        return self.packed
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._repack()
+        self.packed = torch.empty(0, dtype=torch.uint8)     # new codes: converted again on first use
 
     @classmethod
     def from_qparams(cls, q: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, group_size: int,
@@ -387,7 +393,6 @@ class Int4Linear(_QuantLinear):
         n, k = q.shape
         m = cls(k, n, group_size, bias=bias is not None, compute=compute)
         m.qweight.copy_(pack_int4(q))
-        m._repack()
         d, lo = d.float(), lo.float()
         # kernel: (q - 8)·scale + zero == d·q + lo  with scale = d, zero = lo + 8d
         m.scales_and_zeros.copy_(torch.stack([d.T, (lo + 8 * d).T], dim=-1))          # (k/g, n, 2)
@@ -403,7 +408,7 @@ class Int4Linear(_QuantLinear):
                                 compute=compute)
 
     def _kernel(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, scales)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed_weight(), self.group_size, scales)
 
     def dequantize(self) -> torch.Tensor:
         """The (n, k) fp32 weight this layer multiplies by, (q − 8) · scale + zero as the kernel computes it."""
