@@ -1,11 +1,13 @@
 """Where a decode call of lmlab's engine spends its CPU time: torch.profiler over one `generate_ids` call of a
-benchmarks/peers.py workload, on SmolLM2-135M-Instruct, fp32 or weight-only int8/int4, one thread.
+benchmarks/peers.py workload, on SmolLM2-135M-Instruct, fp32 or weight-only int8/int4/bf16, one thread, on the
+fused engine that `lmlab generate/serve` run (`--engine modules`: the module-path Engine).
 
     PYTHONPATH=. python benchmarks/decode_profile.py --quantize int4 --workload a     # batch 1, 128 new tokens
     PYTHONPATH=. python benchmarks/decode_profile.py --quantize int4 --workload b     # 16 samples of a 700-token prompt
 
 Prints the process CPU seconds of the call, the share of that time inside the operators that read the weights
-(the packed int8/int4 kernels, fp32 matmuls: the LM head and any unquantized linear), inside attention, inside
+(the packed int8/int4 kernels, float matmuls: bf16 weights, the LM head, any unquantized linear), inside
+attention (the fused SDPA kernel, Hydragen's batched matmuls), inside
 every other aten operator, and the rest (Python, the engine's own bookkeeping, dispatch) = call CPU time minus the
 operators' self CPU time. The workloads are benchmarks/peers.py's, built from its prompts (same token ids).
 """
@@ -25,8 +27,9 @@ sys.path.insert(0, str(HERE.parent))
 GROUPS = {
     "weights: int4 kernel": ("_weight_int4pack_mm",),
     "weights: int8 kernel": ("_weight_int8pack_mm",),
-    "weights: fp32 matmul (head, unquantized)": ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm"),
-    "attention": ("scaled_dot_product", "flash_attention", "_efficient_attention", "softmax"),
+    "weights: float matmul (bf16 weights, the head, unquantized)": ("aten::mm", "aten::addmm", "aten::linear",
+                                                                    "aten::matmul"),
+    "attention": ("scaled_dot_product", "flash_attention", "_efficient_attention", "softmax", "aten::bmm"),
 }
 
 
@@ -39,7 +42,11 @@ def group_of(name: str) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quantize", choices=["none", "int8", "int4"], default="int4")
+    ap.add_argument("--quantize", choices=["none", "int8", "int4", "bf16"], default="int4")
+    ap.add_argument("--engine", choices=["fused", "modules"], default="fused",
+                    help="lmlab.infer.fused.FusedEngine (what generate/serve run) or the module-path Engine")
+    ap.add_argument("--head-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="the fused engine's LM head; auto: bfloat16 when quantized (as lmlab serve)")
     ap.add_argument("--workload", choices=["a", "b", "c"], default="a")
     ap.add_argument("--sizes", default="full", help="benchmarks/peers.py workload shapes (full, mid, small, quick)")
     ap.add_argument("--threads", type=int, default=1)
@@ -48,7 +55,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     from benchmarks.peers import SIZES, build_workloads
     from lmlab.backend import GenerationConfig
-    from lmlab.infer.engine import Engine
+    from lmlab.infer.fused import make_engine
     from lmlab.models.hf import load_pretrained
 
     model, tok = load_pretrained("smollm2")
@@ -56,7 +63,9 @@ def main(argv=None) -> dict:
         from lmlab.nn.quant import quantize_
 
         quantize_(model, a.quantize)
-    eng = Engine(model.eval(), tok)
+    head = {"auto": torch.bfloat16 if a.quantize != "none" else None, "float32": None,
+            "bfloat16": torch.bfloat16}[a.head_dtype]
+    eng = make_engine(model.eval(), tok, fused=a.engine == "fused", **({"head_dtype": head} if head else {}))
     eng.stop_ids = set()
     w = build_workloads(tok.encode, SIZES[a.sizes])[a.workload]
     gen = GenerationConfig(max_new_tokens=w["new"], n=w["n"], temperature=w["temperature"], seed=0)

@@ -15,6 +15,9 @@ imports of torch and transformers, is timed inside the child too):
                   comparison (does an HF folder need a cache?)
     serve_cached  `python -m lmlab.cli serve --model smollm2` from start until GET /v1/models answers 200
                   on 127.0.0.1, with the entry present
+    int4_cached   lmlab.models.gguf_quant.load_gguf_quantized("smollm2", "int4") with its converted-model entry
+                  present (the packed codes, scales and tokenizer; no GGUF parsing)
+    serve_int4_cached  `lmlab serve --model smollm2 --quantize int4` to ready, entries present
 
 Before the rounds, `lmlab serve` is timed once on an empty cache (it converts and writes the entry: the first
 start's time to ready); `--serve-convert` adds a side serving with LMLAB_WEIGHTS_CACHE=0. Each figure is the
@@ -46,6 +49,12 @@ LOAD = ("import sys, time, torch, transformers; torch.set_num_threads(1); from l
         "print(time.perf_counter() - t0, time.process_time() - c0)")
 
 
+LOAD_INT4 = ("import sys, time, torch, transformers; torch.set_num_threads(1); "
+             "from lmlab.models.gguf_quant import load_gguf_quantized; t0, c0 = time.perf_counter(), time.process_time(); "
+             "m, t = load_gguf_quantized(sys.argv[1], 'int4'); assert t.vocab_size == 49152; "
+             "print(time.perf_counter() - t0, time.process_time() - c0)")
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -58,9 +67,9 @@ def _env(cache_dir: str, cache: bool) -> dict:
     return env
 
 
-def load_once(spec: str, cache_dir: str, cache: bool) -> dict:
+def load_once(spec: str, cache_dir: str, cache: bool, code: str = LOAD) -> dict:
     c0, t0 = _children_cpu(), time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", LOAD, spec, "1" if cache else "0"], env=_env(cache_dir, cache),
+    out = subprocess.run([sys.executable, "-c", code, spec, "1" if cache else "0"], env=_env(cache_dir, cache),
                          check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
     call_wall, call_cpu = map(float, out.split()[-2:])   # load_pretrained alone, after the imports
     return {"wall_s": time.perf_counter() - t0, "cpu_s": _children_cpu() - c0, "call_wall_s": call_wall,
@@ -73,10 +82,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_once(cache_dir: str, cache: bool, timeout: float = 900.0) -> dict:
+def serve_once(cache_dir: str, cache: bool, timeout: float = 900.0, extra: tuple = ()) -> dict:
     port = _free_port()
     c0, t0 = _children_cpu(), time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", "serve", "--model", "smollm2", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", "serve", "--model", "smollm2", "--port", str(port),
+                             *extra],
                             env=_env(cache_dir, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
@@ -121,7 +131,10 @@ def main(argv=None) -> dict:
         sides = {} if a.no_convert else {"convert": lambda: load_once("smollm2", cache_dir, False)}
         sides |= {"cached": lambda: load_once("smollm2", cache_dir, True),
                   "hf_folder": lambda: load_once(entry, cache_dir, True),
-                  "serve_cached": lambda: serve_once(cache_dir, True)}
+                  "serve_cached": lambda: serve_once(cache_dir, True),
+                  "int4_cached": lambda: load_once("smollm2", cache_dir, True, LOAD_INT4),
+                  "serve_int4_cached": lambda: serve_once(cache_dir, True, extra=("--quantize", "int4"))}
+        load_once("smollm2", cache_dir, True, LOAD_INT4)                # writes the int4 entry before the rounds
         if a.serve_convert:
             sides["serve_convert"] = lambda: serve_once(cache_dir, False)
         def shown(name, fn):
