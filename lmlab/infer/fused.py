@@ -20,9 +20,10 @@ so a layer makes 4 weight reads instead of 7, and a quantized one casts twice in
 dtype is bf16 when every linear is a weight-only int8/int4/bf16 layer in "bf16" compute (the kernels' own input
 dtype; lmlab.nn.quant), so x, the gate/up product and the attention output enter the kernels without a cast,
 and otherwise the model's dtype (fp32 models compute exactly the module path's products, summed in another
-order). The concatenated layers are copies of the model's weights (`fuse_linears`), made once at construction;
+order). A single sequence skips the prefix tree altogether: a plain KV cache per layer and one SDPA call.
+The concatenated layers are copies of the model's weights (`fuse_linears`), made once at construction;
 the model is not modified, and an engine made before its layers are replaced (e.g. by `quantize_`) keeps
-running the old ones: make a new engine then. A batch of one sequence skips the Hydragen split (there is nothing to share).
+running the old ones: make a new engine then.
 
 `head_dtype=torch.bfloat16` keeps a bf16 copy of the LM head (49152 × 576 for SmolLM2: at batch 1 the largest
 matmul of a step, read in half the bytes); the default keeps the model's head as it is.
@@ -33,6 +34,7 @@ mixed linear kinds inside one fused group. Calls with image embeddings (`extra_e
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.infer.engine import Engine
-from lmlab.nn.attention import Attention, rope_cache, rotate_half
+from lmlab.nn.attention import Attention, KVCache, rope_cache
 from lmlab.nn.ffn import SwiGLU
 from lmlab.nn.quant import BF16Linear, Int4Linear, Int8Linear
 from lmlab.nn.residual import PreNormResidual
@@ -154,6 +156,18 @@ class _Layer:
         self.ff = f.gate.out_features
 
 
+class _OneSequenceCache:
+    """The `attend` protocol of the engine's caches (nn/attention.py) for a single sequence: append, then SDPA."""
+
+    def __init__(self, kv: KVCache):
+        self.kv = kv
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        first = self.kv.length == 0                    # the prompt: queries and keys start together, causal
+        k, v = self.kv.append(k, v)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=first and q.shape[2] > 1, enable_gqa=True)
+
+
 class FusedEngine(Engine):
     """`Engine` with the fused layer loop of the module doc. Raises ValueError when `fusable(model)` objects."""
 
@@ -181,10 +195,28 @@ class FusedEngine(Engine):
         cfg = model.cfg
         self.theta = cfg.rope_theta
 
-    def _generate_ids(self, prompts, gen, stream, hydragen):
-        if len(prompts) * gen.n == 1:   # one sequence: the dense per-sequence cache, no prefix levels to merge
-            hydragen = False
-        return super()._generate_ids(prompts, gen, stream, hydragen)
+    def _generate_tree(self, prompts, gen, stream, hydragen):
+        if len(prompts) * gen.n == 1 and self._extra is None:
+            return self._generate_one(prompts[0], gen, stream)
+        return super()._generate_tree(prompts, gen, stream, hydragen)
+
+    def _generate_one(self, prompt: list[int], gen, stream):
+        """One sequence: nothing to share and nothing to pad, so each layer's cache is a plain KVCache and its
+        attention one SDPA call, causal over the prompt, unmasked for each new token; Engine's decode loop."""
+        dev, cfg = self.device, self.model.cfg
+        L = len(prompt) + gen.max_new_tokens
+        caches = [_OneSequenceCache(KVCache.empty(1, cfg.kv_heads, L, cfg.head_dim, dev, self.model.embed.weight.dtype))
+                  for _ in self.layers]
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = self._forward(torch.tensor([prompt], device=dev), torch.arange(len(prompt), device=dev)[None], caches)
+        self.last_stats = {"prefill_s": time.perf_counter() - t0, "prefill_cpu_s": time.process_time() - c0,
+                           "level0": 0, "level1": [len(prompt)], "sequences": 1}
+        pos = torch.tensor([[len(prompt)]], device=dev)
+
+        def step_fn(nxt: torch.Tensor, step: int) -> torch.Tensor:
+            return self._forward(nxt[:, None], pos + step, caches)
+
+        return self._decode_loop([prompt], [(0, 0)], logits, gen, stream, step_fn)
 
     def _forward(self, idx: torch.Tensor, positions: torch.Tensor, caches: list,
                  last: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -194,19 +226,23 @@ class FusedEngine(Engine):
         b, t = idx.shape
         d = m.cfg.d_model
         ad = m.embed.weight.dtype                                          # the KV caches' dtype (Engine's)
-        h = m.embed(idx).view(b * t, d).to(torch.promote_types(ad, torch.float32))   # residual stream, ≥ fp32
-        cos, sin = rope_cache(positions.expand(b, t), self.layers[0].hd, self.theta)
-        cos, sin = cos[:, None].to(h.dtype), sin[:, None].to(h.dtype)     # (b, 1, t, hd)
+        # the residual stream, ≥ fp32, updated in place (F.embedding returns a new tensor, never the weight)
+        h = m.embed(idx).view(b * t, d).to(torch.promote_types(ad, torch.float32))
+        hd = self.layers[0].hd
+        cos, sin = rope_cache(positions.expand(b, t), hd, self.theta)
+        cos = cos[:, None].to(h.dtype)                                     # (b, 1, t, hd)
+        sin = torch.cat([-sin[..., :hd // 2], sin[..., hd // 2:]], -1)[:, None].to(h.dtype)
+        # x·cos + rotate_half(x)·sin = x·cos + roll(x, hd/2)·[−sin₁, sin₂] (halves swapped by one roll)
         for lay, cache in zip(self.layers, caches):
             qkv = lay.qkv(_rms(h, lay.norm1, lay.eps1, cd)).view(b, t, lay.h + 2 * lay.kv, lay.hd)
             qkv = qkv.transpose(1, 2).to(h.dtype)                            # (b, heads, t, hd)
             qk = qkv[:, :lay.h + lay.kv]
-            qk = (qk * cos + rotate_half(qk) * sin).to(ad)                   # q and k rotated together
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin).to(ad)   # q and k rotated together
             qkv = qkv.to(ad)
             y = cache.attend(qk[:, :lay.h], qk[:, lay.h:], qkv[:, lay.h + lay.kv:])   # (b, h, t, hd)
-            h = h + lay.o(y.transpose(1, 2).reshape(b * t, lay.h * lay.hd).to(cd))
+            h.add_(lay.o(y.transpose(1, 2).reshape(b * t, lay.h * lay.hd).to(cd)))
             g, u = lay.gate_up(_rms(h, lay.norm2, lay.eps2, cd)).split(lay.ff, dim=-1)
-            h = h + lay.down(F.silu(g).mul_(u))
+            h.add_(lay.down(F.silu(g).mul_(u)))
         h = h.view(b, t, d)
         x = h[:, -1] if last is None else h[torch.arange(b, device=h.device), last]
         x = m.norm(x)
