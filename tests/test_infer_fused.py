@@ -98,6 +98,30 @@ def test_fused_quantized_logits_match_the_module_engine(scheme):
     assert agree >= 2
 
 
+def test_bf16_head_keeps_the_float_heads_argmax():
+    """Two logits 0.03 apart at ~30, where bf16 steps by 0.125, tie in the bf16 GEMM; the refined logits keep the
+    float head's argmax, every logit near the top is the float head's value, the rest are bf16-close."""
+    m, tok = tiny(torch.float32), CharTok()
+    torch.manual_seed(1)
+    x = torch.randn(3, m.cfg.d_model)
+    with torch.no_grad():
+        w = m.head.weight                                  # (V, d), fp32
+        for r in range(3):                                 # row r: token 10 + r scores 30.00, token 20 + r 30.03
+            u = x[r] / x[r].norm()
+            w[10 + r] = u * (30.00 / float(x[r].norm()))
+            w[20 + r] = u * (30.03 / float(x[r].norm()))
+    fast = FusedEngine(m, tok, head_dtype=torch.bfloat16)
+    with torch.no_grad():
+        exact = x @ w.T
+        plain = fast.head(x.to(torch.bfloat16)).float()    # the bf16 GEMM alone
+        got = fast._refined_logits(x)
+    assert sum(bool(plain[r, 10 + r] == plain[r, 20 + r]) for r in range(3)) >= 2   # tied: argmax by index
+    assert got.argmax(-1).tolist() == exact.argmax(-1).tolist() == [20, 21, 22]
+    near = exact >= exact.amax(-1, keepdim=True) - 0.1
+    assert torch.allclose(got[near], exact[near], atol=1e-4)
+    assert (got - exact).abs().max() <= 2 ** -7 * float(x.norm(dim=-1).max() * w.detach().norm(dim=1).max()) + 0.25
+
+
 def test_bf16_head_copy():
     m, tok = tiny(torch.float32), CharTok()
     eng = FusedEngine(m, tok, head_dtype=torch.bfloat16)

@@ -26,7 +26,14 @@ the model is not modified, and an engine made before its layers are replaced (e.
 running the old ones: make a new engine then.
 
 `head_dtype=torch.bfloat16` keeps a bf16 copy of the LM head (49152 × 576 for SmolLM2: at batch 1 the largest
-matmul of a step, read in half the bytes); the default keeps the model's head as it is.
+matmul of a step, read in half the bytes); the default keeps the model's head as it is. The bf16 GEMM rounds its
+inputs and its output to bf16, and at SmolLM2's logit scale (~25) bf16 steps by 0.125: two candidates 0.07 apart
+came out tied and the argmax took the wrong one ("L'Étoile" for "The capital of France is Paris"). So the logits
+that could be the largest are recomputed exactly: with ‖x‖·‖w_j‖ bounding Σ|x_i·w_ji|, the bf16 logit y_j is within
+e = 2⁻⁷·‖x‖·max_j‖w_j‖ + 2⁻⁸·max_j|y_j| of the fp32 head's (input and weight rounding ≤ 2⁻⁹ each, output rounding
+≤ 2⁻⁹, doubled for slack), so every j with y_j ≥ max y − 2e (a superset of the possible argmaxes) is computed
+again from the float head's rows in fp32: a median of 2 tokens a step on SmolLM2. The argmax, and every logit
+near the top, are then the float head's; the rest keep the bf16 values.
 
 Not fusable (`fusable(model)` says why, `make_engine` then returns the plain Engine): mixers other than
 full-context Attention, FFNs other than SwiGLU, residuals other than pre-norm, LoRA/PEFT-wrapped linears,
@@ -183,6 +190,7 @@ class FusedEngine(Engine):
                               else model.embed.weight.dtype)
         head = model.head
         self.head_dtype = head_dtype
+        self._exact_head = None     # (weight, bias, row norms) of the float head when a lower-precision copy runs
         if head_dtype is not None and type(head) is nn.Linear and head.weight.dtype != head_dtype:
             self.head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None,
                                   dtype=head_dtype, device=head.weight.device).eval()
@@ -190,6 +198,8 @@ class FusedEngine(Engine):
                 self.head.weight.copy_(head.weight)
                 if head.bias is not None:
                     self.head.bias.copy_(head.bias)
+                if head_dtype == torch.bfloat16 and head.weight.dtype in (torch.float32, torch.float64):
+                    self._exact_head = (head.weight, head.bias, float(head.weight.norm(dim=1).max()))
         else:
             self.head = head
         cfg = model.cfg
@@ -246,7 +256,22 @@ class FusedEngine(Engine):
         h = h.view(b, t, d)
         x = h[:, -1] if last is None else h[torch.arange(b, device=h.device), last]
         x = m.norm(x)
+        if self._exact_head is not None:
+            return self._refined_logits(x)
         return self.head(x.to(self.head.weight.dtype) if hasattr(self.head, "weight") else x).float()
+
+    def _refined_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (b, V) fp32 from the bf16 head, the candidates for the largest recomputed by the float head."""
+        w, bias, norm_max = self._exact_head
+        y = self.head(x.to(self.head.weight.dtype)).float()                      # (b, V), bf16-rounded
+        top, bottom = y.amax(-1, keepdim=True), y.amin(-1, keepdim=True)
+        err = x.norm(dim=-1, keepdim=True) * (2.0 ** -7 * norm_max) + torch.maximum(top, -bottom) * 2.0 ** -8
+        rows, cols = torch.nonzero(y >= top - 2 * err, as_tuple=True)
+        exact = (x[rows].to(w.dtype) * w[cols]).sum(-1)
+        if bias is not None:
+            exact = exact + bias[cols]
+        y[rows, cols] = exact.to(y.dtype)
+        return y
 
 
 def make_engine(model, tokenizer=None, hydragen: bool = True, fused: bool = True, **kw) -> Engine:
