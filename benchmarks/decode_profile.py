@@ -23,6 +23,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]   # benchmarks/peft.py would shadow `peft`
 sys.path.insert(0, str(HERE.parent))
+from lmlab.infer.cli import HEAD_DTYPES, head_dtype_for  # noqa: E402
 
 GROUPS = {
     "weights: int4 kernel": ("_weight_int4pack_mm",),
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quantize", choices=["none", "int8", "int4", "bf16"], default="int4")
     ap.add_argument("--engine", choices=["fused", "modules"], default="fused",
                     help="lmlab.infer.fused.FusedEngine (what generate/serve run) or the module-path Engine")
-    ap.add_argument("--head-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+    ap.add_argument("--head-dtype", choices=HEAD_DTYPES, default="auto",
                     help="the fused engine's LM head; auto: bfloat16 when quantized (as lmlab serve)")
     ap.add_argument("--workload", choices=["a", "b", "c"], default="a")
     ap.add_argument("--sizes", default="full", help="benchmarks/peers.py workload shapes (full, mid, small, quick)")
@@ -63,8 +64,7 @@ def main(argv=None) -> dict:
         from lmlab.nn.quant import quantize_
 
         quantize_(model, a.quantize)
-    head = {"auto": torch.bfloat16 if a.quantize != "none" else None, "float32": None,
-            "bfloat16": torch.bfloat16}[a.head_dtype]
+    head = head_dtype_for(a.head_dtype, a.quantize)
     eng = make_engine(model.eval(), tok, fused=a.engine == "fused", **({"head_dtype": head} if head else {}))
     eng.stop_ids = set()
     w = build_workloads(tok.encode, SIZES[a.sizes])[a.workload]

@@ -16,13 +16,15 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parents[1]))
 from _protocol import serve_worker, worker_parser  # noqa: E402
 
+from lmlab.infer.cli import HEAD_DTYPES, head_dtype_for  # noqa: E402
+
 
 def main() -> None:
     ap = worker_parser("smollm2")
     ap.add_argument("--quantize", choices=["none", "int8", "int4", "bf16"], default="none")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--engine", choices=["fused", "modules"], default="fused")
-    ap.add_argument("--head-dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    ap.add_argument("--head-dtype", choices=HEAD_DTYPES, default="auto")
     a = ap.parse_args()
 
     def load():
@@ -38,8 +40,7 @@ def main() -> None:
             from lmlab.nn.quant import quantize_   # added by the weight-only quantization work (issue 21)
 
             quantize_(model, a.quantize, group_size=a.group_size)
-        head = {"auto": torch.bfloat16 if a.quantize != "none" else None, "float32": None,
-                "bfloat16": torch.bfloat16}[a.head_dtype]
+        head = head_dtype_for(a.head_dtype, a.quantize)
         eng = make_engine(model.eval(), tok, fused=a.engine == "fused", **({"head_dtype": head} if head else {}))
         eng.stop_ids = set()   # EOS ignored: every sequence gets exactly `new` tokens
 

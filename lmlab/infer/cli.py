@@ -36,9 +36,26 @@ def _quant_args(p) -> None:
     p.add_argument("--engine", choices=["fused", "modules"], default="fused",
                    help="fused: one linear for q/k/v and one for gate/up per layer, no per-kernel casts "
                         "(lmlab.infer.fused; models it cannot run use modules); modules: the model's own layers")
-    p.add_argument("--head-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="dtype of the LM head's weights in the fused engine; auto: bfloat16 with --quantize "
-                        "int8/int4 (half the bytes of the largest matmul of a decode step), else the model's")
+    p.add_argument("--head-dtype", choices=HEAD_DTYPES, default="auto",
+                   help="dtype of the LM head's weights in the fused engine; auto: bfloat16 with any --quantize "
+                        "(half the bytes of the largest matmul of a decode step), else the model's")
+
+
+HEAD_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def head_dtype_for(choice: str, quantize: str):
+    """--head-dtype's torch dtype for the fused engine's LM head, None = the model's own head: "auto" is bfloat16
+    when the weights are quantized (int8/int4/bf16), else the model's."""
+    import torch
+
+    from lmlab.config import ConfigError
+
+    if choice not in HEAD_DTYPES:
+        raise ConfigError(f"--head-dtype {choice!r}: use auto, float32 or bfloat16")
+    if choice == "auto":
+        return torch.bfloat16 if quantize != "none" else None
+    return getattr(torch, choice)
 
 
 def _quant_kw(args) -> dict:
@@ -94,21 +111,16 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
     `compute` mode (bf16, bf16x2, fp32); `int8_input_group` int8's input group size (`quantize_`). A local
     model runs on the fused engine (`engine="fused"`, lmlab.infer.fused) with its LM head in `head_dtype`
     ("auto": bfloat16 when quantized, else the model's), or on its own layers (`engine="modules"`)."""
-    import torch
-
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
 
     if engine not in ("fused", "modules"):
         raise ConfigError(f"--engine {engine!r}: use fused or modules")
-    dtypes = {"auto": torch.bfloat16 if quantize != "none" else None, "float32": torch.float32,
-              "bfloat16": torch.bfloat16}
-    if head_dtype not in dtypes:
-        raise ConfigError(f"--head-dtype {head_dtype!r}: use auto, float32 or bfloat16")
+    head = head_dtype_for(head_dtype, quantize)
     if engine != "fused":                      # the defaults are LocalBackend's own: pass only a change
         kw["fused"] = False
-    if dtypes[head_dtype] is not None:
-        kw["head_dtype"] = dtypes[head_dtype]
+    if head is not None:
+        kw["head_dtype"] = head
 
     def bad(e: BaseException) -> ConfigError:
         import pickle

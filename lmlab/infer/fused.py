@@ -32,7 +32,7 @@ came out tied and the argmax took the wrong one ("L'Étoile" for "The capital of
 that could be the largest are recomputed exactly: with ‖x‖·‖w_j‖ bounding Σ|x_i·w_ji|, the bf16 logit y_j is within
 e = 2⁻⁷·‖x‖·max_j‖w_j‖ + 2⁻⁸·max_j|y_j| of the fp32 head's (input and weight rounding ≤ 2⁻⁹ each, output rounding
 ≤ 2⁻⁹, doubled for slack), so every j with y_j ≥ max y − 2e (a superset of the possible argmaxes) is computed
-again from the float head's rows in fp32: a median of 2 tokens a step on SmolLM2. The argmax, and every logit
+again from the float head's rows in fp32: a median of 11 tokens a step on SmolLM2. The argmax, and every logit
 near the top, are then the float head's; the rest keep the bf16 values.
 
 Not fusable (`fusable(model)` says why, `make_engine` then returns the plain Engine): mixers other than
@@ -51,10 +51,10 @@ from torch import nn
 from lmlab.infer.engine import Engine
 from lmlab.nn.attention import Attention, KVCache, rope_cache
 from lmlab.nn.ffn import SwiGLU
-from lmlab.nn.quant import BF16Linear, Int4Linear, Int8Linear
+from lmlab.nn.quant import LAYERS, BF16Linear, Int4Linear, Int8Linear
 from lmlab.nn.residual import PreNormResidual
 
-_LINEAR_KINDS = (nn.Linear, Int8Linear, Int4Linear, BF16Linear)
+_LINEAR_KINDS = (nn.Linear, *LAYERS.values())
 
 
 def fusable(model) -> Optional[str]:
@@ -126,7 +126,7 @@ def fuse_linears(mods) -> nn.Module:
 
 
 def _bf16_kernel(m: nn.Module) -> bool:
-    return isinstance(m, (Int8Linear, Int4Linear, BF16Linear)) and m.compute == "bf16"
+    return isinstance(m, tuple(LAYERS.values())) and m.compute == "bf16"
 
 
 def _call(m: nn.Module):

@@ -189,14 +189,13 @@ def parse_gen(body: dict, limits: ServerLimits, default_max: int) -> GenerationC
         n=_num(body, "n", 1, int, 1, limits.max_n), stop=stop, seed=seed)
 
 
-def include_usage(body: dict) -> bool:
-    """OpenAI's stream_options.include_usage (an object with a boolean, or absent/null)."""
+def stream_extras(body: dict) -> dict:
+    """The request fields beyond GenerationConfig, as `generation_response` keywords: vLLM's ignore_eos (checked by
+    parse_gen) and OpenAI's stream_options.include_usage (an object with a boolean, or absent/null)."""
     opts = body.get("stream_options")
-    if opts is None:
-        return False
-    if not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool):
+    if opts is not None and (not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool)):
         raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}", param="stream_options")
-    return bool(opts.get("include_usage"))
+    return {"ignore_eos": bool(body.get("ignore_eos")), "include_usage": bool((opts or {}).get("include_usage"))}
 
 
 def _text(s: str, param: str) -> str:
@@ -450,8 +449,7 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
         gen = parse_gen(body, limits, default_max=16)
         lp = body.get("logprobs")
         return await generation_response("text", prompts, gen, bool(body.get("stream")), bool(body.get("echo")),
-                                         lp is not None and lp is not False, ignore_eos=bool(body.get("ignore_eos")),
-                                         include_usage=include_usage(body))
+                                         lp is not None and lp is not False, **stream_extras(body))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -474,12 +472,11 @@ def create_app(engine, model_name: str, tokenizer, api_key: Optional[str] = None
             prompt = vlm.format_prompt(next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
                                        len(images))
             return await generation_response("chat", [prompt], gen, bool(body.get("stream")), images=images,
-                                             ignore_eos=bool(body.get("ignore_eos")), include_usage=include_usage(body))
+                                             **stream_extras(body))
         from lmlab.infer.backend_impls import _chat_prompt
 
         prompt = _chat_prompt(tokenizer, [{"role": m["role"], "content": m["content"]} for m in msgs])
-        return await generation_response("chat", [prompt], gen, bool(body.get("stream")),
-                                         ignore_eos=bool(body.get("ignore_eos")), include_usage=include_usage(body))
+        return await generation_response("chat", [prompt], gen, bool(body.get("stream")), **stream_extras(body))
 
     return app
 

@@ -33,7 +33,7 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.nn.hf_names import hf_weight_names, mark_hf_twin
-from lmlab.nn.quant import COMPUTE, SCHEMES, BF16Linear, Int4Linear, Int8Linear, quantize_, unpack_int4
+from lmlab.nn.quant import COMPUTE, LAYERS, SCHEMES, BF16Linear, Int4Linear, Int8Linear, quantize_, unpack_int4
 
 Q4_1_BLOCK, Q4_1_BYTES = 32, 20   # weights per block; bytes per block: fp16 d, fp16 m, 16 bytes of codes
 
@@ -57,9 +57,9 @@ def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
 def cached_config_and_tokenizer(gguf_path: str) -> Optional[tuple[Any, Any]]:
     """(lmlab ModelConfig, tokenizer) of a GGUF from its weights-cache entry, or None (no entry, a damaged one, or
     the cache turned off with $LMLAB_WEIGHTS_CACHE=0)."""
-    from lmlab.models.hf import WEIGHTS_CACHE_ENV, gguf_cache_entry, read_cache_entry
+    from lmlab.models.hf import gguf_cache_entry, read_cache_entry
 
-    if os.environ.get(WEIGHTS_CACHE_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+    if not _cache_on():
         return None
     hit = read_cache_entry(gguf_cache_entry(gguf_path))
     return None if hit is None else (hit[0], hit[2])
@@ -165,7 +165,6 @@ def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
 QUANT_CACHE_FORMAT = 1
 QUANT_META = "lmlab_quant_cache.json"
 QUANT_WEIGHTS = "model.safetensors"
-_KINDS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}
 
 
 def _cache_on() -> bool:
@@ -186,7 +185,7 @@ def quant_cache_entry(gguf_path: str, scheme: str, group_size: int, input_group_
 
 
 def _layer_spec(m: torch.nn.Module) -> dict:
-    spec = {"kind": next(k for k, c in _KINDS.items() if type(m) is c), "in": m.in_features, "out": m.out_features,
+    spec = {"kind": next(k for k, c in LAYERS.items() if type(m) is c), "in": m.in_features, "out": m.out_features,
             "bias": m.bias is not None}
     if isinstance(m, Int4Linear):
         spec["group_size"] = m.group_size
@@ -217,7 +216,7 @@ def write_quant_entry(entry: Path, model, tok) -> Path:
 
     tied = model.cfg.tie_embeddings
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not (tied and k == "head.weight")}
-    layers = {name: _layer_spec(m) for name, m in model.named_modules() if type(m) in _KINDS.values()}
+    layers = {name: _layer_spec(m) for name, m in model.named_modules() if type(m) in LAYERS.values()}
     with atomic_dir(entry) as tmp:
         save_file(sd, str(tmp / QUANT_WEIGHTS))
         tok.tok.save_pretrained(str(tmp))

@@ -454,6 +454,9 @@ class BF16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, bf16"
 
 
+LAYERS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}   # quantize_'s schemes -> layer classes
+
+
 def _check_compute(compute: str) -> None:
     if compute not in COMPUTE:
         raise ConfigError(f"quantized linear: compute {compute!r} is not one of {', '.join(COMPUTE)}")
@@ -483,8 +486,8 @@ def _skipped(name: str, skip: tuple[str, ...]) -> bool:
 def quantize_(model: nn.Module, scheme: Literal["int8", "int4", "bf16"], group_size: int = 32,
               skip: Iterable[str] = ("head",), compute: str = "bf16", input_group_size: Optional[int] = None,
               zero_points: bool = True) -> nn.Module:
-    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear / BF16Linear, in place; modules
-    named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
+    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear / BF16Linear, in place;
+    modules named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
     `compute` ("bf16", "bf16x2", "fp32"): see the module doc. int8 only: `input_group_size` (and `zero_points`)
     select the per-row × per-input-group grid (module doc, "int8 with input groups"). Returns `model`."""
     if scheme not in SCHEMES:
@@ -504,7 +507,7 @@ def quantize_(model: nn.Module, scheme: Literal["int8", "int4", "bf16"], group_s
         elif input_group_size is not None:
             _check_input_group(f"quantize int8: layer {name}", m.in_features, input_group_size)
     kw = {"input_group_size": input_group_size, "zero_points": zero_points} if scheme == "int8" else {}
-    cls = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}[scheme]
+    cls = LAYERS[scheme]
     for name, m in todo:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
