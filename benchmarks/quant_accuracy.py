@@ -20,8 +20,10 @@ Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights
     fused …            the same weights generated and timed by the fused engine (lmlab.infer.fused: one linear for
                        q/k/v and one for gate/up, activations kept in bf16 between the kernels); "bf16 head": the
                        engine's bf16 copy of the head with its top logits recomputed in fp32 (head_dtype=bf16, what
-                       `lmlab serve --quantize` runs by default), the logit and perplexity columns from the model
-                       with a plain bf16 head (BF16Linear); "bf16" arms: every linear but the head a BF16Linear
+                       `lmlab serve --quantize bf16` runs by default), the logit and perplexity columns from the
+                       model with a plain bf16 head (BF16Linear); "int8 head": the same with the engine's int8 copy
+                       (head_dtype=int8, the default with --quantize int8/int4), those columns from the "int4, int8
+                       head" model; "bf16" arms: every linear but the head a BF16Linear
 
 Accuracy: 20 prompts (facts, code, chat-template questions), 32-token greedy continuations (one batch, EOS
 ignored, by the arm's engine): the fraction identical to fp32's and the first divergent position; max / mean
@@ -209,15 +211,18 @@ def main(argv=None) -> dict:
     arms.update({"int8 g32 row-init": g32r, "int8 g32 row-init w, fp32 math": float_twin(g32r)})
     bf16 = quantize_(copy.deepcopy(fp32), "bf16")
     arms.update({"fused fp32": fp32, "fused int8": int8, "fused int8, bf16 head": bf16_head(int8),
-                 "fused int4": int4, "fused int4, bf16 head": bf16_head(int4), "fused bf16, bf16 head": bf16_head(bf16)})
-    # the engine of a "bf16 head" arm runs the float-head model with head_dtype=bf16 (a bf16 copy whose top logits
-    # it recomputes in fp32, lmlab.infer.fused); the arm's model (a BF16Linear head, no such step) gives its
-    # logit and perplexity columns, an upper bound on the engine's head error
-    float_head = {"fused int8, bf16 head": int8, "fused int4, bf16 head": int4, "fused bf16, bf16 head": bf16}
+                 "fused int4": int4, "fused int4, bf16 head": bf16_head(int4), "fused int4, int8 head": int4h,
+                 "fused bf16, bf16 head": bf16_head(bf16)})
+    # the engine of a "bf16 head" / "int8 head" arm runs the float-head model with head_dtype=bf16 / int8 (a copy
+    # whose top logits it recomputes in fp32, lmlab.infer.fused); the arm's model (a plain BF16Linear / Int8Linear
+    # head, no such step) gives its logit and perplexity columns, an upper bound on the engine's head error
+    float_head = {"fused int8, bf16 head": int8, "fused int4, bf16 head": int4, "fused bf16, bf16 head": bf16,
+                  "fused int4, int8 head": int4}
 
     def engine(name: str, m):
         if name in float_head:
-            return FusedEngine(float_head[name], tok, head_dtype=torch.bfloat16)
+            return FusedEngine(float_head[name], tok,
+                               head_dtype=torch.int8 if name.endswith("int8 head") else torch.bfloat16)
         return FusedEngine(m, tok) if name.startswith("fused") else Engine(m, tok)
     if a.arms:
         unknown = sorted(set(a.arms) - set(arms))

@@ -98,18 +98,26 @@ def test_fused_quantized_logits_match_the_module_engine(scheme):
     assert agree >= 2
 
 
+def _near_tie_head(m, rows: int, seed: int = 1) -> torch.Tensor:
+    """States x (rows, d) and a head where, for row r, token 10 + r scores 30.00 and token 20 + r 30.03 (bf16
+    steps by 0.125 there; int8's per-row grid errs by more)."""
+    torch.manual_seed(seed)
+    x = torch.randn(rows, m.cfg.d_model)
+    with torch.no_grad():
+        w = m.head.weight                                  # (V, d), fp32
+        for r in range(rows):
+            u = x[r] / x[r].norm()
+            w[10 + r] = u * (30.00 / float(x[r].norm()))
+            w[20 + r] = u * (30.03 / float(x[r].norm()))
+    return x
+
+
 def test_bf16_head_keeps_the_float_heads_argmax():
     """Two logits 0.03 apart at ~30, where bf16 steps by 0.125, tie in the bf16 GEMM; the refined logits keep the
     float head's argmax, every logit near the top is the float head's value, the rest are bf16-close."""
     m, tok = tiny(torch.float32), CharTok()
-    torch.manual_seed(1)
-    x = torch.randn(3, m.cfg.d_model)
-    with torch.no_grad():
-        w = m.head.weight                                  # (V, d), fp32
-        for r in range(3):                                 # row r: token 10 + r scores 30.00, token 20 + r 30.03
-            u = x[r] / x[r].norm()
-            w[10 + r] = u * (30.00 / float(x[r].norm()))
-            w[20 + r] = u * (30.03 / float(x[r].norm()))
+    x = _near_tie_head(m, 3)
+    w = m.head.weight
     fast = FusedEngine(m, tok, head_dtype=torch.bfloat16)
     with torch.no_grad():
         exact = x @ w.T
@@ -120,6 +128,54 @@ def test_bf16_head_keeps_the_float_heads_argmax():
     near = exact >= exact.amax(-1, keepdim=True) - 0.1
     assert torch.allclose(got[near], exact[near], atol=1e-4)
     assert (got - exact).abs().max() <= 2 ** -7 * float(x.norm(dim=-1).max() * w.detach().norm(dim=1).max()) + 0.25
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_int8_head_keeps_the_float_heads_argmax(rows):
+    """The int8 copy (≤ INT8_HEAD_ROWS rows; wider forwards take the bf16 copy) with near-ties and random heads:
+    the refined argmax is the float head's, every logit within 0.5 of the top is the float head's, and the rest
+    are within the module doc's bound e_j of it."""
+    from lmlab.infer.fused import INT8_HEAD_ROWS
+
+    m, tok = tiny(torch.float32), CharTok()
+    x = _near_tie_head(m, rows)
+    x = torch.cat([x, torch.randn(rows, m.cfg.d_model) * 3])                     # and unconstrained states
+    w = m.head.weight
+    fast = FusedEngine(m, tok, head_dtype=torch.int8)
+    assert type(fast.head) is Int8Linear
+    low = fast._low_heads["int8" if len(x) <= INT8_HEAD_ROWS else "bf16"]
+    with torch.no_grad():
+        exact = x @ w.T
+        plain = low.layer(x.to(torch.bfloat16)).float()
+        got = fast._refined_logits(x)
+        xr = x.to(torch.bfloat16).float()
+        a = (xr - x).norm(dim=-1, keepdim=True) + x.shape[1] * 2 ** -23 * x.norm(dim=-1, keepdim=True)
+        e = a * low.wnorm + x.norm(dim=-1, keepdim=True) * low.delta + 2 ** -8 * plain.abs()
+    assert ((plain - exact).abs() <= e).all()                                   # the bound holds
+    assert any(bool(plain[r, 10 + r] >= plain[r, 20 + r]) for r in range(rows))  # the copy alone gets it wrong
+    assert got.argmax(-1).tolist() == exact.argmax(-1).tolist()
+    assert got.argmax(-1)[:rows].tolist() == [20 + r for r in range(rows)]
+    near = exact >= exact.amax(-1, keepdim=True) - 0.5
+    assert torch.allclose(got[near], exact[near], atol=1e-4)
+    assert ((got - exact).abs() <= e).all()
+
+
+def test_int8_head_generates_the_float_heads_greedy_tokens():
+    m, tok = tiny(torch.float32), CharTok()
+    ref, fast = _no_stop(FusedEngine(m, tok)), _no_stop(FusedEngine(m, tok, head_dtype=torch.int8))
+    ids = [tok.encode(p) for p in PROMPTS]
+    for one in ids:                                                              # batch 1: the int8 copy
+        assert (fast.generate_ids([one], GenerationConfig(max_new_tokens=10))[0][0].token_ids
+                == ref.generate_ids([one], GenerationConfig(max_new_tokens=10))[0][0].token_ids)
+    wide = GenerationConfig(max_new_tokens=8, n=3)                               # 3 × prompts rows: bf16 copy
+    assert ([[c.token_ids for c in r] for r in fast.generate_ids(ids, wide)]
+            == [[c.token_ids for c in r] for r in ref.generate_ids(ids, wide)])
+
+
+def test_head_dtype_rejects_other_dtypes():
+    m, tok = tiny(torch.float32), CharTok()
+    with pytest.raises(ValueError, match="head_dtype torch.float16"):
+        FusedEngine(m, tok, head_dtype=torch.float16)
 
 
 def test_bf16_head_copy():

@@ -52,7 +52,7 @@ def main() -> None:
         from importlib.metadata import version
 
         return run, {"engine": f"lmlab {a.quantize if a.quantize != 'none' else 'fp32'}", "engine_class": type(eng).__name__,
-                     "head_dtype": str(getattr(getattr(eng, "head", None), "weight", model.head.weight).dtype),
+                     "head_dtype": str(getattr(eng, "head_dtype", None) or model.head.weight.dtype),
                      "version": version("lmlab"), "torch": torch.__version__,
                      "threads": torch.get_num_threads()}
 
