@@ -203,6 +203,27 @@ def thread_env(threads: int) -> dict:
     return env
 
 
+def pinned(cpus: Optional[set[int]]):
+    """A Popen `preexec_fn` that restricts the child (and so every process it starts) to `cpus`; None: no pinning."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def parse_cpus(spec: Optional[str]) -> Optional[set[int]]:
+    """--cpus "0" / "0,1" -> {0} / {0, 1}; a one-line exit naming the bad value."""
+    if not spec:
+        return None
+    try:
+        cpus = {int(c) for c in spec.split(",") if c.strip()}
+    except ValueError:
+        sys.exit(f"peers: --cpus {spec!r}: use CPU ids such as 0 or 0,1")
+    have = os.sched_getaffinity(0)
+    if not cpus or not cpus <= have:
+        sys.exit(f"peers: --cpus {spec!r}: this process may use CPUs {sorted(have)}")
+    return cpus
+
+
 def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and all its descendants (Linux /proc): vLLM's engine core and
     workers are child processes, llama.cpp's server threads live in the worker, so this counts every engine's
@@ -226,14 +247,16 @@ def tree_cpu_s(pid: int) -> float:
 class Worker:
     """One engine's worker subprocess (benchmarks/peers/_protocol.py)."""
 
-    def __init__(self, spec: EngineSpec, workloads_file: Path, threads: int, log_dir: Path, timeout: float):
-        """Start the worker (it loads its model in the background: wait_ready)."""
+    def __init__(self, spec: EngineSpec, workloads_file: Path, threads: int, log_dir: Path, timeout: float,
+                 cpus: Optional[set[int]] = None):
+        """Start the worker (it loads its model in the background: wait_ready), on `cpus` if given."""
         self.spec, self.timeout = spec, timeout
         self.log = open(log_dir / f"{spec.name.replace(' ', '_')}.log", "w")
         cmd = [str(spec.python), str(WORKERS / spec.script), "--workloads", str(workloads_file),
                "--threads", str(threads), *spec.args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, env={**thread_env(threads), **spec.env}, cwd=str(ROOT))
+                                     text=True, env={**thread_env(threads), **spec.env}, cwd=str(ROOT),
+                                     preexec_fn=pinned(cpus))
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.info: dict = {}
@@ -305,8 +328,8 @@ def wait_ready(url: str, proc: Optional[subprocess.Popen], timeout: float) -> No
 
 
 def start_server(spec: EngineSpec, threads: int, peers: Path, s: Sizes, log_dir: Path,
-                 timeout: float) -> tuple[str, str, Optional[subprocess.Popen]]:
-    """(base url ending in /v1, model name, process) of the engine's own OpenAI-compatible server."""
+                 timeout: float, cpus: Optional[set[int]] = None) -> tuple[str, str, Optional[subprocess.Popen]]:
+    """(base url ending in /v1, model name, process) of the engine's own OpenAI-compatible server, on `cpus`."""
     port = free_port()
     if spec.server == "lmlab":
         cmd = [sys.executable, "-m", "lmlab.cli", "serve", "--model", "smollm2", "--host", "127.0.0.1",
@@ -325,7 +348,7 @@ def start_server(spec: EngineSpec, threads: int, peers: Path, s: Sizes, log_dir:
         raise ValueError(f"peers: {spec.name} has no server to start")
     log = open(log_dir / f"{spec.name.replace(' ', '_')}.server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**thread_env(threads), **spec.env},
-                            cwd=str(ROOT))
+                            cwd=str(ROOT), preexec_fn=pinned(cpus))
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_ready(url, proc, timeout)
@@ -469,6 +492,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--workloads", default="a,b,c,d")
     ap.add_argument("--peers-dir", default=str(PEERS_DIR))
     ap.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile (--enforce-eager)")
+    ap.add_argument("--cpus", default=None,
+                    help="pin every engine's whole process tree (workers, servers and the processes they start) to "
+                         "these CPU ids, e.g. 0: equal cores for every engine; the driver and (d)'s client then run "
+                         "on the other CPUs")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/peers[_quick].json)")
     ap.add_argument("--load-timeout", type=float, default=900.0, help="seconds for a worker/server to load")
     ap.add_argument("--run-timeout", type=float, default=1800.0, help="seconds for one workload call")
@@ -477,6 +504,9 @@ def main(argv=None) -> dict:
     reps = a.reps or (1 if a.quick else 5)
     warmup = a.warmup if a.warmup is not None else (0 if a.quick else 1)
     peers = Path(a.peers_dir).expanduser()
+    cpus = parse_cpus(a.cpus)
+    if cpus and os.sched_getaffinity(0) - cpus:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - cpus)     # the driver off the engines' CPUs
     wl = [w.strip() for w in a.workloads.split(",") if w.strip()]
     for w in wl:
         if w not in WORKLOADS:
@@ -509,15 +539,17 @@ def main(argv=None) -> dict:
     def save(**extra) -> dict:   # after every workload, so an interrupted run keeps what it measured
         res = {"command": "PYTHONPATH=. .venv/bin/python benchmarks/peers.py " +
                           " ".join(argv if argv is not None else sys.argv[1:]),
-               "threads": a.threads, "reps": reps, "warmup": warmup, "sizes": sizes.__dict__, "cpus": os.cpu_count(),
+               "threads": a.threads, "pinned_cpus": sorted(cpus) if cpus else None, "reps": reps, "warmup": warmup,
+               "sizes": sizes.__dict__, "cpus": os.cpu_count(),
                "load_avg_start": load0, "load_avg_now": os.getloadavg(), "engines": info, "results": results,
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), **extra}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_path, json.dumps(res, indent=2) + "\n")
         return res
 
+    pin = f", pinned to CPUs {sorted(cpus)}" if cpus else ""
     print(f"peers: {len(specs)} engines, workloads {','.join(wl)}, {a.threads} thread(s) each, {reps} round(s) "
-          f"+ {warmup} warm-up, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} CPUs)")
+          f"+ {warmup} warm-up{pin}, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} CPUs)")
     results: dict[str, dict[str, dict]] = {w: {} for w in wl}
     info: dict[str, dict] = {}
     workers: dict[str, Worker] = {}
@@ -527,7 +559,7 @@ def main(argv=None) -> dict:
         for s in specs:   # every worker loads at once; then each is waited for
             why = s.missing()
             if why is None:
-                started[s.name] = (Worker(s, wfile, a.threads, log_dir, a.run_timeout), time.perf_counter())
+                started[s.name] = (Worker(s, wfile, a.threads, log_dir, a.run_timeout, cpus), time.perf_counter())
             else:
                 info[s.name] = {"error": why}
                 print(f"  {s.name}: not available: {why}")
@@ -613,7 +645,7 @@ def main(argv=None) -> dict:
                         servers[s.name] = (workers[s.name].info["url"] + "/v1", "smollm2", s.server_extra)
                     else:
                         t0 = time.perf_counter()
-                        url, name, proc = start_server(s, a.threads, peers, sizes, log_dir, a.load_timeout)
+                        url, name, proc = start_server(s, a.threads, peers, sizes, log_dir, a.load_timeout, cpus)
                         procs.append(proc)
                         servers[s.name] = (url, name, s.server_extra)
                         info.setdefault(s.name, {})["server_ready_s"] = time.perf_counter() - t0

@@ -163,3 +163,21 @@ def test_missing_environment_is_reported(tmp_path):
     names = [s.name for s in peers.engine_specs(tmp_path)]
     assert names == ["lmlab fp32", "lmlab int8", "lmlab int4", "lmlab bf16", "vLLM-CPU", "llama.cpp",
                      "llama.cpp (node-llama-cpp)", "onnxruntime-genai int4", "onnxruntime-genai fp32", "transformers"]
+
+
+def test_workers_are_pinned_to_the_cpus_asked(tmp_path):
+    """--cpus: the worker (and what it starts) runs only on those CPUs; bad values exit naming them."""
+    cpu = min(peers.os.sched_getaffinity(0))
+    wfile = tmp_path / "w.json"
+    wfile.write_text("{}")
+    wk = peers.Worker(fake_engine(tmp_path, "pinned"), wfile, 1, tmp_path, timeout=60, cpus={cpu})
+    try:
+        wk.wait_ready(60)
+        assert peers.os.sched_getaffinity(wk.proc.pid) == {cpu}
+    finally:
+        wk.close()
+    assert peers.parse_cpus(None) is None and peers.parse_cpus(str(cpu)) == {cpu}
+    with pytest.raises(SystemExit, match="--cpus 'x': use CPU ids"):
+        peers.parse_cpus("x")
+    with pytest.raises(SystemExit, match="--cpus '4096': this process may use CPUs"):
+        peers.parse_cpus("4096")
