@@ -29,7 +29,7 @@ GROUPS = {
     "weights: int4 kernel": ("_weight_int4pack_mm",),
     "weights: int8 kernel": ("_weight_int8pack_mm",),
     "weights: float matmul (bf16 weights, the head, unquantized)": ("aten::mm", "aten::addmm", "aten::linear",
-                                                                    "aten::matmul"),
+                                                                    "aten::matmul", "mkldnn::_linear_pointwise"),
     "attention": ("scaled_dot_product", "flash_attention", "_efficient_attention", "softmax", "aten::bmm"),
 }
 
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     tokens = sum(len(c.token_ids) for row in out for c in row)
     shares: dict[str, float] = {}
     for e in prof.key_averages():
-        if e.key.startswith("aten::") or "weight_int" in e.key:
+        if e.key.startswith(("aten::", "mkldnn::")) or "weight_int" in e.key:
             g = group_of(e.key)
             shares[g] = shares.get(g, 0.0) + e.self_cpu_time_total / 1e6
     ops = sum(shares.values())
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
           f"(under the profiler), {tokens / cpu:.1f} tokens per CPU-s, {a.threads} thread(s)")
     for g, s in sorted(shares.items(), key=lambda x: -x[1]):
         print(f"  {g:<46} {s:7.3f} s  {100 * s / cpu:5.1f} %")
-    ev = sorted((e for e in prof.key_averages() if e.key.startswith("aten::") or "weight_int" in e.key),
+    ev = sorted((e for e in prof.key_averages() if e.key.startswith(("aten::", "mkldnn::")) or "weight_int" in e.key),
                 key=lambda e: -e.self_cpu_time_total)[:a.top]
     if ev:
         print(f"  top {len(ev)} operators by self CPU time (calls):")

@@ -20,10 +20,9 @@ Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights
     fused …            the same weights generated and timed by the fused engine (lmlab.infer.fused: one linear for
                        q/k/v and one for gate/up, activations kept in bf16 between the kernels); "bf16 head": the
                        engine's bf16 copy of the head with its top logits recomputed in fp32 (head_dtype=bf16, what
-                       `lmlab serve --quantize bf16` runs by default), the logit and perplexity columns from the
-                       model with a plain bf16 head (BF16Linear); "int8 head": the same with the engine's int8 copy
-                       (head_dtype=int8, the default with --quantize int8/int4), those columns from the "int4, int8
-                       head" model; "bf16" arms: every linear but the head a BF16Linear
+                       `lmlab serve --quantize` runs by default), its logit and perplexity columns through the same
+                       head path (the bf16 logits, the top recomputed); "bf16" arms: every linear but the head a
+                       BF16Linear
 
 Accuracy: 20 prompts (facts, code, chat-template questions), 32-token greedy continuations (one batch, EOS
 ignored, by the arm's engine): the fraction identical to fp32's and the first divergent position; max / mean
@@ -134,13 +133,20 @@ def float_twin(model):
     return m
 
 
-def bf16_head(model):
-    """A copy of `model` whose LM head is a BF16Linear (untied: the embedding lookup stays fp32)."""
-    from lmlab.nn.quant import BF16Linear
+def engine_head(model, tok):
+    """A copy of `model` whose head returns what the fused engine's bf16 head copy gives (lmlab.infer.fused: the
+    bf16 logits with the top recomputed from the float head), and that engine (on `model`) itself."""
+    from lmlab.infer.fused import FusedEngine
 
+    eng = FusedEngine(model, tok, head_dtype=torch.bfloat16)
     m = copy.deepcopy(model)
-    m.head = BF16Linear.from_float(model.head)
-    return m
+
+    def hook(mod, inp, out):
+        y = eng._refined_logits(inp[0].reshape(-1, inp[0].shape[-1]))
+        return y.view(*inp[0].shape[:-1], -1).to(out.dtype)
+
+    m.head.register_forward_hook(hook)
+    return m, eng
 
 
 def int8_groups_row_init(model):
@@ -210,19 +216,20 @@ def main(argv=None) -> dict:
     g32r = int8_groups_row_init(fp32)
     arms.update({"int8 g32 row-init": g32r, "int8 g32 row-init w, fp32 math": float_twin(g32r)})
     bf16 = quantize_(copy.deepcopy(fp32), "bf16")
-    arms.update({"fused fp32": fp32, "fused int8": int8, "fused int8, bf16 head": bf16_head(int8),
-                 "fused int4": int4, "fused int4, bf16 head": bf16_head(int4), "fused int4, int8 head": int4h,
-                 "fused bf16, bf16 head": bf16_head(bf16)})
-    # the engine of a "bf16 head" / "int8 head" arm runs the float-head model with head_dtype=bf16 / int8 (a copy
-    # whose top logits it recomputes in fp32, lmlab.infer.fused); the arm's model (a plain BF16Linear / Int8Linear
-    # head, no such step) gives its logit and perplexity columns, an upper bound on the engine's head error
-    float_head = {"fused int8, bf16 head": int8, "fused int4, bf16 head": int4, "fused bf16, bf16 head": bf16,
-                  "fused int4, int8 head": int4}
+    # a "bf16 head" arm is the fused engine with head_dtype=bf16 on the float-head model (a bf16 copy of the head
+    # whose top logits it recomputes in fp32, lmlab.infer.fused); its logit and perplexity columns come from the
+    # same head path (engine_head)
+    heads = {"fused int8, bf16 head": int8, "fused int4, bf16 head": int4, "fused bf16, bf16 head": bf16}
+    head_engines = {}
+    arms.update({"fused fp32": fp32, "fused int8": int8, "fused int4": int4})
+    for name, m in heads.items():
+        if a.arms and name not in a.arms:
+            continue
+        arms[name], head_engines[name] = engine_head(m, tok)
 
     def engine(name: str, m):
-        if name in float_head:
-            return FusedEngine(float_head[name], tok,
-                               head_dtype=torch.int8 if name.endswith("int8 head") else torch.bfloat16)
+        if name in head_engines:
+            return head_engines[name]
         return FusedEngine(m, tok) if name.startswith("fused") else Engine(m, tok)
     if a.arms:
         unknown = sorted(set(a.arms) - set(arms))

@@ -131,19 +131,16 @@ def test_bf16_head_keeps_the_float_heads_argmax():
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
-def test_int8_head_keeps_the_float_heads_argmax(rows):
-    """The int8 copy (≤ INT8_HEAD_ROWS rows; wider forwards take the bf16 copy) with near-ties and random heads:
-    the refined argmax is the float head's, every logit within 0.5 of the top is the float head's, and the rest
-    are within the module doc's bound e_j of it."""
-    from lmlab.infer.fused import INT8_HEAD_ROWS
-
+def test_bf16_head_bound_holds_and_keeps_the_float_argmax(rows):
+    """Near-ties and unconstrained states: the copy alone gets a tie wrong, every bf16 logit is within the module
+    doc's e_j of the float one, the refined argmax is the float head's, every logit within 0.5 of the top is the
+    float head's, and the rest stay within e_j."""
     m, tok = tiny(torch.float32), CharTok()
     x = _near_tie_head(m, rows)
     x = torch.cat([x, torch.randn(rows, m.cfg.d_model) * 3])                     # and unconstrained states
     w = m.head.weight
-    fast = FusedEngine(m, tok, head_dtype=torch.int8)
-    assert type(fast.head) is Int8Linear
-    low = fast._low_heads["int8" if len(x) <= INT8_HEAD_ROWS else "bf16"]
+    fast = FusedEngine(m, tok, head_dtype=torch.bfloat16)
+    low = fast._low_head
     with torch.no_grad():
         exact = x @ w.T
         plain = low.layer(x.to(torch.bfloat16)).float()
@@ -160,22 +157,53 @@ def test_int8_head_keeps_the_float_heads_argmax(rows):
     assert ((got - exact).abs() <= e).all()
 
 
-def test_int8_head_generates_the_float_heads_greedy_tokens():
+def test_bf16_head_generates_the_float_heads_greedy_tokens():
     m, tok = tiny(torch.float32), CharTok()
-    ref, fast = _no_stop(FusedEngine(m, tok)), _no_stop(FusedEngine(m, tok, head_dtype=torch.int8))
+    ref, fast = _no_stop(FusedEngine(m, tok)), _no_stop(FusedEngine(m, tok, head_dtype=torch.bfloat16))
     ids = [tok.encode(p) for p in PROMPTS]
-    for one in ids:                                                              # batch 1: the int8 copy
+    for one in ids:                                                              # batch 1: the dense path
         assert (fast.generate_ids([one], GenerationConfig(max_new_tokens=10))[0][0].token_ids
                 == ref.generate_ids([one], GenerationConfig(max_new_tokens=10))[0][0].token_ids)
-    wide = GenerationConfig(max_new_tokens=8, n=3)                               # 3 × prompts rows: bf16 copy
+    wide = GenerationConfig(max_new_tokens=8, n=3)                               # the prefix tree
     assert ([[c.token_ids for c in r] for r in fast.generate_ids(ids, wide)]
             == [[c.token_ids for c in r] for r in ref.generate_ids(ids, wide)])
 
 
 def test_head_dtype_rejects_other_dtypes():
     m, tok = tiny(torch.float32), CharTok()
-    with pytest.raises(ValueError, match="head_dtype torch.float16"):
+    with pytest.raises(ValueError, match="head_dtype torch.float16 for a torch.float32 head"):
         FusedEngine(m, tok, head_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_the_matmul(dtype, bias):
+    """The oneDNN-packed linear computes x @ Wᵀ (+ b) to the dtype's rounding (against a float64 product);
+    float64 (no oneDNN kernel) gets None, so the engine keeps the module."""
+    from lmlab.infer.fused import packed_linear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 160, bias=bias).to(dtype)
+    call = packed_linear(lin.weight, lin.bias)
+    if call is None:
+        pytest.skip("no oneDNN linear in this torch build")
+    for rows in (1, 7, 33):
+        x = torch.randn(rows, 96).to(dtype)
+        want = (x.double() @ lin.weight.double().T + (lin.bias.double() if bias else 0)).detach()
+        tol = 2 ** -7 if dtype == torch.bfloat16 else 1e-5
+        assert torch.allclose(call(x).double(), want, rtol=tol, atol=tol * float(want.abs().max()))
+    assert packed_linear(lin.weight.double()) is None
+
+
+def test_fused_engine_runs_packed_linears_for_float_weights():
+    m, tok = tiny(torch.float32), CharTok()
+    eng = FusedEngine(m, tok)
+    if eng.layers[0].qkv is eng.layers[0].modules[0]:
+        pytest.skip("no oneDNN linear in this torch build")
+    assert not isinstance(eng.layers[0].qkv, nn.Module) and not isinstance(eng._head_call, nn.Module)
+    ids = tok.encode(PROMPTS[0])
+    got = _no_stop(eng).generate_ids([ids], GenerationConfig(max_new_tokens=8))[0][0].token_ids
+    assert got == _no_stop(Engine(m, tok)).generate_ids([ids], GenerationConfig(max_new_tokens=8))[0][0].token_ids
 
 
 def test_bf16_head_copy():

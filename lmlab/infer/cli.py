@@ -37,25 +37,24 @@ def _quant_args(p) -> None:
                    help="fused: one linear for q/k/v and one for gate/up per layer, no per-kernel casts "
                         "(lmlab.infer.fused; models it cannot run use modules); modules: the model's own layers")
     p.add_argument("--head-dtype", choices=HEAD_DTYPES, default="auto",
-                   help="the fused engine's copy of the LM head (its top logits recomputed in fp32); auto: int8 with "
-                        "--quantize int8/int4 (a quarter of the bytes of a decode step's largest matmul), bfloat16 "
-                        "with --quantize bf16, else the model's own head")
+                   help="dtype of the LM head's weights in the fused engine; auto: bfloat16 with any --quantize "
+                        "(half the bytes of the largest matmul of a decode step), else the model's")
 
 
-HEAD_DTYPES = ("auto", "float32", "bfloat16", "int8")
+HEAD_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def head_dtype_for(choice: str, quantize: str):
-    """--head-dtype's torch dtype for the fused engine's LM head copy (lmlab.infer.fused), None = the model's own
-    head: "auto" is int8 when the weights are int8/int4, bfloat16 when they are bf16, else the model's."""
+    """--head-dtype's torch dtype for the fused engine's LM head, None = the model's own head: "auto" is bfloat16
+    when the weights are quantized (int8/int4/bf16), else the model's."""
     import torch
 
     from lmlab.config import ConfigError
 
     if choice not in HEAD_DTYPES:
-        raise ConfigError(f"--head-dtype {choice!r}: use auto, float32, bfloat16 or int8")
+        raise ConfigError(f"--head-dtype {choice!r}: use auto, float32 or bfloat16")
     if choice == "auto":
-        return {"none": None, "bf16": torch.bfloat16}.get(quantize, torch.int8)
+        return torch.bfloat16 if quantize != "none" else None
     return getattr(torch, choice)
 
 
@@ -111,7 +110,7 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
     (smollm2 included) is read straight into them (`lmlab.models.gguf_quant`); `quant_compute` is their
     `compute` mode (bf16, bf16x2, fp32); `int8_input_group` int8's input group size (`quantize_`). A local
     model runs on the fused engine (`engine="fused"`, lmlab.infer.fused) with its LM head in `head_dtype`
-    (`head_dtype_for`: "auto" is int8 for int8/int4 weights, bfloat16 for bf16 ones, else the model's), or on its own layers (`engine="modules"`)."""
+    ("auto": bfloat16 when quantized, else the model's), or on its own layers (`engine="modules"`)."""
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
 

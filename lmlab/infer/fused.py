@@ -25,27 +25,26 @@ The concatenated layers are copies of the model's weights (`fuse_linears`), made
 the model is not modified, and an engine made before its layers are replaced (e.g. by `quantize_`) keeps
 running the old ones: make a new engine then.
 
-`head_dtype` keeps a lower-precision copy of a float LM head (49152 × 576 for SmolLM2: at batch 1 the largest
-matmul of a step): `torch.bfloat16` reads it in half the bytes, `torch.int8` (per-row scales, the
-`_weight_int8pack_mm` kernel) in a quarter, for forwards of at most `INT8_HEAD_ROWS` rows (wider ones take the
-bf16 copy: the int8 kernel is the slower one from 16 rows on); the default keeps the model's head as it is. A
-low-precision logit can put the wrong token on top: at SmolLM2's logit scale (~25) bf16 steps by 0.125, two
-candidates 0.07 apart came out tied and the argmax took the wrong one ("L'Étoile" for "The capital of France is
-Paris"). So the logits that could be the largest are recomputed exactly. With W̃ the copy's weights as its kernel
-multiplies them, x̃ = bf16(x) its input, δ_j = ‖W̃_j − W_j‖ (kept per row) and the kernel summing in fp32 and
-rounding its output once,
+`head_dtype=torch.bfloat16` keeps a bf16 copy of a float LM head (49152 × 576 for SmolLM2: at batch 1 the largest
+matmul of a step), read in half the bytes; the default keeps the model's head as it is. A bf16 logit can put the
+wrong token on top: at SmolLM2's logit scale (~25) bf16 steps by 0.125, two candidates 0.07 apart came out tied
+and the argmax took the wrong one ("L'Étoile" for "The capital of France is Paris"). So the logits that could be
+the largest are recomputed exactly. With W̃ the copy's weights, x̃ = bf16(x) its input, δ_j = ‖W̃_j − W_j‖ (kept
+per row) and the GEMM summing in fp32 and rounding its output once,
 
     |ỹ_j − y_j| ≤ e_j = (‖x̃ − x‖ + k·2⁻²³·‖x‖)·‖W̃_j‖ + ‖x‖·δ_j + 2⁻⁸·|ỹ_j|
 
-(input rounding, fp32 summation over k terms doubled, weight error by Cauchy–Schwarz, output rounding doubled).
-The argmax of ỹ is recomputed from the float head's row first, giving y* ≤ max y; every j with ỹ_j + e_j ≥ y*
-(a superset of the possible argmaxes) is then computed again from its float row, in fp32. Over 268 greedy steps
-of SmolLM2 on 10 prompts that is a median of 1 token a step with the bf16 copy (at most 8) and 2 with the int8
-one (at most 17); a scalar bound (the largest ‖W̃_j‖ and δ_j for every row) leaves hundreds for int8, whose
-per-row errors differ by 3×. The copies alone pick the float head's argmax on 97 % (bf16) and 98 % (int8) of them. The argmax, and every
-logit that could exceed the float head's top, are then the float head's; the rest keep the copy's values, each
-within its e_j (on SmolLM2 up to ~0.1 with bf16, ~0.7 with int8: use bf16 or the float head where sampled tails
-must be close).
+(input rounding, fp32 summation over k terms doubled, weight rounding by Cauchy–Schwarz, output rounding
+doubled). The float argmax j* has ỹ_j* ≥ max ỹ − 2·max e; among those candidates every j with ỹ_j + e_j ≥
+max_i (ỹ_i − e_i) (a superset of the possible argmaxes) is computed again from its float row, in fp32: over 268
+greedy steps of SmolLM2 on 10 prompts a median of 1 token a step, at most 8 (the copy alone picks the float
+argmax on 97 % of them). The argmax, and every logit that could exceed the float head's top, are then the float
+head's; the rest keep the copy's values, each within its e_j (≲ 0.1 on SmolLM2). An int8 copy (per-row scales,
+`_weight_int8pack_mm`) under the same bound was tried: 1.8 ms a step against 1.65 for the packed bf16 copy below.
+
+Float and bf16 weights run as packed oneDNN linears (`packed_linear`: the weight reordered once into oneDNN's
+blocked layout instead of on every call), bit-identical to `torch.mm` in bf16 here and 1.3–2× faster at 1–32
+rows; fp32 sums in another order.
 
 Not fusable (`fusable(model)` says why, `make_engine` then returns the plain Engine): mixers other than
 full-context Attention, FFNs other than SwiGLU, residuals other than pre-norm, LoRA/PEFT-wrapped linears,
@@ -67,9 +66,6 @@ from lmlab.nn.quant import LAYERS, BF16Linear, Int4Linear, Int8Linear
 from lmlab.nn.residual import PreNormResidual
 
 _LINEAR_KINDS = (nn.Linear, *LAYERS.values())
-HEAD_DTYPES = (torch.bfloat16, torch.int8)   # the head copies FusedEngine(head_dtype=...) makes
-INT8_HEAD_ROWS = 4   # forwards of at most this many rows read the int8 head copy; SmolLM2's head, one thread:
-                     # 1.8 vs 3.4 ms (bf16) at 1 row, 2.1 vs 3.9 at 4, 8.2 vs 5.4 at 16
 
 
 def fusable(model) -> Optional[str]:
@@ -144,14 +140,34 @@ def _bf16_kernel(m: nn.Module) -> bool:
     return isinstance(m, tuple(LAYERS.values())) and m.compute == "bf16"
 
 
-def _call(m: nn.Module):
-    """x (rows, k) -> (rows, n): the kernel itself for a bias-free "bf16" int8/int4/bf16 layer (x already
-    bf16 and contiguous; the scales cast once here), else the module."""
-    if not _bf16_kernel(m) or m.bias is not None:
+def packed_linear(weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
+    """x (rows, k) -> x @ weightᵀ (+ bias) through oneDNN with the weight reordered once into its blocked layout
+    (`torch.ops.mkldnn._linear_pointwise`, what Inductor's frozen CPU graphs call), or None where that op is
+    missing or refuses (no mkldnn, not CPU, not fp32/bf16). x must have the weight's dtype. The same products as
+    `torch.mm`, without the per-call reorder: on SmolLM2's shapes, one thread, bf16 1.9–2.0× faster at 1 row and
+    1.3–1.45× at 16 (bit-identical results here), fp32 2.6× at 16 rows (summed in another order)."""
+    if (weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16)
+            or not torch.backends.mkldnn.is_available()):
+        return None
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        wp = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        b = None if bias is None else bias.detach().to(weight.dtype).contiguous()
+        op(torch.zeros(1, weight.shape[1], dtype=weight.dtype), wp, b, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return None
+    return lambda x: op(x, wp, b, "none", [], "")
+
+
+def _call(m: nn.Module, cd: torch.dtype):
+    """x (rows, k) in the compute dtype `cd` -> (rows, n): the kernel itself for a bias-free "bf16" int8/int4
+    layer (x already bf16 and contiguous; the scales cast once here), a packed oneDNN linear for float / bf16
+    weights in `cd` (`packed_linear`), else the module."""
+    if isinstance(m, (nn.Linear, BF16Linear)) and m.weight.dtype == cd:
+        call = packed_linear(m.weight, m.bias)
+        return call if call is not None else m
+    if not _bf16_kernel(m) or m.bias is not None or isinstance(m, BF16Linear):
         return m
-    if isinstance(m, BF16Linear):
-        w = m.weight
-        return lambda x: torch.mm(x, w.t())
     scales = getattr(m, m.SCALES).to(torch.bfloat16).contiguous()
     if isinstance(m, Int4Linear):
         packed, group = m.packed_weight(), m.group_size
@@ -171,11 +187,15 @@ class _Layer:
     def __init__(self, blk):
         a, f = blk.mixer, blk.ffn
         self.modules = (fuse_linears([a.q_proj, a.k_proj, a.v_proj]), a.o_proj, fuse_linears([f.gate, f.up]), f.down)
-        self.qkv, self.o, self.gate_up, self.down = (_call(m) for m in self.modules)
+        self.qkv = self.o = self.gate_up = self.down = None     # bind(compute dtype)
         self.norm1, self.eps1 = blk.res_mixer.norm.weight, blk.res_mixer.norm.eps
         self.norm2, self.eps2 = blk.res_ffn.norm.weight, blk.res_ffn.norm.eps
         self.h, self.kv, self.hd = a.n_head, a.n_kv, a.head_dim
         self.ff = f.gate.out_features
+
+    def bind(self, cd: torch.dtype) -> None:
+        """The four calls of the layer loop, for inputs in the compute dtype `cd` (`_call`)."""
+        self.qkv, self.o, self.gate_up, self.down = (_call(m, cd) for m in self.modules)
 
 
 class _OneSequenceCache:
@@ -203,27 +223,24 @@ class FusedEngine(Engine):
         linears = [m for lay in self.layers for m in lay.modules]
         self.compute_dtype = (torch.bfloat16 if all(_bf16_kernel(m) for m in linears)
                               else model.embed.weight.dtype)
+        for lay in self.layers:
+            lay.bind(self.compute_dtype)
         head = model.head
         self.head_dtype = head_dtype
-        self._exact_head = None     # (weight, bias) of the float head when lower-precision copies run
-        self._low_heads: dict = {}  # "int8" / "bf16" -> _LowHead
+        self._exact_head = None     # (weight, bias) of the float head when a bf16 copy runs
+        self._low_head = None       # that copy: _LowHead
         if head_dtype is not None and type(head) is nn.Linear and head.weight.dtype != head_dtype:
-            if head_dtype not in HEAD_DTYPES:
-                raise ValueError(f"FusedEngine: head_dtype {head_dtype} is not one of "
-                                 f"{', '.join(str(d) for d in HEAD_DTYPES)}")
-            if head.weight.dtype not in (torch.float32, torch.float64):
-                raise ValueError(f"FusedEngine: head_dtype {head_dtype} needs a float32/64 head, "
-                                 f"not {head.weight.dtype}")
+            if head_dtype != torch.bfloat16 or head.weight.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"FusedEngine: head_dtype {head_dtype} for a {head.weight.dtype} head: "
+                                 "use torch.bfloat16 with a float32/64 head, or None")
             self._exact_head = (head.weight, head.bias)
-            self._low_heads["bf16"] = _LowHead(BF16Linear.from_float(head), head.weight)
-            if head_dtype == torch.int8:
-                i8 = Int8Linear.from_float(head, compute="bf16")
-                with torch.no_grad():   # the kernel reads bf16 scales: keep those, so dequantize() is its weight
-                    i8.scales.copy_(i8.scales.bfloat16().float())
-                self._low_heads["int8"] = _LowHead(i8, head.weight)
-            self.head = self._low_heads["int8" if head_dtype == torch.int8 else "bf16"].layer
+            self._low_head = _LowHead(BF16Linear.from_float(head), head.weight)
+            self.head = self._low_head.layer
         else:
             self.head = head
+        w = getattr(self.head, "weight", None)
+        self._head_call = (packed_linear(w, self.head.bias) if self._exact_head is None and w is not None
+                           and type(self.head) in (nn.Linear, BF16Linear) else None) or self.head
         cfg = model.cfg
         self.theta = cfg.rope_theta
 
@@ -280,18 +297,17 @@ class FusedEngine(Engine):
         x = m.norm(x)
         if self._exact_head is not None:
             return self._refined_logits(x)
-        return self.head(x.to(self.head.weight.dtype) if hasattr(self.head, "weight") else x).float()
+        return self._head_call(x.to(self.head.weight.dtype) if hasattr(self.head, "weight") else x).float()
 
     def _refined_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (b, V) fp32 from a low-precision head copy, the candidates for the largest recomputed from the
-        float head's rows (module doc): the argmax and every logit that could exceed it are the float head's."""
+        """Logits (b, V) fp32 from the bf16 head copy, the candidates for the largest recomputed from the float
+        head's rows (module doc): the argmax and every logit that could exceed it are the float head's."""
         w, bias = self._exact_head
         b, k = x.shape
-        low = self._low_heads.get("int8") if b <= INT8_HEAD_ROWS else None
-        low = low or self._low_heads["bf16"]
+        low = self._low_head
         x = x.float()
         xr = x.to(torch.bfloat16)
-        y = low.layer(xr).float()                                                  # (b, V)
+        y = low.call(xr).float()                                                   # (b, V)
         xn = x.norm(dim=-1)
         a = (xr.float() - x).norm(dim=-1) + (k * 2.0 ** -23) * xn                  # (b,)
 
@@ -299,31 +315,30 @@ class FusedEngine(Engine):
             e = (x[rows].to(w.dtype) * w[cols]).sum(-1)
             return (e + bias[cols] if bias is not None else e).to(y.dtype)
 
-        r = torch.arange(b, device=y.device)
-        lo, hi = torch.aminmax(y, dim=-1)
-        best = y.argmax(-1)
-        floor = exact(r, best)                                                     # ≤ the float head's max
+        hi, lo = y.amax(-1), y.amin(-1)          # (torch.aminmax and argmax take 10-40× amax's time here)
         bound = (a * low.wnorm_max + xn * low.delta_max + 2.0 ** -8 * torch.maximum(hi, -lo)
                  + low.bias_err_max)                                               # ≥ every e_j
-        rows, cols = torch.nonzero(y + bound[:, None] >= floor[:, None], as_tuple=True)
+        # the float argmax j* has y_j* ≥ y_k ≥ ỹ_k − e_k for k = argmax ỹ, so ỹ_j* ≥ max ỹ − 2·bound
+        rows, cols = torch.nonzero(y >= (hi - 2 * bound)[:, None], as_tuple=True)
         yc = y[rows, cols]
         e = a[rows] * low.wnorm[cols] + xn[rows] * low.delta[cols] + 2.0 ** -8 * yc.abs()
         if low.bias_err is not None:
             e = e + low.bias_err[cols]
+        floor = torch.full_like(hi, -torch.inf).scatter_reduce_(0, rows, yc - e, "amax")   # ≤ max y, per row
         keep = yc + e >= floor[rows]
         rows, cols = rows[keep], cols[keep]
         y[rows, cols] = exact(rows, cols)
-        y[r, best] = floor
         return y
 
 
 class _LowHead:
-    """A lower-precision copy (`layer`) of a float head W, with per row j ‖W̃_j‖ (`wnorm`) and δ_j = ‖W̃_j − W_j‖
-    (`delta`) for the bound of the module doc, W̃ = layer.dequantize(), and their largest values; a head with a
-    bias adds 2⁻⁸·|b_j| to e_j (`bias_err`: the bias, like the output, rounded to bf16)."""
+    """A bf16 copy (`layer`, run by `call`) of a float head W, with per row j ‖W̃_j‖ (`wnorm`) and
+    δ_j = ‖W̃_j − W_j‖ (`delta`) for the bound of the module doc, W̃ = layer.dequantize(), and their largest values;
+    a head with a bias adds 2⁻⁸·|b_j| to e_j (`bias_err`: the bias, like the output, rounded to bf16)."""
 
     def __init__(self, layer: nn.Module, w: torch.Tensor):
         self.layer = layer.eval()
+        self.call = packed_linear(layer.weight, layer.bias) or layer
         with torch.no_grad():
             wt = layer.dequantize().double()
             self.wnorm = wt.norm(dim=1).float()
