@@ -191,3 +191,37 @@ def test_categorical_draws_follow_the_distribution():
     assert (freq - torch.tensor([0.0, 0.5, 0.2, 0.0, 0.3], dtype=torch.float64)).abs().max() < 0.03  # ~4 SE
     again = categorical(probs, torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)                                    # seeded: reproducible
+
+
+def test_level1_folded_into_the_suffix_equals_reference(monkeypatch):
+    """Equal-length remainders (distinct questions after a shared prefix; one prompt's samples, whose level 1 is
+    its last token) are folded into the suffix caches, and greedy decoding still equals the full recompute;
+    unequal remainders keep level 1 as its own block."""
+    import lmlab.infer.engine as E
+
+    folds = []
+    real = E.TreeKVCache.__init__
+
+    def spy(self, plan, *a, **k):
+        folds.append(plan.fold)
+        real(self, plan, *a, **k)
+
+    monkeypatch.setattr(E.TreeKVCache, "__init__", spy)
+    m, tok = tiny(), CharTok()
+    eng = Engine(m, tok, stop_token_ids=[])
+    eng.stop_ids = set()
+    base = "shared system text: "
+    prompts = [tok.encode(base + q) for q in ("abc?", "xyz?", "pqr?")]
+    out = eng.generate_ids(prompts, GenerationConfig(max_new_tokens=8))
+    assert folds and all(folds)
+    for p, row in zip(prompts, out):
+        assert row[0].token_ids == greedy_reference(m, p, 8)
+    folds.clear()
+    one = eng.generate_ids([prompts[0]], GenerationConfig(max_new_tokens=6, n=3))
+    assert folds and all(folds)
+    assert all(c.token_ids == greedy_reference(m, prompts[0], 6) for c in one[0])
+    folds.clear()
+    uneven = [tok.encode(base + "a?"), tok.encode(base + "abcd?")]
+    out = eng.generate_ids(uneven, GenerationConfig(max_new_tokens=4, n=2))
+    assert folds and not any(folds)
+    assert all(c.token_ids == greedy_reference(m, p, 4) for p, row in zip(uneven, out) for c in row)

@@ -21,6 +21,10 @@ Decode attention of sequence i reads level 0 + level 1 of its prompt + its suffi
 the three blocks are attended separately (prefix blocks batched over all the sequences that share them)
 and merged by log-sum-exp (lmlab.nn.hydragen); with `hydragen=False` the prefixes are copied into a
 dense per-sequence cache (N, k, L0+R+T, d) and attended with one masked SDPA call — the standard layout.
+When every level-1 remainder has the same length R and folding it costs little (each prompt read by one
+sequence, or R ≤ FOLD_LEVEL1_MAX_R), level 1 is copied into the front of each sequence's suffix cache
+(N, k, R+T, d) instead: one unmasked block less per layer and step (e.g. 16 samples of one prompt, whose
+level 1 is its last token; 32 questions of equal length after one system prompt).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from lmlab.nn.peft import peft_context
 
 StreamFn = Callable[[int, int, str], None]   # (prompt index, sample index, new text)
 PREFILL_SCORE_BUDGET = 1 << 26               # elements of one level-1 prefill score tensor
+FOLD_LEVEL1_MAX_R = 16                       # level 1 shared by several sequences is folded up to this length
 
 
 @dataclass
@@ -60,6 +65,7 @@ class _Plan:
     l1_len: Optional[torch.Tensor] = None     # (G,) valid level-1 tokens
     step: int = 0
     dense_valid: Optional[torch.Tensor] = None  # (N, L0+R+T) for the non-Hydragen path
+    fold: bool = False                          # level 1 copied into the suffix caches (module doc)
 
 
 class TreeKVCache:
@@ -68,7 +74,8 @@ class TreeKVCache:
     def __init__(self, plan: _Plan, n_seq: int, kv: int, d: int, max_new: int, device, dtype):
         self.plan = plan
         self.k0 = self.v0 = self.k1 = self.v1 = None
-        self.ks = torch.zeros(n_seq, kv, max_new, d, device=device, dtype=dtype)  # preallocated suffix
+        front = plan.R if plan.fold else 0                                        # folded level 1
+        self.ks = torch.zeros(n_seq, kv, front + max_new, d, device=device, dtype=dtype)  # preallocated suffix
         self.vs = torch.zeros_like(self.ks)
         self.kd = self.vd = None
         self.length = 0
@@ -80,6 +87,9 @@ class TreeKVCache:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         if P.phase == "level1":                                           # q (G, h, R, d)
             self.k1, self.v1 = k, v
+            if P.fold:
+                self.ks[:, :, :P.R] = k[P.group]
+                self.vs[:, :, :P.R] = v[P.group]
             G, h, R = q.shape[0], q.shape[1], q.shape[2]
             step = max(1, PREFILL_SCORE_BUDGET // (h * R * R))   # bound the (prompts, h, R, R) scores
             outs = []
@@ -90,6 +100,12 @@ class TreeKVCache:
                 outs.append(hydragen_attention(q[i:i + g], levels, k[i:i + g], v[i:i + g], P.l1_len[i:i + g], q_pos))
             return torch.cat(outs)
         s = P.step                                                        # decode: q (N, h, 1, d)
+        if P.fold:
+            c = P.R + s
+            self.ks[:, :, c] = k[:, :, 0]
+            self.vs[:, :, c] = v[:, :, 0]
+            levels = [PrefixLevel(self.k0, self.v0, torch.zeros_like(P.group))] if P.L0 else []
+            return hydragen_attention(q, levels, self.ks[:, :, :c + 1], self.vs[:, :, :c + 1])
         self.ks[:, :, s] = k[:, :, 0]
         self.vs[:, :, s] = v[:, :, 0]
         if P.hydragen:
@@ -353,7 +369,9 @@ class Engine:
         R = max(len(r) for r in rem)
         l1_len = torch.tensor([len(r) for r in rem], device=dev)
         t0, c0 = time.perf_counter(), time.process_time()
-        plan = _Plan(hydragen=hydragen, L0=L0, R=R, group=group, l1_len=l1_len)
+        most = int(torch.bincount(group).max())                          # sequences reading one level 1
+        plan = _Plan(hydragen=hydragen, L0=L0, R=R, group=group, l1_len=l1_len,
+                     fold=hydragen and len({len(r) for r in rem}) == 1 and (most == 1 or R <= FOLD_LEVEL1_MAX_R))
         kv, hd = cfg.kv_heads, cfg.head_dim
         caches = [TreeKVCache(plan, N, kv, hd, T, dev, self.model.embed.weight.dtype) for _ in self.model.blocks]
         if L0:
