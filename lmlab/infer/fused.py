@@ -37,14 +37,16 @@ per row) and the GEMM summing in fp32 and rounding its output once,
 (input rounding, fp32 summation over k terms doubled, weight rounding by Cauchy–Schwarz, output rounding
 doubled). The float argmax j* has ỹ_j* ≥ max ỹ − 2·max e; among those candidates every j with ỹ_j + e_j ≥
 max_i (ỹ_i − e_i) (a superset of the possible argmaxes) is computed again from its float row, in fp32: over 268
-greedy steps of SmolLM2 on 10 prompts a median of 1 token a step, at most 8 (the copy alone picks the float
-argmax on 97 % of them). The argmax, and every logit that could exceed the float head's top, are then the float
-head's; the rest keep the copy's values, each within its e_j (≲ 0.1 on SmolLM2). An int8 copy (per-row scales,
-`_weight_int8pack_mm`) under the same bound was tried: 1.8 ms a step against 1.65 for the packed bf16 copy below.
+greedy steps of SmolLM2 on 10 prompts, 3 candidates a step (median; at most 34) and 1 recomputed (at most 10);
+the copy alone picks the float argmax on 97 % of them. The argmax, and every logit that could exceed the float
+head's top, are then the float head's; the rest keep the copy's values, each within its e_j (at most 0.22 from
+the float logits over those steps). An int8 copy (per-row scales, `_weight_int8pack_mm`) under the same bound was
+tried: its kernel takes 1.64 ms a step against 1.55 for the packed bf16 copy below (`benchmarks/linear_kernels.py`,
+one row, one thread; 7.0 against 3.2 ms at 16 rows).
 
 Float and bf16 weights run as packed oneDNN linears (`packed_linear`: the weight reordered once into oneDNN's
-blocked layout instead of on every call), bit-identical to `torch.mm` in bf16 here and 1.3–2× faster at 1–32
-rows; fp32 sums in another order.
+blocked layout instead of on every call), bit-identical to `torch.mm` in bf16 here and 1.4–2.2× faster at 1–16
+rows (`benchmarks/linear_kernels.py`); fp32 sums in another order.
 
 Not fusable (`fusable(model)` says why, `make_engine` then returns the plain Engine): mixers other than
 full-context Attention, FFNs other than SwiGLU, residuals other than pre-norm, LoRA/PEFT-wrapped linears,
@@ -144,8 +146,9 @@ def packed_linear(weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
     """x (rows, k) -> x @ weightᵀ (+ bias) through oneDNN with the weight reordered once into its blocked layout
     (`torch.ops.mkldnn._linear_pointwise`, what Inductor's frozen CPU graphs call), or None where that op is
     missing or refuses (no mkldnn, not CPU, not fp32/bf16). x must have the weight's dtype. The same products as
-    `torch.mm`, without the per-call reorder: on SmolLM2's shapes, one thread, bf16 1.9–2.0× faster at 1 row and
-    1.3–1.45× at 16 (bit-identical results here), fp32 2.6× at 16 rows (summed in another order)."""
+    `torch.mm`, without the per-call reorder. On SmolLM2's shapes, one thread (`benchmarks/linear_kernels.py`):
+    bf16 1.7–2.2× faster at 1 row and 1.4–1.5× at 16, bit-identical here; fp32 1.6–2.0× at 16 rows and 1.7× on
+    the head at 1 row, 0.75–1.25× on a layer's linears at 1 row (summed in another order)."""
     if (weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16)
             or not torch.backends.mkldnn.is_available()):
         return None
