@@ -34,6 +34,11 @@ GROUPS = {
 }
 
 
+def counted(name: str) -> bool:
+    """An operator the shares count (aten, oneDNN, the weight-only kernels); the rest is Python and dispatch."""
+    return name.startswith(("aten::", "mkldnn::")) or "weight_int" in name
+
+
 def group_of(name: str) -> str:
     for g, keys in GROUPS.items():
         if any(k in name for k in keys):
@@ -80,7 +85,7 @@ def main(argv=None) -> dict:
     tokens = sum(len(c.token_ids) for row in out for c in row)
     shares: dict[str, float] = {}
     for e in prof.key_averages():
-        if e.key.startswith(("aten::", "mkldnn::")) or "weight_int" in e.key:
+        if counted(e.key):
             g = group_of(e.key)
             shares[g] = shares.get(g, 0.0) + e.self_cpu_time_total / 1e6
     ops = sum(shares.values())
@@ -89,7 +94,7 @@ def main(argv=None) -> dict:
           f"(under the profiler), {tokens / cpu:.1f} tokens per CPU-s, {a.threads} thread(s)")
     for g, s in sorted(shares.items(), key=lambda x: -x[1]):
         print(f"  {g:<46} {s:7.3f} s  {100 * s / cpu:5.1f} %")
-    ev = sorted((e for e in prof.key_averages() if e.key.startswith(("aten::", "mkldnn::")) or "weight_int" in e.key),
+    ev = sorted((e for e in prof.key_averages() if counted(e.key)),
                 key=lambda e: -e.self_cpu_time_total)[:a.top]
     if ev:
         print(f"  top {len(ev)} operators by self CPU time (calls):")

@@ -21,7 +21,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
-from benchmarks._interleave import interleaved  # noqa: E402
+from benchmarks._interleave import interleaved, median_of  # noqa: E402
 
 D, FF, V, QKV = 576, 1536, 49152, 960        # SmolLM2-135M: d_model, FFN width, vocabulary, q+k+v rows
 SHAPES = {"qkv": (QKV, D), "o": (D, D), "gate_up": (2 * FF, D), "down": (D, FF), "head": (V, D)}
@@ -34,11 +34,6 @@ def per_call_ms(f, calls: int):
             f()
         return {"ms": (time.perf_counter() - t) / calls * 1e3}
     return side
-
-
-def median_ms(samples) -> float:
-    xs = sorted(s.extra["ms"] for s in samples)
-    return xs[len(xs) // 2]
 
 
 def main(argv=None) -> dict:
@@ -74,12 +69,12 @@ def main(argv=None) -> dict:
                     i8 = Int8Linear.from_float(lin)
                     sides["int8"] = per_call_ms(lambda: i8(x), calls)
                 t = interleaved(sides, reps=a.reps, warmup=1, log=lambda m: None)
-                mm, pk = median_ms(t["mm"]), median_ms(t["packed"])
+                mm, pk = median_of(t["mm"], "ms"), median_of(t["packed"], "ms")
                 key = f"{rows}/{name}/{str(dt).split('.')[-1]}"
                 out[key] = {"mm_ms": mm, "packed_ms": pk, "equal": bool(same)}
                 extra = ""
                 if "int8" in t:
-                    out[key]["int8_ms"] = median_ms(t["int8"])
+                    out[key]["int8_ms"] = median_of(t["int8"], "ms")
                     extra = f"   int8 kernel {out[key]['int8_ms']:.3f} ms"
                 print(f"{rows:>4} {name:8} {str(dt).split('.')[-1][:5]:5} {mm:8.3f} {pk:9.3f} {mm / pk:8.2f}×  "
                       f"{'yes' if same else 'NO'}{extra}")
@@ -87,9 +82,9 @@ def main(argv=None) -> dict:
         red = {"amax": lambda: y.amax(-1), "amin": lambda: y.amin(-1), "aminmax": lambda: torch.aminmax(y, dim=-1),
                "argmax": lambda: y.argmax(-1)}
         t = interleaved({k: per_call_ms(f, 50) for k, f in red.items()}, reps=a.reps, warmup=1, log=lambda m: None)
-        out[f"{rows}/reductions"] = {k: median_ms(v) for k, v in t.items()}
+        out[f"{rows}/reductions"] = {k: median_of(v, "ms") for k, v in t.items()}
         print(f"{rows:>4} reductions over ({rows}, {V}) fp32: " +
-              ", ".join(f"{k} {median_ms(v):.3f} ms" for k, v in t.items()))
+              ", ".join(f"{k} {median_of(v, 'ms'):.3f} ms" for k, v in t.items()))
     return out
 
 

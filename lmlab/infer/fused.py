@@ -166,10 +166,9 @@ def _call(m: nn.Module, cd: torch.dtype):
     """x (rows, k) in the compute dtype `cd` -> (rows, n): the kernel itself for a bias-free "bf16" int8/int4
     layer (x already bf16 and contiguous; the scales cast once here), a packed oneDNN linear for float / bf16
     weights in `cd` (`packed_linear`), else the module."""
-    if isinstance(m, (nn.Linear, BF16Linear)) and m.weight.dtype == cd:
-        call = packed_linear(m.weight, m.bias)
-        return call if call is not None else m
-    if not _bf16_kernel(m) or m.bias is not None or isinstance(m, BF16Linear):
+    if isinstance(m, (nn.Linear, BF16Linear)):
+        return (packed_linear(m.weight, m.bias) if m.weight.dtype == cd else None) or m
+    if not _bf16_kernel(m) or m.bias is not None:
         return m
     scales = getattr(m, m.SCALES).to(torch.bfloat16).contiguous()
     if isinstance(m, Int4Linear):
@@ -238,12 +237,10 @@ class FusedEngine(Engine):
                                  "use torch.bfloat16 with a float32/64 head, or None")
             self._exact_head = (head.weight, head.bias)
             self._low_head = _LowHead(BF16Linear.from_float(head), head.weight)
-            self.head = self._low_head.layer
+            self.head = self._head_call = self._low_head.layer      # run through _refined_logits
         else:
             self.head = head
-        w = getattr(self.head, "weight", None)
-        self._head_call = (packed_linear(w, self.head.bias) if self._exact_head is None and w is not None
-                           and type(self.head) in (nn.Linear, BF16Linear) else None) or self.head
+            self._head_call = _call(head, head.weight.dtype) if isinstance(head, (nn.Linear, BF16Linear)) else head
         cfg = model.cfg
         self.theta = cfg.rope_theta
 
