@@ -17,6 +17,10 @@ Arms (same GGUF; the LM head is tied to the embedding and is 21 % of the weights
     int4               the Q4_1 blocks loaded straight into Int4Linear, group 32 (lmlab.models.gguf_quant); head fp32
     int4 bf16x2        the same int4 layers, compute="bf16x2"
     int4, int8 head    the int4 arm with the head (a copy of the tied embedding) quantized to per-channel int8
+    int8g              group-wise int8 in fp32 math (Int8GroupLinear, lmlab.nn.cpu_kernels): the GGUF's Q4_1 and Q8_0
+                       blocks loaded as they are (lmlab.models.gguf_quant), the head (the tied Q8_0 embedding) too
+    int8g requantized  the fp32 arm copied and quantized by quantize_(scheme="int8g", skip=()): each group's own
+                       min/max grid of 255 steps, head included (the quantizer, not the file's blocks)
     fused …            the same weights generated and timed by the fused engine (lmlab.infer.fused: one linear for
                        q/k/v and one for gate/up, activations kept in bf16 between the kernels); "bf16 head": the
                        engine's bf16 copy of the head with its top logits recomputed in fp32 (head_dtype=bf16, what
@@ -201,6 +205,9 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     int4, _ = load_gguf_quantized("smollm2", "int4")
     load_int4 = time.perf_counter() - t
+    t = time.perf_counter()
+    int8g, _ = load_gguf_quantized("smollm2", "int8g")
+    load_int8g = time.perf_counter() - t
     int8 = quantize_(copy.deepcopy(fp32), "int8")
     int4h = copy.deepcopy(int4)
     int4h.head = copy.deepcopy(int4h.head)                 # untie: the embedding lookup stays fp32
@@ -216,6 +223,8 @@ def main(argv=None) -> dict:
     g32r = int8_groups_row_init(fp32)
     arms.update({"int8 g32 row-init": g32r, "int8 g32 row-init w, fp32 math": float_twin(g32r)})
     bf16 = quantize_(copy.deepcopy(fp32), "bf16")
+    arms.update({"int8g": int8g, "fused int8g": int8g,
+                 "int8g requantized": quantize_(copy.deepcopy(fp32), "int8g", skip=())})
     # a "bf16 head" arm is the fused engine with head_dtype=bf16 on the float-head model (a bf16 copy of the head
     # whose top logits it recomputes in fp32, lmlab.infer.fused); its logit and perplexity columns come from the
     # same head path (engine_head)
@@ -237,7 +246,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--arms: unknown arm {unknown[0]!r}; known: {', '.join(arms)}")
         arms = {n: m for n, m in arms.items() if n == "fp32" or n in a.arms}
     untimed = {n for n in arms if n.endswith("fp32 math")}
-    print(f"load (wall, under load): fp32 via transformers {load_fp32:.1f} s, int4 direct from GGUF {load_int4:.1f} s")
+    print(f"load (wall): fp32 via transformers {load_fp32:.1f} s, int4 direct from GGUF {load_int4:.1f} s, "
+          f"int8g {load_int8g:.1f} s")
 
     # ---- accuracy
     ps = prompts(tok)
@@ -251,7 +261,8 @@ def main(argv=None) -> dict:
             logits[name] = [m(torch.tensor([p])).logits[0].float() for p in ps]
     windows = heldout_ids(tok, a.ppl_tokens)
     res: dict = {"load_avg_start": [round(x, 2) for x in load0], "prompts": len(ps), "new_tokens": 32,
-                 "ppl_tokens": sum(len(w) for w in windows), "load_s": {"fp32": load_fp32, "int4_direct": load_int4},
+                 "ppl_tokens": sum(len(w) for w in windows),
+                 "load_s": {"fp32": load_fp32, "int4_direct": load_int4, "int8g_direct": load_int8g},
                  "arms": {}}
     ppl_fp32 = perplexity(fp32, windows)
     ppls = {id(fp32): ppl_fp32}

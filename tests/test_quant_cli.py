@@ -102,3 +102,21 @@ def test_quantize_reaches_the_fused_engine(ckpt, scheme):
     assert len(be.generate(["hello"], GenerationConfig(max_new_tokens=4))[0]) == 1
     plain = load_model(f"lmlab:{ckpt}", quantize=scheme, engine="modules", head_dtype="float32")
     assert type(plain.engine) is not FusedEngine
+
+
+def test_quantize_int8g_quantizes_the_head_and_runs_fp32(ckpt):
+    """--quantize int8g: every linear, the LM head included, is an Int8GroupLinear; the fused engine runs them in
+    fp32 (their own arithmetic) and greedy output equals the float model's on this tiny checkpoint."""
+    from lmlab.backend import GenerationConfig
+    from lmlab.config import ConfigError
+    from lmlab.infer.cli import load_model
+    from lmlab.infer.fused import FusedEngine
+    from lmlab.nn.quant import Int8GroupLinear
+
+    be = load_model(f"lmlab:{ckpt}", quantize="int8g")
+    assert type(be.engine) is FusedEngine and be.engine.compute_dtype == torch.float32
+    assert isinstance(be.model.head, Int8GroupLinear) and be.engine.head is be.model.head
+    gen = GenerationConfig(max_new_tokens=6)
+    assert be.generate(["hello"], gen) == load_model(f"lmlab:{ckpt}").generate(["hello"], gen)
+    with pytest.raises(ConfigError, match="quantize int8g: input_group_size and compute modes"):
+        load_model(f"lmlab:{ckpt}", quantize="int8g", quant_compute="bf16x2")

@@ -22,11 +22,12 @@ def _gen_args(p) -> None:
 
 
 def _quant_args(p) -> None:
-    p.add_argument("--quantize", choices=["none", "int8", "int4", "bf16"], default="none",
+    p.add_argument("--quantize", choices=["none", "int8", "int4", "bf16", "int8g"], default="none",
                    help="weight-only quantized linear layers (lmlab.nn.quant); smollm2/GGUF Q4_1 loads int4 directly; "
-                        "bf16: bf16 weights and GEMMs (fastest for batches of 16+ sequences and long prompts)")
+                        "bf16: bf16 weights and GEMMs (fastest for batches of 16+ sequences and long prompts); "
+                        "int8g: group-wise int8 in fp32 math, LM head included (Q4_1/Q8_0 GGUFs load losslessly)")
     p.add_argument("--group-size", type=int, choices=[32, 64, 128, 256], default=32,
-                   help="int4: input features sharing one scale")
+                   help="int4/int8g: input features sharing one scale")
     p.add_argument("--quant-compute", choices=["bf16", "bf16x2", "fp32"], default="bf16",
                    help="how --quantize layers feed their bf16 kernels: bf16 (fastest), bf16x2 (fp32 activations as "
                         "two bf16 halves in one call: closer to fp32, slower), fp32 (exact, scalar loop)")
@@ -153,7 +154,7 @@ def load_model(spec: str, flag: str = "--model", quantize: str = "none", group_s
 # copy. Measured on SmolLM2 (benchmarks/RESULTS.md, "Weight-only quantized decode"): the int8 head makes a batch-1 decode
 # token 25 % cheaper (37.3 -> 27.9 CPU-ms) but moves perplexity by +0.10 (the int4 blocks alone: +0.013) and drops greedy
 # agreement with fp32 from 65 % to 45 %; so the head stays float and `--quantize int4` on a Q4_1 GGUF runs
-# exactly the file's weights.
+# exactly the file's weights. ("int8g" quantizes the head itself: it holds SmolLM2's Q8_0 head exactly.)
 QUANT_HEAD = None
 
 
@@ -178,7 +179,8 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute:
         if not isinstance(be, LocalBackend):
             raise ConfigError(f"--quantize {scheme}: {flag} {spec} is not a local lmlab model "
                               "(use smollm2, lmlab:PATH or PATH.gguf)")
-        quantize_(be.model, scheme, group_size, compute=compute, input_group_size=int8_input_group)
+        quantize_(be.model, scheme, group_size, compute=compute, input_group_size=int8_input_group,
+                  skip=() if scheme == "int8g" else ("head",))
     if QUANT_HEAD is not None:
         quantize_(be.model, QUANT_HEAD, skip=(), compute=compute)   # all that is still an nn.Linear: the head
     be.refresh_engine()                                            # the engine runs the layers as replaced

@@ -64,7 +64,7 @@ from torch import nn
 from lmlab.infer.engine import Engine
 from lmlab.nn.attention import Attention, KVCache, rope_cache
 from lmlab.nn.ffn import SwiGLU
-from lmlab.nn.quant import LAYERS, BF16Linear, Int4Linear, Int8Linear
+from lmlab.nn.quant import LAYERS, BF16Linear, Int4Linear, Int8GroupLinear, Int8Linear
 from lmlab.nn.residual import PreNormResidual
 
 _LINEAR_KINDS = (nn.Linear, *LAYERS.values())
@@ -96,6 +96,8 @@ def _group_problem(mods) -> Optional[str]:
     m0 = mods[0]
     if isinstance(m0, Int4Linear) and len({(m.group_size, m.compute) for m in mods}) != 1:
         return "int4 layers with different group sizes or compute modes"
+    if isinstance(m0, Int8GroupLinear) and len({m.group_size for m in mods}) != 1:
+        return "int8g layers with different group sizes"
     if isinstance(m0, Int8Linear) and (any(m.input_group_size is not None for m in mods)
                                        or len({m.compute for m in mods}) != 1):
         return "int8 layers with input groups or different compute modes"
@@ -107,8 +109,9 @@ def _group_problem(mods) -> Optional[str]:
 @torch.no_grad()
 def fuse_linears(mods) -> nn.Module:
     """One linear layer whose output is the concatenation of `mods`' outputs (same kind, same input width):
-    y = x @ [W1; W2; …]ᵀ (+ [b1; b2; …]). nn.Linear, Int8Linear (per-row scales) and Int4Linear (same group
-    size) concatenate their weights / codes and scales along the output rows; one module is returned as is."""
+    y = x @ [W1; W2; …]ᵀ (+ [b1; b2; …]). nn.Linear, Int8Linear (per-row scales), Int4Linear and Int8GroupLinear
+    (same group size) concatenate their weights / codes and scales along the output rows; one module is returned
+    as is."""
     mods = list(mods)
     why = _group_problem(mods)
     if why:
@@ -125,6 +128,10 @@ def fuse_linears(mods) -> nn.Module:
     elif isinstance(m0, BF16Linear):
         out = BF16Linear(k, n, bias=bias is not None)
         out.weight.copy_(torch.cat([m.weight for m in mods]))
+    elif isinstance(m0, Int8GroupLinear):
+        out = Int8GroupLinear(k, n, m0.group_size, bias=bias is not None)
+        for name in ("qweight", "scales", "zeros"):
+            getattr(out, name).copy_(torch.cat([getattr(m, name) for m in mods]))
     elif isinstance(m0, Int8Linear):
         out = Int8Linear(k, n, bias=bias is not None, compute=m0.compute)
         out.qweight.copy_(torch.cat([m.qweight for m in mods]))

@@ -3,12 +3,18 @@ the format allows.
 
     model, tok = load_gguf_quantized("smollm2", "int4")     # Q4_1 blocks -> Int4Linear(group_size=32), bit-exact
     model, tok = load_gguf_quantized("model.gguf", "int8")  # tensors dequantised by gguf, then per-channel int8
+    model, tok = load_gguf_quantized("smollm2", "int8g")    # Q4_1 and Q8_0 blocks -> Int8GroupLinear, lossless
 
 llama.cpp's Q4_1 block is 32 weights sharing an fp16 scale d and minimum m, w = d·q + m with q ∈ 0..15 (two
 codes a byte, q[j] in the low nibble of byte j and q[j+16] in its high nibble). That is Int4Linear's
 group-32 asymmetric layout exactly, so those codes and scales are handed to the int4 kernel as they are.
 Every other tensor (norms in F32, SmolLM2's Q8_0 token embedding / tied head, any other quantisation type, or
 int4 with a group size other than 32) is dequantised by the `gguf` package and quantized by `quantize_`.
+
+"int8g" (group 32) holds both Q4_1 (codes q, s = d, z = m) and Q8_0 (fp16 d and 32 int8 q: codes q + 128,
+s = d, z = −128·d) blocks as they are, so every linear of such a file loads without loss, and so does the LM head
+(which "int8g" quantizes too): tied to a Q8_0 token embedding, it is made from the embedding's blocks (the
+embedding itself stays float for the lookup).
 
 Names: the GGUF name of each lmlab weight is gguf-py's own map (`gguf.get_tensor_name_map`, what transformers
 uses) applied to the HF name of `hf_weight_names`. llama.cpp stores q/k rows interleaved per head (its RoPE
@@ -33,9 +39,11 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.nn.hf_names import hf_weight_names, mark_hf_twin
-from lmlab.nn.quant import COMPUTE, LAYERS, SCHEMES, BF16Linear, Int4Linear, Int8Linear, quantize_, unpack_int4
+from lmlab.nn.quant import (COMPUTE, LAYERS, SCHEMES, BF16Linear, Int4Linear, Int8GroupLinear, Int8Linear, quantize_,
+                             unpack_int4)
 
 Q4_1_BLOCK, Q4_1_BYTES = 32, 20   # weights per block; bytes per block: fp16 d, fp16 m, 16 bytes of codes
+Q8_0_BLOCK, Q8_0_BYTES = 32, 34   # fp16 d, 32 int8 codes
 
 
 def q4_1_blocks(raw: np.ndarray, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,6 +53,32 @@ def q4_1_blocks(raw: np.ndarray, n: int, k: int) -> tuple[torch.Tensor, torch.Te
     m = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
     q = unpack_int4(torch.from_numpy(blocks[..., 4:].copy()), block=Q4_1_BLOCK)     # (n, blocks, 32)
     return q.reshape(n, k), d, m
+
+
+def q8_0_blocks(raw: np.ndarray, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Q8_0 tensor's raw bytes (n, k/32·34) -> (codes (n, k) int8, d (n, k/32) fp32): w = d·q."""
+    blocks = np.ascontiguousarray(raw).reshape(n, k // Q8_0_BLOCK, Q8_0_BYTES)      # (n, blocks, 34)
+    d = torch.from_numpy(blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32))
+    q = torch.from_numpy(blocks[..., 2:].copy().view(np.int8))                      # (n, blocks, 32)
+    return q.reshape(n, k), d
+
+
+def int8g_from_blocks(t, shape: tuple[int, int], rows: Optional[torch.Tensor] = None) -> Optional[Int8GroupLinear]:
+    """An Int8GroupLinear(group 32) holding a Q4_1 or Q8_0 GGUF tensor `t` of `shape` (n, k) exactly (rows
+    reordered by `rows` if given), or None for any other type."""
+    import gguf
+
+    kind = gguf.GGMLQuantizationType
+    if t.tensor_type == kind.Q4_1:
+        c, s, z = q4_1_blocks(t.data, *shape)
+    elif t.tensor_type == kind.Q8_0:
+        q, s = q8_0_blocks(t.data, *shape)
+        c, z = (q.to(torch.int16) + 128).to(torch.uint8), -128 * s
+    else:
+        return None
+    if rows is not None:
+        c, s, z = c[rows], s[rows], z[rows]
+    return Int8GroupLinear.from_qparams(c, s, z, Q4_1_BLOCK)
 
 
 def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
@@ -126,6 +160,7 @@ def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
         model = Decoder(cfg)
     model.to_empty(device="cpu")
     direct = scheme == "int4" and group_size == Q4_1_BLOCK
+    blocks8 = scheme == "int8g" and group_size == Q4_1_BLOCK
     float_sd, done = {}, set()
     for hf_name, lm_name in hf_weight_names(cfg.n_layer).items():
         if hf_name == "lm_head.weight" and cfg.tie_embeddings:
@@ -136,6 +171,18 @@ def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
             raise ConfigError(f"GGUF {file}: tensor {g_name} ({hf_name}) missing")
         n_head = cfg.n_head if ".attn_q." in g_name else cfg.kv_heads if ".attn_k." in g_name else None
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))                 # (n, k): ggml lists k first
+        heads = [lm_name[: -len(".weight")]] if lm_name.startswith(("blocks.", "head.")) else []
+        if blocks8 and hf_name == "model.embed_tokens.weight" and cfg.tie_embeddings:
+            heads = ["head"]                                            # the tied head, from the same blocks
+        layer = int8g_from_blocks(t, shape, None if n_head is None else unpermute_rows(shape[0], n_head)) \
+            if blocks8 and heads and len(shape) == 2 else None
+        if layer is not None:
+            for mod_name in heads:
+                parent, _, attr = mod_name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, layer)
+                done.add(mod_name)
+            if not lm_name.startswith("embed."):
+                continue
         if direct and t.tensor_type == gguf.GGMLQuantizationType.Q4_1 and lm_name.startswith("blocks."):
             q, d, m = q4_1_blocks(t.data, *shape)
             if n_head is not None:
@@ -154,10 +201,11 @@ def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "head.weight") and k.rpartition(".")[0] not in done]
     if missing or unexpected:
         raise ConfigError(f"GGUF {file}: weight mapping mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings and type(model.head) is torch.nn.Linear:
         model.head.weight = model.embed.weight
-    # whatever was not loaded packed (int8, other types, other groups)
-    quantize_(model, scheme, group_size, compute=compute, input_group_size=input_group_size)
+    # whatever was not loaded packed (int8, other types, other groups); int8g takes the head as well
+    quantize_(model, scheme, group_size, compute=compute, input_group_size=input_group_size,
+              skip=() if scheme == "int8g" else ("head",))
     return model, tok
 
 
@@ -187,7 +235,7 @@ def quant_cache_entry(gguf_path: str, scheme: str, group_size: int, input_group_
 def _layer_spec(m: torch.nn.Module) -> dict:
     spec = {"kind": next(k for k, c in LAYERS.items() if type(m) is c), "in": m.in_features, "out": m.out_features,
             "bias": m.bias is not None}
-    if isinstance(m, Int4Linear):
+    if isinstance(m, (Int4Linear, Int8GroupLinear)):
         spec["group_size"] = m.group_size
     if isinstance(m, Int8Linear) and m.input_group_size is not None:
         spec.update(input_group_size=m.input_group_size, zero_points=m.zeros is not None)
@@ -198,6 +246,8 @@ def _layer_shell(spec: dict, compute: str) -> torch.nn.Module:
     k, n, bias = spec["in"], spec["out"], spec["bias"]
     if spec["kind"] == "int4":
         return Int4Linear(k, n, spec["group_size"], bias=bias, compute=compute)
+    if spec["kind"] == "int8g":
+        return Int8GroupLinear(k, n, spec["group_size"], bias=bias)
     if spec["kind"] == "int8":
         return Int8Linear(k, n, bias=bias, compute=compute, input_group_size=spec.get("input_group_size"),
                           zero_points=spec.get("zero_points", False))
@@ -271,7 +321,7 @@ def _read_quant_entry(entry: Path, meta: dict, compute: str) -> tuple[Any, Any]:
     for name, spec in meta["layers"].items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, _layer_shell(spec, compute))
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings and type(model.head) is torch.nn.Linear:
         model.head.weight = model.embed.weight
     missing, unexpected = model.load_state_dict(load(weights), strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "head.weight")]

@@ -3,6 +3,7 @@
     quantize_(model, "int8")                   # every nn.Linear but the LM head -> Int8Linear, in place
     quantize_(model, "int4", group_size=128)   # -> Int4Linear (groups of 128 input features share a scale)
     quantize_(model, "bf16")                   # -> BF16Linear (bf16 weights, bf16 GEMM, fp32 accumulation)
+    quantize_(model, "int8g", group_size=32)   # -> Int8GroupLinear (int8 codes, a scale and zero per group, fp32)
 
 Notation: n = out_features, k = in_features, g = group size, m = activation rows (leading dims flattened).
 
@@ -27,6 +28,14 @@ int8 with input groups (`input_group_size=g`, int8 only): one factor c[j] per gr
     int8, nearly all from the zero points (c alone: −0.5 %; a row's largest block range is a median 1.41× a
     block's); greedy agreement with fp32 25 → 70 % (bf16), still short of 90 %, for +14 % decode CPU. No int8
     grid per (row, block) comes near the 11-bit per-row grid that agreement needs there.
+
+int8 group-wise (`Int8GroupLinear`, scheme "int8g"), asymmetric: in group j of row n, w ≈ s[n, j] · c + z[n, j],
+    c ∈ 0..255 (uint8), s = (max − min) / 255, z = min, in fp32, and fp32 activations and sums throughout. The
+    multiply is lmlab's own C kernel (`lmlab.nn.cpu_kernels`: PyTorch has no group-wise int8 kernel, and none
+    vectorised for fp32 activations), so none of the bf16 roundings below apply, and the `compute` modes do not.
+    It holds llama.cpp's Q4_1 (c = q, s = d, z = m) and Q8_0 (c = q + 128, s = d, z = −128·d) blocks exactly,
+    so a GGUF of those loads losslessly (lmlab.models.gguf_quant), the tied LM head included. 1 byte a weight
+    plus 8 per group: at batch 1 it reads a quarter of fp32's bytes.
 
 Compute (`compute=`): in torch 2.13's CPU build both kernels are vectorised (AVX-512) for bf16 activations only;
 with fp32 or fp16 activations they run a scalar loop, 10-25× slower than an fp32 nn.Linear at batch 1 (measured:
@@ -72,7 +81,7 @@ from torch import nn
 
 from lmlab.config import ConfigError
 
-SCHEMES = ("int8", "int4", "bf16")
+SCHEMES = ("int8", "int4", "bf16", "int8g")
 COMPUTE = ("bf16", "bf16x2", "fp32")    # how a layer feeds the kernel (module doc)
 INT4_GROUP_SIZES = (32, 64, 128, 256)   # what _weight_int4pack_mm_for_cpu accepts
 
@@ -167,6 +176,19 @@ def quantize_int8_grouped_weight(w: torch.Tensor, group_size: int, zero_points: 
     step = (r[:, None] * c[None]).clamp_min(torch.finfo(torch.float32).tiny)   # (n, k/g)
     q = torch.round(wb / step[..., None]).clamp_(-127, 127).to(torch.int8)
     return q.reshape(n, k), r, c, z
+
+
+def quantize_int8_group_weight(w: torch.Tensor, group_size: int
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (n, k) -> (codes (n, k) uint8 0..255, s (n, k/g), z (n, k/g) fp32): per group, z = min and
+    s = (max − min) / 255 (1 for a constant group, whose codes are then 0), c = round((w − z) / s)."""
+    n, k = w.shape
+    wg = w.detach().float().reshape(n, k // group_size, group_size)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    s = (hi - lo) / 255
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    c = ((wg - lo[..., None]) / s[..., None]).round_().clamp_(0, 255).to(torch.uint8)
+    return c.reshape(n, k), s, lo
 
 
 def quantize_int4_weight(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -454,7 +476,63 @@ class BF16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, bf16"
 
 
-LAYERS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}   # quantize_'s schemes -> layer classes
+class Int8GroupLinear(nn.Module):
+    """y = x @ Wᵀ + b with W = s · c + z per group of `group_size` input features, c uint8, s and z fp32, in fp32
+    math by `lmlab.nn.cpu_kernels.u8g_linear` (module doc, "int8 group-wise"). CPU only."""
+
+    compute = "fp32"
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 32, bias: bool = False):
+        super().__init__()
+        _check_int8g("Int8GroupLinear", in_features, group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        groups = in_features // group_size
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, groups))
+        self.register_buffer("zeros", torch.zeros(out_features, groups))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_qparams(cls, c: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int,
+                     bias: Optional[torch.Tensor] = None) -> "Int8GroupLinear":
+        """From codes c (n, k) in 0..255 and per-group s, z (n, k/g): W = s · c + z."""
+        n, k = c.shape
+        m = cls(k, n, group_size, bias=bias is not None)
+        m.qweight.copy_(c)
+        m.scales.copy_(s)
+        m.zeros.copy_(z)
+        if bias is not None:
+            m.bias.copy_(bias.detach())
+        return m
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = 32, compute: str = "fp32") -> "Int8GroupLinear":
+        """The min/max grid of `quantize_int8_group_weight` (`compute` accepted for quantize_'s uniform call)."""
+        _check_int8g("Int8GroupLinear", linear.in_features, group_size)
+        return cls.from_qparams(*quantize_int8_group_weight(linear.weight, group_size), group_size, bias=linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from lmlab.nn.cpu_kernels import u8g_linear
+
+        if x.dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"int8g linear: activations must be fp32/bf16/fp16, got {x.dtype}")
+        y = u8g_linear(x.reshape(-1, self.in_features), self.qweight, self.scales, self.zeros, self.group_size)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The (n, k) fp32 weight this layer multiplies by."""
+        from lmlab.nn.cpu_kernels import u8g_dequantize
+
+        return u8g_dequantize(self.qweight, self.scales, self.zeros, self.group_size)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"int8 group_size={self.group_size}, fp32")
+
+
+LAYERS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear, "int8g": Int8GroupLinear}   # quantize_'s schemes -> layer classes
 
 
 def _check_compute(compute: str) -> None:
@@ -472,6 +550,11 @@ def _check_input_group(what: str, k: int, input_group_size) -> None:
         raise ConfigError(f"{what} has in_features={k}, not divisible by int8 input group size {input_group_size!r}")
 
 
+def _check_int8g(what: str, k: int, group_size) -> None:
+    if not isinstance(group_size, int) or group_size < 16 or group_size % 16 or k % group_size:
+        raise ConfigError(f"{what}: group size {group_size!r} must be a multiple of 16 dividing in_features={k}")
+
+
 def _check_shape(what: str, k: int, n: int, group_size: int) -> None:
     if k % group_size:
         raise ConfigError(f"{what} has in_features={k}, not divisible by group size {group_size}")
@@ -483,10 +566,11 @@ def _skipped(name: str, skip: tuple[str, ...]) -> bool:
     return any(name == s or name.startswith(s + ".") for s in skip)
 
 
-def quantize_(model: nn.Module, scheme: Literal["int8", "int4", "bf16"], group_size: int = 32,
+def quantize_(model: nn.Module, scheme: Literal["int8", "int4", "bf16", "int8g"], group_size: int = 32,
               skip: Iterable[str] = ("head",), compute: str = "bf16", input_group_size: Optional[int] = None,
               zero_points: bool = True) -> nn.Module:
-    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear / BF16Linear, in place;
+    """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear / BF16Linear /
+    Int8GroupLinear, in place;
     modules named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
     `compute` ("bf16", "bf16x2", "fp32"): see the module doc. int8 only: `input_group_size` (and `zero_points`)
     select the per-row × per-input-group grid (module doc, "int8 with input groups"). Returns `model`."""
@@ -497,13 +581,16 @@ def quantize_(model: nn.Module, scheme: Literal["int8", "int4", "bf16"], group_s
         _check_group(group_size)
         if input_group_size is not None:
             raise ConfigError(f"quantize int4: input_group_size {input_group_size!r} is for int8 only")
-    if scheme == "bf16" and (input_group_size is not None or compute != "bf16"):
-        raise ConfigError("quantize bf16: input_group_size and compute modes other than bf16 are for int8/int4")
+    if scheme in ("bf16", "int8g") and (input_group_size is not None or compute != "bf16"):
+        raise ConfigError(f"quantize {scheme}: input_group_size and compute modes other than bf16 are for int8/int4 "
+                          f"({scheme} has one arithmetic)")
     skip = tuple(skip)
     todo = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
     for name, m in todo:
         if scheme == "int4":
             _check_shape(f"quantize int4: layer {name}", m.in_features, m.out_features, group_size)
+        elif scheme == "int8g":
+            _check_int8g(f"quantize int8g: layer {name}", m.in_features, group_size)
         elif input_group_size is not None:
             _check_input_group(f"quantize int8: layer {name}", m.in_features, input_group_size)
     kw = {"input_group_size": input_group_size, "zero_points": zero_points} if scheme == "int8" else {}
