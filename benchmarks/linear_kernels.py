@@ -1,7 +1,9 @@
 """The kernels behind one SmolLM2 decode step, on this CPU, one thread: each linear shape of a layer and the LM
 head as torch.mm (the weight in its plain layout), as a packed oneDNN linear (lmlab.infer.fused.packed_linear:
-the weight reordered once), and the head through the int8 kernel; plus the reductions the head's exact top
-needs, over a (rows, 49152) logit matrix.
+the weight reordered once), and the head through the int8 kernel; in fp32, each shape also as a group-32 int8
+layer in fp32 math (lmlab.nn.quant.Int8GroupLinear, lmlab's C kernel); plus the reductions the head's exact top
+needs, over a (rows, 49152) logit matrix. Each side loops over one weight, so the layers' weights stay in cache:
+these are kernel costs, not a decode step's memory traffic (benchmarks/quant_accuracy.py times whole steps).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/linear_kernels.py [--rows 1 16] [--reps 7]
 
@@ -44,7 +46,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from lmlab.infer.fused import packed_linear
-    from lmlab.nn.quant import Int8Linear
+    from lmlab.nn.quant import Int8GroupLinear, Int8Linear
 
     torch.manual_seed(0)
     out: dict = {}
@@ -62,20 +64,24 @@ def main(argv=None) -> dict:
                     torch.allclose(packed(x), torch.mm(x, w.t()), rtol=1e-5, atol=1e-5)
                 sides = {"mm": per_call_ms(lambda: torch.mm(x, w.t()), calls),
                          "packed": per_call_ms(lambda: packed(x), calls)}
+                lin = torch.nn.Linear(k, n, bias=False)
+                with torch.no_grad():
+                    lin.weight.copy_(w.float())
                 if name == "head" and dt == torch.bfloat16:
-                    lin = torch.nn.Linear(k, n, bias=False)
-                    with torch.no_grad():
-                        lin.weight.copy_(w.float())
                     i8 = Int8Linear.from_float(lin)
                     sides["int8"] = per_call_ms(lambda: i8(x), calls)
+                if dt == torch.float32:
+                    g8 = Int8GroupLinear.from_float(lin, 32)
+                    sides["int8g"] = per_call_ms(lambda: g8(x), calls)
                 t = interleaved(sides, reps=a.reps, warmup=1, log=lambda m: None)
                 mm, pk = median_of(t["mm"], "ms"), median_of(t["packed"], "ms")
                 key = f"{rows}/{name}/{str(dt).split('.')[-1]}"
                 out[key] = {"mm_ms": mm, "packed_ms": pk, "equal": bool(same)}
                 extra = ""
-                if "int8" in t:
-                    out[key]["int8_ms"] = median_of(t["int8"], "ms")
-                    extra = f"   int8 kernel {out[key]['int8_ms']:.3f} ms"
+                for side in ("int8", "int8g"):
+                    if side in t:
+                        out[key][f"{side}_ms"] = median_of(t[side], "ms")
+                        extra += f"   {side} kernel {out[key][f'{side}_ms']:.3f} ms"
                 print(f"{rows:>4} {name:8} {str(dt).split('.')[-1][:5]:5} {mm:8.3f} {pk:9.3f} {mm / pk:8.2f}×  "
                       f"{'yes' if same else 'NO'}{extra}")
         y = torch.randn(rows, V)

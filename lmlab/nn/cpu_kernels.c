@@ -25,10 +25,11 @@ static void group_sums(const float *x, float *xs, int64_t m, int64_t k, int64_t 
 }
 
 #ifdef __AVX512F__
-/* NB rows of x (at x, stride k) against output row r: NB dot products, written to y[b*n + r]. */
+/* NB rows of x (at x, stride k) against output row r, without the zero-point term: y[b*n + r] = sum_j s[r, j] *
+   (x[b, group j] . c[r, group j]). Inlined with a constant g where g == 32, so the chunk loop unrolls. */
 static inline __attribute__((always_inline)) void rows_avx512(
-    const float *x, const uint8_t *cr, const float *sr, const float *zr, const float *xs, float *y,
-    int64_t n, int64_t k, int64_t g, int64_t r, const int NB) {
+    const float *x, const uint8_t *cr, const float *sr, float *y, int64_t n, int64_t k, const int64_t g,
+    int64_t r, const int NB) {
   const int64_t G = k / g;
   __m512 acc[4];
   for (int b = 0; b < NB; b++) acc[b] = _mm512_setzero_ps();
@@ -42,10 +43,23 @@ static inline __attribute__((always_inline)) void rows_avx512(
     __m512 sj = _mm512_set1_ps(sr[j]);
     for (int b = 0; b < NB; b++) acc[b] = _mm512_fmadd_ps(sj, t[b], acc[b]);
   }
-  for (int b = 0; b < NB; b++) {
-    float out = _mm512_reduce_add_ps(acc[b]);
-    for (int64_t j = 0; j < G; j++) out += zr[j] * xs[b * G + j];
-    y[b * n + r] = out;
+  for (int b = 0; b < NB; b++) y[b * n + r] = _mm512_reduce_add_ps(acc[b]);
+}
+
+static inline __attribute__((always_inline)) void gemm_avx512(
+    const float *x, const uint8_t *c, const float *s, float *y, int64_t m, int64_t n, int64_t k, const int64_t g) {
+  const int64_t G = k / g;
+  for (int64_t r = 0; r < n; r++) {
+    const uint8_t *cr = c + r * k;
+    const float *sr = s + r * G;
+    int64_t b = 0;
+    for (; b + 4 <= m; b += 4) rows_avx512(x + b * k, cr, sr, y + b * n, n, k, g, r, 4);
+    switch (m - b) {
+      case 3: rows_avx512(x + b * k, cr, sr, y + b * n, n, k, g, r, 3); break;
+      case 2: rows_avx512(x + b * k, cr, sr, y + b * n, n, k, g, r, 2); break;
+      case 1: rows_avx512(x + b * k, cr, sr, y + b * n, n, k, g, r, 1); break;
+      default: break;
+    }
   }
 }
 #endif
@@ -57,31 +71,31 @@ int lmlab_u8g_gemm(const float *x, const uint8_t *c, const float *s, const float
   float *xs = (float *)malloc(sizeof(float) * (size_t)(m * G + 1));
   if (!xs) return 2;
   group_sums(x, xs, m, k, g);
+#ifdef __AVX512F__
+  if (g == 32) gemm_avx512(x, c, s, y, m, n, k, 32);
+  else gemm_avx512(x, c, s, y, m, n, k, g);
+#else
   for (int64_t r = 0; r < n; r++) {
     const uint8_t *cr = c + r * k;
-    const float *sr = s + r * G, *zr = z + r * G;
-    int64_t b = 0;
-#ifdef __AVX512F__
-    for (; b + 4 <= m; b += 4) rows_avx512(x + b * k, cr, sr, zr, xs + b * G, y + b * n, n, k, g, r, 4);
-    switch (m - b) {
-      case 3: rows_avx512(x + b * k, cr, sr, zr, xs + b * G, y + b * n, n, k, g, r, 3); break;
-      case 2: rows_avx512(x + b * k, cr, sr, zr, xs + b * G, y + b * n, n, k, g, r, 2); break;
-      case 1: rows_avx512(x + b * k, cr, sr, zr, xs + b * G, y + b * n, n, k, g, r, 1); break;
-      default: break;
-    }
-#else
-    for (; b < m; b++) {
+    const float *sr = s + r * G;
+    for (int64_t b = 0; b < m; b++) {
       const float *xb = x + b * k;
       float out = 0.f;
       for (int64_t j = 0; j < G; j++) {
         float t = 0.f;
         for (int64_t i = j * g; i < (j + 1) * g; i++) t += xb[i] * (float)cr[i];
-        out += sr[j] * t + zr[j] * xs[b * G + j];
+        out += sr[j] * t;
       }
       y[b * n + r] = out;
     }
-#endif
   }
+#endif
+  for (int64_t b = 0; b < m; b++)          /* the zero points: y[b, r] += z[r, :] . xs[b, :] */
+    for (int64_t r = 0; r < n; r++) {
+      float o = 0.f;
+      for (int64_t j = 0; j < G; j++) o += z[r * G + j] * xs[b * G + j];
+      y[b * n + r] += o;
+    }
   free(xs);
   return 0;
 }

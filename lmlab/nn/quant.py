@@ -512,14 +512,29 @@ class Int8GroupLinear(nn.Module):
         return cls.from_qparams(*quantize_int8_group_weight(linear.weight, group_size), group_size, bias=linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from lmlab.nn.cpu_kernels import u8g_linear
+        from lmlab.nn.cpu_kernels import linear_checked
 
         if x.dtype not in FLOAT_DTYPES:
             raise ConfigError(f"int8g linear: activations must be fp32/bf16/fp16, got {x.dtype}")
-        y = u8g_linear(x.reshape(-1, self.in_features), self.qweight, self.scales, self.zeros, self.group_size)
+        if x.device.type != "cpu":
+            raise ConfigError(f"int8g linear: a CPU layer, got activations on {x.device}")
+        y = linear_checked(x.reshape(-1, self.in_features), *self._buffers_for_kernel(), self.group_size)
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _buffers_for_kernel(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """qweight, scales, zeros as the kernel takes them (uint8 / fp32, contiguous, CPU), checked and cast only
+        when a buffer changed (construction, load_state_dict, .to())."""
+        bufs = (self.qweight, self.scales, self.zeros)
+        key = tuple((b.data_ptr(), b._version, b.dtype) for b in bufs)
+        if getattr(self, "_kernel_key", None) != key:
+            from lmlab.nn.cpu_kernels import check_args
+
+            c, s, z = self.qweight.contiguous(), self.scales.float().contiguous(), self.zeros.float().contiguous()
+            check_args(None, c, s, z, self.group_size)
+            self._kernel_key, self._kernel_bufs = key, (c, s, z)
+        return self._kernel_bufs
 
     def dequantize(self) -> torch.Tensor:
         """The (n, k) fp32 weight this layer multiplies by."""
