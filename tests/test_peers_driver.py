@@ -161,7 +161,7 @@ def test_missing_environment_is_reported(tmp_path):
     spec = peers.EngineSpec("ghost", tmp_path / "nope/bin/python", "worker_x.py")
     assert spec.missing() == f"{tmp_path / 'nope/bin/python'} not found (run benchmarks/peers/setup.sh)"
     names = [s.name for s in peers.engine_specs(tmp_path)]
-    assert names == ["lmlab fp32", "lmlab int8", "lmlab int4", "lmlab bf16", "vLLM-CPU", "llama.cpp",
+    assert names == ["lmlab fp32", "lmlab int8", "lmlab int4", "lmlab bf16", "lmlab int8g", "vLLM-CPU", "llama.cpp",
                      "llama.cpp (node-llama-cpp)", "onnxruntime-genai int4", "onnxruntime-genai fp32", "transformers"]
 
 
