@@ -547,7 +547,8 @@ class Int8GroupLinear(nn.Module):
                 f"int8 group_size={self.group_size}, fp32")
 
 
-LAYERS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear, "int8g": Int8GroupLinear}   # quantize_'s schemes -> layer classes
+# quantize_'s schemes -> layer classes
+LAYERS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear, "int8g": Int8GroupLinear}
 
 
 def _check_compute(compute: str) -> None:
