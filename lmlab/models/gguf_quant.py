@@ -101,8 +101,9 @@ def cached_config_and_tokenizer(gguf_path: str) -> Optional[tuple[Any, Any]]:
 
 def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
                         compute: str = "bf16", input_group_size: int | None = None) -> tuple[Any, Any]:
-    """(Decoder with Int8Linear/Int4Linear layers, tokenizer) from 'smollm2' or a Llama-family GGUF file.
-    The LM head follows `quantize_`'s default (left in float, tied to the embedding when the file ties them).
+    """(Decoder with Int8Linear/Int4Linear/Int8GroupLinear layers, tokenizer) from 'smollm2' or a Llama-family GGUF
+    file. The LM head follows `quantize_`'s default (left in float, tied to the embedding when the file ties them),
+    except under "int8g", which quantizes it too (from the embedding's Q8_0 blocks when tied; module doc).
     `compute`: how the layers feed their kernels ("bf16", "bf16x2", "fp32"; lmlab.nn.quant); `input_group_size`:
     int8's per-input-group grid (`quantize_`; int8 only).
 
