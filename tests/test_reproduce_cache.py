@@ -205,6 +205,49 @@ def test_registry_lookups_and_config_files_become_dependencies(tmp_path, monkeyp
     assert len(calls) == 4
 
 
+def test_a_value_cached_across_runs_keeps_its_dependencies(tmp_path, monkeypatch):
+    """A helper cached across runs (`runkey.cached`, e.g. a loaded backend) replays the registry look-ups and
+    configs/ files of its first call into every run that reuses the value: both seeds' keys name the MoE layer
+    and the config file, where functools.lru_cache left them out of the second run's key."""
+    import functools
+
+    import lmlab.experiments.runkey as runkey
+    from lmlab.experiments.base import ArmResult, Experiment
+    from lmlab.experiments.runner import reproduce
+
+    repo, configs = tmp_path / "repo", tmp_path / "repo" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "m.yaml").write_text("x: 1\n")
+    monkeypatch.setattr(runkey, "REPO", repo)
+    monkeypatch.setattr(runkey, "CONFIGS", configs)
+
+    def model(ffn: str):
+        from lmlab.experiments.common import tiny_run_config
+        from lmlab.models.decoder import Decoder
+
+        (configs / "m.yaml").read_text()
+        return Decoder(tiny_run_config(model={"d_model": 16, "n_layer": 1, "n_head": 2, "ffn": ffn}).model)
+
+    keys = {}
+    for label, cache in (("cached", runkey.cached(maxsize=2)), ("lru", functools.lru_cache(maxsize=2))):
+        get = cache(model)
+
+        def run(arm, seed, scale, out, get=get):
+            get("moe")
+            return ArmResult({"val_loss": 1.0 + 0.01 * seed + (0.0 if arm == "moe" else 0.1)})
+
+        name = f"_cached_deps_{label}_{uuid.uuid4().hex[:6]}"
+        EXPERIMENTS.register(name, Experiment(name=name, paper="Fake", claim="c", metric="val_loss", run=run,
+                                              arms=["dense", "moe"], baseline="dense", technique="moe"))
+        out = tmp_path / label
+        reproduce([name], "quick", 2, out, show_progress=False)
+        keys[label] = [json.loads((out / name / a / f"seed_{s}" / "arm_result.json").read_text())["key"]["code"]
+                       for s in (0, 1) for a in ("dense", "moe")]
+    assert all("lmlab.nn.moe.layer" in k and "file:configs/m.yaml" in k for k in keys["cached"])
+    assert sum("lmlab.nn.moe.layer" in k for k in keys["lru"]) == 1          # the hole `cached` closes
+    assert runkey.cached(maxsize=1)(lambda v: v + 1)(1) == 2                   # outside a recording: a cache
+
+
 def test_real_experiments_depend_on_their_own_code_only():
     """Static part of the keys of registered experiments: per-definition in shared experiment files, and an
     MoE module is not a dependency of the DPO experiment."""

@@ -7,7 +7,6 @@ identical parameter shapes and so share the init too (paired t).
 """
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from lmlab.experiments.base import (INCONCLUSIVE, NOT_REPRODUCED, ArmResult, Exp
 from lmlab.experiments.common import (equal_params, merge, non_embedding_params, run_config, train_arm,
                                       with_seed)
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 # This family's overrides of the scale preset: at quick scale 120 steps of 8 × 128 tokens (one mid-run and one
 # final evaluation) on d = 64, 4-head decoders; at full scale the FULL preset as it is.
@@ -124,7 +124,7 @@ def _griffin_model(d: int, layers: int, heads: int, window: int, lru_width: int)
             "mixer_args": {"rglru": {"lru_width": lru_width}, "local_attn": {"window": window}}}
 
 
-@functools.lru_cache(maxsize=None)
+@cached(maxsize=None)
 def matched_lru_width(d: int, layers: int, heads: int, window: int) -> int:
     """RG-LRU width (a multiple of heads) giving the hybrid the non-embedding parameter count closest to the
     all-attention decoder's (the recurrent block has 3·d·w + 2·w²/heads weights, attention 4·d²). The count is

@@ -7,13 +7,13 @@ FULL preset (`SCALE_WITH`).
 """
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 from lmlab.config import RunConfig, apply_overrides, read_yaml, validate
 from lmlab.experiments.base import ArmResult
+from lmlab.experiments.runkey import cached
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -73,7 +73,7 @@ def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-@functools.lru_cache(maxsize=None)
+@cached(maxsize=None)
 def _read(path: str) -> dict:
     return read_yaml(path)
 
@@ -119,7 +119,7 @@ def full_recipe(model: dict, quick_base: RunConfig, full_base: RunConfig) -> dic
 
 
 # ------------------------------------------------------------------------------------------------- data
-@functools.lru_cache(maxsize=4)
+@cached(maxsize=4)
 def _load(key: str):
     from lmlab.config import DataConfig
     from lmlab.data import load_data

@@ -17,7 +17,6 @@ responses better than chance; without it the weakest-link number says nothing ab
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from lmlab.experiments.base import ArmResult, Experiment, combine, exceeds, mean_std
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 SCALES = {
     "quick": dict(max_new=48, judge_max_new=32, judge_retries=1, sections=()),
@@ -32,7 +32,7 @@ SCALES = {
 }
 
 
-@functools.lru_cache(maxsize=2)
+@cached(maxsize=2)
 def _backend(spec: str):
     from lmlab.backend import load_backend
 

@@ -22,13 +22,13 @@ reproduced only if all three are (`combine(how="all")`), each part's verdict is 
 """
 from __future__ import annotations
 
-import functools
 import os
 import time
 from pathlib import Path
 
 from lmlab.experiments.base import ArmResult, Experiment, arm_values, combine, compare, mean_std
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 SCALES = {
     "quick": dict(n_tasks=6, best_of=2, max_new=16),
@@ -38,7 +38,7 @@ BO = SCALES["quick"]["best_of"]
 ARMS = ["no_info", "consultancy", "debate", f"debate_bo{BO}"]
 
 
-@functools.lru_cache(maxsize=1)
+@cached(maxsize=1)
 def _backend(spec: str):
     from lmlab.backend import load_backend
 
@@ -49,7 +49,7 @@ def _spec() -> str:
     return os.environ.get("LMLAB_DEBATE_BACKEND", "smollm2")
 
 
-@functools.lru_cache(maxsize=2)
+@cached(maxsize=2)
 def _shared(seed: int, scale: str):
     """Tasks and the N candidate arguments per (task, side) of one seed (sampled once, shared by the arms)."""
     from lmlab.data.reading_tasks import bible_reading_tasks

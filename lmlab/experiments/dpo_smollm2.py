@@ -20,7 +20,6 @@ identical in policy and reference, so their hidden states are computed once per 
 from __future__ import annotations
 
 import copy
-import functools
 import re
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from lmlab.experiments.base import ArmResult, Experiment
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 # Disjoint topic lists (single nouns, so "names the topic" is a word match).
 TRAIN_TOPICS = [
@@ -151,7 +151,7 @@ def train_dpo_top(policy, ref_model, pairs: Sequence[tuple[list[int], list[int],
 
 
 # ------------------------------------------------------------------------------------------ the experiment
-@functools.lru_cache(maxsize=1)
+@cached(maxsize=1)
 def _smollm2(device: str = "cpu"):
     """SmolLM2-135M-Instruct, loaded once per process (every arm and seed starts from these weights)."""
     from lmlab.models.hf import load_pretrained
@@ -188,7 +188,7 @@ def _sample(model, tok, prompts: list[tuple[list[int], str]], n: int, max_new: i
             for row in rows]
 
 
-@functools.lru_cache(maxsize=4)
+@cached(maxsize=4)
 def _ref_heldout(seed: int, scale: str, stream: int):
     """Held-out samples of the reference (stream 0 is the opponent of every arm; stream 1 is the `ref` arm's)."""
     s = SCALES[scale]

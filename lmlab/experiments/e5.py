@@ -15,12 +15,12 @@ all-MiniLM-L6-v2 (a pretrained sentence encoder, 22M parameters, offline), on th
 """
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
 from lmlab.experiments.base import ArmResult, Experiment
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 SCALES = {
     "quick": {"d_model": 96, "n_layer": 2, "n_head": 4, "steps": 80, "batch_size": 64, "max_len": 48,
@@ -32,7 +32,7 @@ TAU = 0.01
 SRC, TGT = "bible_kjv", "bible_bbe"
 
 
-@functools.lru_cache(maxsize=None)
+@cached(maxsize=None)
 def _pairs(split: str, limit: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     from lmlab.eval.retrieval import aligned_verses
 
@@ -40,7 +40,7 @@ def _pairs(split: str, limit: int | None) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(a for _, a, _ in rows), tuple(b for _, _, b in rows)
 
 
-@functools.lru_cache(maxsize=None)
+@cached(maxsize=None)
 def reference_scores(pool: int) -> dict:
     """Lexical and MiniLM retrieval on the held-out pool (seed-independent, computed once per process)."""
     from lmlab.eval.retrieval import bow_similarity, minilm_similarity, retrieval_metrics

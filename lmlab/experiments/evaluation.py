@@ -13,7 +13,6 @@ log2 n; ln LR* vs ln D) must be negative, one-sided t-test with n − 2 degrees 
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import numpy as np
 
 from lmlab.experiments.base import INCONCLUSIVE, ArmResult, Experiment, Verdict, mean_std, trend_verdict
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 # ----------------------------------------------------------------------------------------------------------
 # In-context regression
@@ -32,7 +32,7 @@ ICL_TEST = {"quick": 8, "full": 32}
 ICL_BASELINES = ["linear", "knn", "random_forest", "gradient_boosting", "mean"]
 
 
-@functools.lru_cache(maxsize=2)
+@cached(maxsize=2)
 def _backend(spec: str):
     from lmlab.backend import load_backend
     return load_backend(spec)

@@ -20,7 +20,10 @@ Sources of a run (`RunDeps`):
     "lmlab.x.y" strings such as "module:function" tables), file by file, transitively, within `lmlab` and
     the experiment's own top-level package; parent packages' `__init__.py` are included;
   - what the run looked up in a registry (e.g. a Block asks TOKEN_MIXERS for "attn"): the looked-up
-    object's module and its imports, recorded while the run executes;
+    object's module and its imports, recorded while the run executes. A helper that caches across runs (a
+    loaded backend, a pretrained reference) is decorated with `cached`, not functools.lru_cache: it replays
+    what its first call recorded into every later run that gets the cached value, so the second run of a
+    process carries the same sources as the first;
   - files under the checkout's `configs/` that the run opened (recorded by an audit hook while it runs).
 """
 from __future__ import annotations
@@ -370,3 +373,27 @@ def dynamic_closure(deps: RunDeps, seen: set) -> dict[str, str]:
             if p.is_file():
                 out[f"file:{what}"] = sha256_bytes(p.read_bytes())
     return out
+
+
+def cached(maxsize: Optional[int] = 128):
+    """`functools.lru_cache(maxsize)` for helpers whose value later runs reuse (module doc): the registry
+    look-ups and configs/ files recorded while the value was computed are added to the recording of every call
+    that returns it, the first included. Outside a recording it is a plain cache (and still records its first
+    call, for the runs that reuse the value later). `cache_clear` and `cache_info` are lru_cache's."""
+    def deco(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        def compute(*args, **kwargs):
+            with recording() as seen:
+                value = fn(*args, **kwargs)
+            return value, frozenset(seen)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            value, seen = compute(*args, **kwargs)
+            if _RECORDING is not None:
+                _RECORDING.update(seen)
+            return value
+
+        call.cache_clear, call.cache_info = compute.cache_clear, compute.cache_info
+        return call
+    return deco

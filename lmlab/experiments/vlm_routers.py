@@ -22,7 +22,6 @@ accuracy: softmax_ec > softmax_tc and soft > softmax_ec. Sinkhorn token choice i
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from lmlab.experiments.base import ArmResult, Experiment, Verdict, arm_values, combine, compare, mean_std
 from lmlab.registry import EXPERIMENTS
+from lmlab.experiments.runkey import cached
 
 ARMS = ["softmax_tc", "sinkhorn_tc", "softmax_ec", "soft"]
 SCALES = {"quick": {"image": 32, "patch": 8, "width": 64, "depth": 4, "n_train": 1000, "n_test": 300,
@@ -104,7 +104,7 @@ def build_vit(cfg: dict):
                n_classes=7, mlp_factory=mlp)
 
 
-@functools.lru_cache(maxsize=4)
+@cached(maxsize=4)
 def scene_tensors(seed: int, n_train: int, n_test: int, size: int):
     """(x_train, y_train, x_test, y_test, test PIL images): single-object scenes, label = the object's group."""
     from lmlab.data.scenes import GROUPS, scene_dataset
