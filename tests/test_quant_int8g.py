@@ -68,6 +68,16 @@ def test_quantize_int8g_errors_are_one_line(kw, match):
     assert "\n" not in str(e.value)
 
 
+def test_gguf_load_checks_the_options_before_the_cache():
+    """A converted model in the cache must not hide a bad option: checked before the file is even looked up."""
+    from lmlab.models.gguf_quant import load_gguf_quantized
+
+    with pytest.raises(ConfigError, match="quantize int8g: input_group_size and compute modes"):
+        load_gguf_quantized("no-such-model.gguf", "int8g", compute="bf16x2")
+    with pytest.raises(ConfigError, match="input_group_size 32 is for int8 only"):
+        load_gguf_quantized("no-such-model.gguf", "int4", input_group_size=32)
+
+
 def test_fused_engine_runs_int8g_like_the_module_engine():
     from lmlab.backend import GenerationConfig
     from lmlab.infer.engine import Engine

@@ -39,7 +39,7 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.nn.hf_names import hf_weight_names, mark_hf_twin
-from lmlab.nn.quant import (COMPUTE, LAYERS, SCHEMES, BF16Linear, Int4Linear, Int8GroupLinear, Int8Linear, quantize_,
+from lmlab.nn.quant import (LAYERS, BF16Linear, Int4Linear, Int8GroupLinear, Int8Linear, check_scheme, quantize_,
                              unpack_int4)
 
 Q4_1_BLOCK, Q4_1_BYTES = 32, 20   # weights per block; bytes per block: fp16 d, fp16 m, 16 bytes of codes
@@ -111,12 +111,7 @@ def load_gguf_quantized(spec: str, scheme: str = "int4", group_size: int = 32,
     and the group sizes) and read back from there on later loads, unless $LMLAB_WEIGHTS_CACHE=0."""
     from lmlab.models.hf import resolve
 
-    if scheme not in SCHEMES:
-        raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
-    if compute not in COMPUTE:
-        raise ConfigError(f"quantize: compute {compute!r} is not one of {', '.join(COMPUTE)}")
-    if input_group_size is not None and scheme != "int8":
-        raise ConfigError(f"quantize {scheme}: input_group_size {input_group_size!r} is for int8 only")
+    check_scheme(scheme, compute, input_group_size)      # also when the converted model comes from the cache
     path, file = resolve(spec)
     if file is None:
         raise ConfigError(f"model {spec!r}: direct quantized loading needs a GGUF file")

@@ -551,6 +551,19 @@ class Int8GroupLinear(nn.Module):
 LAYERS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear, "int8g": Int8GroupLinear}
 
 
+def check_scheme(scheme: str, compute: str = "bf16", input_group_size: Optional[int] = None) -> None:
+    """ConfigError (one line) for a scheme, or options it does not take: `compute` modes other than the default
+    and `input_group_size` are for int8/int4 (input groups: int8 only)."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    _check_compute(compute)
+    if scheme in ("bf16", "int8g") and (input_group_size is not None or compute != "bf16"):
+        raise ConfigError(f"quantize {scheme}: input_group_size and compute modes other than bf16 are for int8/int4 "
+                          f"({scheme} has one arithmetic)")
+    if input_group_size is not None and scheme != "int8":
+        raise ConfigError(f"quantize {scheme}: input_group_size {input_group_size!r} is for int8 only")
+
+
 def _check_compute(compute: str) -> None:
     if compute not in COMPUTE:
         raise ConfigError(f"quantized linear: compute {compute!r} is not one of {', '.join(COMPUTE)}")
@@ -586,20 +599,13 @@ def quantize_(model: nn.Module, scheme: Literal["int8", "int4", "bf16", "int8g"]
               skip: Iterable[str] = ("head",), compute: str = "bf16", input_group_size: Optional[int] = None,
               zero_points: bool = True) -> nn.Module:
     """Replace every nn.Linear of `model` (an lmlab Decoder) by an Int8Linear / Int4Linear / BF16Linear /
-    Int8GroupLinear, in place;
-    modules named in `skip` (and their children) stay float. Every layer is checked before any is replaced.
-    `compute` ("bf16", "bf16x2", "fp32"): see the module doc. int8 only: `input_group_size` (and `zero_points`)
-    select the per-row × per-input-group grid (module doc, "int8 with input groups"). Returns `model`."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"quantize: scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
-    _check_compute(compute)
+    Int8GroupLinear, in place; modules named in `skip` (and their children) stay float. Every layer is checked
+    before any is replaced. `compute` ("bf16", "bf16x2", "fp32"): see the module doc. int8 only:
+    `input_group_size` (and `zero_points`) select the per-row × per-input-group grid (module doc, "int8 with
+    input groups"). Returns `model`."""
+    check_scheme(scheme, compute, input_group_size)
     if scheme == "int4":
         _check_group(group_size)
-        if input_group_size is not None:
-            raise ConfigError(f"quantize int4: input_group_size {input_group_size!r} is for int8 only")
-    if scheme in ("bf16", "int8g") and (input_group_size is not None or compute != "bf16"):
-        raise ConfigError(f"quantize {scheme}: input_group_size and compute modes other than bf16 are for int8/int4 "
-                          f"({scheme} has one arithmetic)")
     skip = tuple(skip)
     todo = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
     for name, m in todo:
