@@ -95,9 +95,29 @@ def test_sft_and_dpo_select_peft_by_config(tmp_path, method):
         assert changed == [] and (tmp_path / "sft/adapter/adapter_model.safetensors").exists()
     else:                          # adaptation folded into the weights
         assert changed
-    if method != "partial_lora":
-        d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft'}", "dpo.epochs=1", f"peft={peft}"))
-        assert d["stage"] == "dpo"
+    d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft'}", "dpo.epochs=1", f"peft={peft}"))
+    assert d["stage"] == "dpo"
+
+
+def test_partial_lora_adapter_carries_from_sft_to_dpo(tmp_path):
+    """An SFT stage's Partial LoRA adapter (kept beside the base weights) is where a partial_lora DPO stage starts
+    (with a negligible lr it writes the same adapter back); a stage without partial_lora refuses it in one line rather than
+    running the base model without it."""
+    import torch
+    from safetensors.torch import load_file
+
+    peft = "peft={method: partial_lora, r: 4, alpha: 8}"
+    run_stage("sft", _cfg("sft", tmp_path, "sft.steps=4", "sft.lr=1e-2", peft))
+    sft = load_file(tmp_path / "sft/adapter/adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in sft.items())
+    d = run_stage("dpo", _cfg("dpo", tmp_path, f"init_from={tmp_path / 'sft'}", "dpo.epochs=1", "dpo.lr=1e-12", peft))
+    assert abs(d["final"]["loss"] - 0.6931) < 1e-3            # policy = reference = the SFT model: log 2
+    dpo = load_file(tmp_path / "dpo/adapter/adapter_model.safetensors")
+    assert sft.keys() == dpo.keys() and all(torch.allclose(sft[k], dpo[k], atol=1e-9) for k in sft)
+    for extra in ([], ["peft={method: lora, r: 4, alpha: 8}"]):
+        with pytest.raises(ConfigError, match="holds a Partial LoRA adapter") as e:
+            run_stage("dpo", _cfg("dpo", tmp_path / "x", f"init_from={tmp_path / 'sft'}", *extra))
+        assert "\n" not in str(e.value)
 
 
 def test_nested_sections_and_old_flat_keys_are_one_line_errors():

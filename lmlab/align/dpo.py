@@ -145,7 +145,14 @@ LogpsFn = Callable[[torch.nn.Module, int, PairBatch], torch.Tensor]
 
 
 def _completion_logps_of(model, i: int, b: PairBatch) -> torch.Tensor:
-    return completion_logps(model, b.input_ids, b.completion_mask)
+    """completion_logps; a Partial LoRA model (lmlab.nn.peft) adapts the positions that predict a completion
+    token, as SFT's mask does for the assistant's tokens (lmlab.align.sft)."""
+    from lmlab.nn.peft import peft_context
+
+    predicts = torch.zeros_like(b.completion_mask, dtype=torch.bool)
+    predicts[:, :-1] = b.completion_mask[:, 1:].bool()
+    with peft_context(model, {"lora_mask": predicts}):
+        return completion_logps(model, b.input_ids, b.completion_mask)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from lmlab.align.algorithms import algorithm, for_stage, reward_kind
 from lmlab.align.config import AlignConfig
@@ -87,13 +88,33 @@ def build_model(cfg: AlignConfig):
     return Decoder(cfg.model)
 
 
+def _init_adapter(cfg: AlignConfig) -> Optional[Path]:
+    """The Partial LoRA adapter an `init_from` stage output keeps beside its base weights (`_save_peft`), or None."""
+    if not cfg.init_from:
+        return None
+    p = Path(cfg.init_from)
+    d = (p if p.is_dir() else p.parent) / "adapter"
+    return d if (d / "adapter_model.safetensors").is_file() else None
+
+
 def _with_peft(model, cfg: AlignConfig):
-    """Wrap the model with LoRA / Partial LoRA / SpIEL when `peft` is set (sft and dpo stages)."""
+    """Wrap the model with LoRA / Partial LoRA / SpIEL when `peft` is set (sft and dpo stages). An `init_from`
+    that holds a Partial LoRA adapter is continued by a partial_lora stage (the adapter loaded into its layers);
+    any other stage would silently run the base model without it, so that is a one-line error."""
+    adapter = _init_adapter(cfg)
+    method = (cfg.peft or {}).get("method")
+    if adapter is not None and method != "partial_lora":
+        raise ConfigError(f"init_from={cfg.init_from}: holds a Partial LoRA adapter beside its base weights "
+                          f"({adapter}), which cannot be folded into them; continue it with "
+                          f"peft={{method: partial_lora, ...}} or start from another model")
     if not cfg.peft:
         return model, None
-    from lmlab.nn.peft import apply_peft
+    from lmlab.nn.peft import apply_peft, load_lora_adapter
 
-    return model, apply_peft(model, cfg.peft)
+    handle = apply_peft(model, cfg.peft)
+    if adapter is not None:
+        load_lora_adapter(model, adapter)
+    return model, handle
 
 
 def _save_peft(model, handle, out: Path) -> None:
@@ -208,6 +229,8 @@ def dpo_stage(cfg: AlignConfig, ctx: StageContext) -> dict:
     policy = build_model(cfg)
     ref = copy.deepcopy(policy).eval()          # the reference stays the plain model
     policy, handle = _with_peft(policy, cfg)
+    if _init_adapter(cfg) is not None:          # the model to improve on is base + that adapter: freeze a copy
+        ref = copy.deepcopy(policy).eval()
     hist = train_dpo(policy, ref, pairs, beta=s.beta, loss_type=s.loss_type, lr=s.lr, epochs=s.epochs,
                      batch_size=s.batch_size, pad_id=ctx.tok.pad_id, seed=cfg.seed, log=ctx.log)
     _save_peft(policy, handle, ctx.out)
