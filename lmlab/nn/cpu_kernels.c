@@ -46,6 +46,24 @@ static inline __attribute__((always_inline)) void rows_avx512(
   for (int b = 0; b < NB; b++) y[b * n + r] = _mm512_reduce_add_ps(acc[b]);
 }
 
+/* one row of x (m == 1), groups of 32: the loop the compiler unrolls best; y = sum_j s[r, j] * (x_j . c_rj) */
+static void gemv32_avx512(const float *x, const uint8_t *c, const float *s, float *y, int64_t n, int64_t k) {
+  const int64_t G = k / 32;
+  for (int64_t r = 0; r < n; r++) {
+    const uint8_t *cr = c + r * k;
+    const float *sr = s + r * G;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < G; j++) {
+      __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(cr + j * 32))));
+      __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(cr + j * 32 + 16))));
+      __m512 t = _mm512_mul_ps(_mm512_loadu_ps(x + j * 32), w0);
+      t = _mm512_fmadd_ps(_mm512_loadu_ps(x + j * 32 + 16), w1, t);
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(sr[j]), t, acc);
+    }
+    y[r] = _mm512_reduce_add_ps(acc);
+  }
+}
+
 static inline __attribute__((always_inline)) void gemm_avx512(
     const float *x, const uint8_t *c, const float *s, float *y, int64_t m, int64_t n, int64_t k, const int64_t g) {
   const int64_t G = k / g;
@@ -72,7 +90,8 @@ int lmlab_u8g_gemm(const float *x, const uint8_t *c, const float *s, const float
   if (!xs) return 2;
   group_sums(x, xs, m, k, g);
 #ifdef __AVX512F__
-  if (g == 32) gemm_avx512(x, c, s, y, m, n, k, 32);
+  if (g == 32 && m == 1) gemv32_avx512(x, c, s, y, n, k);
+  else if (g == 32) gemm_avx512(x, c, s, y, m, n, k, 32);
   else gemm_avx512(x, c, s, y, m, n, k, g);
 #else
   for (int64_t r = 0; r < n; r++) {
