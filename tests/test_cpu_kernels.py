@@ -40,6 +40,26 @@ def test_linear_equals_float64_twin(backend, g, m):
     assert (y.double() - ref).abs().max() <= 1e-5 * (x.double().abs() @ w64.abs().T).max()
 
 
+def test_threads_split_the_rows_and_change_nothing():
+    """A weight past the threading threshold gives the same bits on 1, 2 and 3 threads (rows are split, each row's
+    arithmetic is the same)."""
+    if not ck.kernel_available():
+        pytest.skip(f"C kernel unavailable: {ck.kernel_status()}")
+    c, s, z, w64 = _codes(4100, 1024, 32, seed=7)                  # 4.2M weights; 4100 rows: a ragged last part
+    x = torch.randn(3, 1024, generator=torch.Generator().manual_seed(8))
+    before = torch.get_num_threads()
+    try:
+        ys = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            ys.append(ck.u8g_linear(x[:1], c, s, z, 32))
+            ys.append(ck.u8g_linear(x, c, s, z, 32))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(ys[i], ys[i % 2]) for i in range(2, 6))
+    assert (ys[1].double() - x.double() @ w64.T).abs().max() <= 1e-5 * (x.double().abs() @ w64.abs().T).max()
+
+
 def test_blocked_path_spans_several_blocks(backend, monkeypatch):
     """More rows than ROWS_KERNEL go through dequantized blocks of BLOCK_ROWS output rows, the last one partial."""
     monkeypatch.setattr(ck, "BLOCK_ROWS", 32)

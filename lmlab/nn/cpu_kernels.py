@@ -12,7 +12,9 @@ against 40 µs for this kernel's first version (30 µs now) and 57 µs for an fp
 (measured during development; benchmarks/linear_kernels.py times the kernel on every SmolLM2 shape).
 
 The kernel is `cpu_kernels.c` next to this file: fp32 products and sums (FMA), the codes of each 16-wide chunk
-widened once and used for up to 4 rows of x (AVX-512; the group loop unrolled for groups of 32), one thread. It is compiled on first use with the system's C
+widened once and used for up to 4 rows of x (AVX-512; the group loop unrolled for groups of 32). It splits the
+output rows over `torch.get_num_threads()` POSIX threads for a weight of ~4M entries or more (an LM head; a
+SmolLM2 layer is one thread), each row computed the same way whatever the split. It is compiled on first use with the system's C
 compiler ($CC, else cc/gcc/clang; -O3 -march=native) into <$LMLAB_DATA or ~/.cache/lmlab>/kernels/, one file per
 source, compiler and CPU (written atomically, so concurrent first uses are safe), and loaded with ctypes.
 Where there is no compiler, the build fails, or $LMLAB_CPU_KERNELS=0, the same functions run in PyTorch
@@ -37,7 +39,7 @@ import torch
 
 ENV = "LMLAB_CPU_KERNELS"            # 0/off: never build or load the C kernel
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fno-math-errno")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -99,7 +101,7 @@ def _library() -> tuple[Optional[ctypes.CDLL], str]:
     except (OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"lmlab.nn.cpu_kernels: C kernel unavailable, using PyTorch ({e})", stacklevel=3)
         return None, f"build failed: {e}"
-    for name, pointers, ints in (("lmlab_u8g_gemm", 5, 4), ("lmlab_u8g_dequant", 4, 3)):
+    for name, pointers, ints in (("lmlab_u8g_gemm", 5, 5), ("lmlab_u8g_dequant", 4, 3)):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, [_PTR] * pointers + [_I64] * ints
     return lib, f"compiled: {path}"
@@ -175,7 +177,8 @@ def linear_checked(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, z: torch.T
     if m <= ROWS_KERNEL:
         y = torch.empty(m, n, dtype=torch.float32)
         if m and n:
-            rc = lib.lmlab_u8g_gemm(xc.data_ptr(), c.data_ptr(), s.data_ptr(), z.data_ptr(), y.data_ptr(), m, n, k, g)
+            rc = lib.lmlab_u8g_gemm(xc.data_ptr(), c.data_ptr(), s.data_ptr(), z.data_ptr(), y.data_ptr(), m, n, k, g,
+                                    torch.get_num_threads())
             if rc:
                 raise MemoryError(f"u8g_linear: kernel returned {rc} for m={m}, n={n}, k={k}")
         return y
