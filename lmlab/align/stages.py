@@ -70,12 +70,14 @@ def run_stage(name: str, cfg: AlignConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------ models
 def build_model(cfg: AlignConfig):
-    """The decoder a stage starts from: `init_from` (any align stage's output) or a fresh `model` (seeded)."""
+    """The decoder a stage starts from: `init_from` (any align stage's output) or a fresh `model`. Seeds torch
+    with `seed` either way, so what the stage initialises next (a reward head, LoRA matrices) is reproducible."""
     import torch
 
     from lmlab.models.decoder import Decoder
     from lmlab.train.checkpoint import load_decoder
 
+    torch.manual_seed(cfg.seed)
     if cfg.init_from:
         p = Path(cfg.init_from)
         if not p.exists():
@@ -84,7 +86,6 @@ def build_model(cfg: AlignConfig):
             return load_decoder(p)
         except ValueError as e:
             raise ConfigError(f"init_from={e}") from None
-    torch.manual_seed(cfg.seed)
     return Decoder(cfg.model)
 
 
