@@ -251,7 +251,16 @@ def close_progress() -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(first if first in COMMANDS else None).parse_args(argv)
+    parser = build_parser(first if first in COMMANDS else None)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # dotted key=value overrides may also follow the options (`lmlab align sft --config X sft.lr=1e-3`):
+        # argparse gives a positional list only the tokens before the first option
+        if isinstance(getattr(args, "overrides", None), list) and all("=" in a and not a.startswith("-")
+                                                                      for a in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

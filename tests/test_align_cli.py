@@ -177,3 +177,18 @@ def test_a_stage_from_init_from_is_reproducible(tmp_path):
     a, _ = load_model_file(tmp_path / "r0/rm/model.safetensors")
     b, _ = load_model_file(tmp_path / "r1/rm/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_overrides_may_follow_the_options(tmp_path):
+    """`lmlab align sft --config X key=value …`: overrides after the options are applied like those before;
+    anything else left over is still an argparse error."""
+    from lmlab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["align", "sft", "--config", str(ROOT / "configs/align/sft.yaml"), *TINY, "sft.steps=1",
+              f"out_dir={tmp_path / 'a'}", f"data.path={ROOT / 'configs/align/examples/chat.jsonl'}"])
+    assert e.value.code == 0
+    assert "steps: 1" in (tmp_path / "a/config.yaml").read_text()
+    with pytest.raises(SystemExit) as e:
+        main(["align", "sft", "--config", str(ROOT / "configs/align/sft.yaml"), "--bogus"])
+    assert e.value.code == 2
