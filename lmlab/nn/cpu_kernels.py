@@ -8,7 +8,7 @@ with W[r, j·g + i] = scales[r, j] · codes[r, j·g + i] + zeros[r, j], codes ui
 `_weight_int8pack_mm` takes one scale per output row, and both it and `_weight_int4pack_mm_for_cpu` are vectorised
 for bf16 activations only (fp32 runs their scalar loop, 10–25× slower than an fp32 nn.Linear; lmlab.nn.quant).
 An Inductor-compiled dequantize-and-reduce of the same formula ran 76 µs on 576 -> 1536 at one row and one thread,
-against 40 µs for this kernel's first version (30 µs now) and 57 µs for an fp32 nn.Linear with the weight in cache
+against 40 µs for this kernel's first version (24 µs now) and 57 µs for an fp32 nn.Linear with the weight in cache
 (measured during development; benchmarks/linear_kernels.py times the kernel on every SmolLM2 shape).
 
 The kernel is `C_SOURCE` at the end of this file (C in a string, so that an edit to it changes this module's hash
