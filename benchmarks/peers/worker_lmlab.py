@@ -38,9 +38,9 @@ def main() -> None:
 
         model, tok = load_pretrained(a.model)
         if a.quantize != "none":
-            from lmlab.nn.quant import quantize_   # added by the weight-only quantization work (issue 21)
+            from lmlab.nn.quant import head_skip, quantize_   # added by the weight-only quantization work (issue 21)
 
-            quantize_(model, a.quantize, group_size=a.group_size, skip=() if a.quantize == "int8g" else ("head",))
+            quantize_(model, a.quantize, group_size=a.group_size, skip=head_skip(a.quantize))
         head = head_dtype_for(a.head_dtype, a.quantize)
         eng = make_engine(model.eval(), tok, fused=a.engine == "fused", **({"head_dtype": head} if head else {}))
         eng.stop_ids = set()   # EOS ignored: every sequence gets exactly `new` tokens

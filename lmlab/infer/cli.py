@@ -163,7 +163,7 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute:
     from lmlab.backend import load_backend
     from lmlab.config import ConfigError
     from lmlab.infer.backend_impls import LocalBackend
-    from lmlab.nn.quant import quantize_
+    from lmlab.nn.quant import head_skip, quantize_
 
     gguf = spec.removeprefix("lmlab:")
     if scheme != "bf16" and (gguf == "smollm2" or gguf.endswith(".gguf")):
@@ -180,7 +180,7 @@ def _load_quantized(spec: str, flag: str, scheme: str, group_size: int, compute:
             raise ConfigError(f"--quantize {scheme}: {flag} {spec} is not a local lmlab model "
                               "(use smollm2, lmlab:PATH or PATH.gguf)")
         quantize_(be.model, scheme, group_size, compute=compute, input_group_size=int8_input_group,
-                  skip=() if scheme == "int8g" else ("head",))
+                  skip=head_skip(scheme))
     if QUANT_HEAD is not None:
         quantize_(be.model, QUANT_HEAD, skip=(), compute=compute)   # all that is still an nn.Linear: the head
     be.refresh_engine()                                            # the engine runs the layers as replaced

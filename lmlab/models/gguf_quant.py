@@ -39,8 +39,8 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.nn.hf_names import hf_weight_names, mark_hf_twin
-from lmlab.nn.quant import (LAYERS, BF16Linear, Int4Linear, Int8GroupLinear, Int8Linear, check_scheme, quantize_,
-                             unpack_int4)
+from lmlab.nn.quant import (LAYERS, BF16Linear, Int4Linear, Int8GroupLinear, Int8Linear, check_scheme, head_skip,
+                             quantize_, unpack_int4)
 
 Q4_1_BLOCK, Q4_1_BYTES = 32, 20   # weights per block; bytes per block: fp16 d, fp16 m, 16 bytes of codes
 Q8_0_BLOCK, Q8_0_BYTES = 32, 34   # fp16 d, 32 int8 codes
@@ -79,6 +79,20 @@ def int8g_from_blocks(t, shape: tuple[int, int], rows: Optional[torch.Tensor] = 
     if rows is not None:
         c, s, z = c[rows], s[rows], z[rows]
     return Int8GroupLinear.from_qparams(c, s, z, Q4_1_BLOCK)
+
+
+def int4_from_blocks(t, shape: tuple[int, int], rows: Optional[torch.Tensor] = None,
+                     compute: str = "bf16") -> Optional[Int4Linear]:
+    """An Int4Linear(group 32) holding a Q4_1 GGUF tensor `t` of `shape` (n, k) exactly (rows reordered by `rows`
+    if given), or None for any other type."""
+    import gguf
+
+    if t.tensor_type != gguf.GGMLQuantizationType.Q4_1:
+        return None
+    q, d, m = q4_1_blocks(t.data, *shape)
+    if rows is not None:
+        q, d, m = q[rows], d[rows], m[rows]
+    return Int4Linear.from_qparams(q, d, m, Q4_1_BLOCK, compute=compute)
 
 
 def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
@@ -155,8 +169,7 @@ def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
     with torch.device("meta"):
         model = Decoder(cfg)
     model.to_empty(device="cpu")
-    direct = scheme == "int4" and group_size == Q4_1_BLOCK
-    blocks8 = scheme == "int8g" and group_size == Q4_1_BLOCK
+    as_blocks = group_size == Q4_1_BLOCK and scheme in ("int4", "int8g")     # file blocks -> layers, no float
     float_sd, done = {}, set()
     for hf_name, lm_name in hf_weight_names(cfg.n_layer).items():
         if hf_name == "lm_head.weight" and cfg.tie_embeddings:
@@ -167,31 +180,23 @@ def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
             raise ConfigError(f"GGUF {file}: tensor {g_name} ({hf_name}) missing")
         n_head = cfg.n_head if ".attn_q." in g_name else cfg.kv_heads if ".attn_k." in g_name else None
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))                 # (n, k): ggml lists k first
-        heads = [lm_name[: -len(".weight")]] if lm_name.startswith(("blocks.", "head.")) else []
-        if blocks8 and hf_name == "model.embed_tokens.weight" and cfg.tie_embeddings:
-            heads = ["head"]                                            # the tied head, from the same blocks
-        layer = int8g_from_blocks(t, shape, None if n_head is None else unpermute_rows(shape[0], n_head)) \
-            if blocks8 and heads and len(shape) == 2 else None
+        rows = None if n_head is None else unpermute_rows(shape[0], n_head)
+        # the linear these blocks can become: a block's layer, an untied head, or (int8g) the head tied to them
+        target = lm_name[: -len(".weight")] if lm_name.startswith(("blocks.", "head.")) else \
+            "head" if scheme == "int8g" and lm_name == "embed.weight" and cfg.tie_embeddings else None
+        layer = None
+        if as_blocks and target is not None and len(shape) == 2:
+            layer = int8g_from_blocks(t, shape, rows) if scheme == "int8g" else \
+                int4_from_blocks(t, shape, rows, compute) if target.startswith("blocks.") else None
         if layer is not None:
-            for mod_name in heads:
-                parent, _, attr = mod_name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, attr, layer)
-                done.add(mod_name)
+            parent, _, attr = target.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, layer)
+            done.add(target)
             if not lm_name.startswith("embed."):
-                continue
-        if direct and t.tensor_type == gguf.GGMLQuantizationType.Q4_1 and lm_name.startswith("blocks."):
-            q, d, m = q4_1_blocks(t.data, *shape)
-            if n_head is not None:
-                perm = unpermute_rows(shape[0], n_head)
-                q, d, m = q[perm], d[perm], m[perm]
-            mod_name = lm_name[: -len(".weight")]
-            parent, _, attr = mod_name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, Int4Linear.from_qparams(q, d, m, Q4_1_BLOCK, compute=compute))
-            done.add(mod_name)
-            continue
+                continue                                                # the embedding also loads as float
         w = torch.from_numpy(np.array(gguf.dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(shape)
-        if n_head is not None:
-            w = w[unpermute_rows(shape[0], n_head)]
+        if rows is not None:
+            w = w[rows]
         float_sd[lm_name] = w
     missing, unexpected = model.load_state_dict(float_sd, strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "head.weight") and k.rpartition(".")[0] not in done]
@@ -200,8 +205,7 @@ def _convert(path: str, file: str, scheme: str, group_size: int, compute: str,
     if cfg.tie_embeddings and type(model.head) is torch.nn.Linear:
         model.head.weight = model.embed.weight
     # whatever was not loaded packed (int8, other types, other groups); int8g takes the head as well
-    quantize_(model, scheme, group_size, compute=compute, input_group_size=input_group_size,
-              skip=() if scheme == "int8g" else ("head",))
+    quantize_(model, scheme, group_size, compute=compute, input_group_size=input_group_size, skip=head_skip(scheme))
     return model, tok
 
 

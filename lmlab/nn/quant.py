@@ -551,6 +551,12 @@ class Int8GroupLinear(nn.Module):
 LAYERS = {"int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear, "int8g": Int8GroupLinear}
 
 
+def head_skip(scheme: str) -> tuple[str, ...]:
+    """What `lmlab generate/serve --quantize` leave float (`quantize_`'s `skip`): the LM head, except under "int8g",
+    whose groups hold it exactly (module doc)."""
+    return () if scheme == "int8g" else ("head",)
+
+
 def check_scheme(scheme: str, compute: str = "bf16", input_group_size: Optional[int] = None) -> None:
     """ConfigError (one line) for a scheme, or options it does not take: `compute` modes other than the default
     and `input_group_size` are for int8/int4 (input groups: int8 only)."""
