@@ -146,3 +146,33 @@ def test_kill_during_fused_colocated_iteration_restarts(colocated_flow, tmp_path
     assert killed and len(restart) == 1 and restart[0]["iter"] == 1 and restart[0]["resume_from"] == 1
     assert [h["iter"] for h in hist] == [0, 1, 2]
     assert max_diff(want, pol) <= 1e-10                         # gradients summed across ranks: float64 rounding only
+
+
+def test_peer_death_is_reported_over_the_survivors_collective_error(cluster):
+    """A survivor's collective fails (connection reset) before Ray marks its killed peer dead: the group call
+    raises the peer's RayActorError, which the controller restarts from, not the survivor's RayTaskError."""
+    from lmlab.align.hybridflow.workers import _ray_get_all
+
+    @ray.remote(num_cpus=0)
+    class Peer:
+        def die_after(self, s):
+            import time
+            time.sleep(s)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def fail(self):
+            raise RuntimeError("Connection reset by peer")
+
+        def ok(self):
+            return 1
+
+    survivor = Peer.remote()
+    for get, want in ((ray.get, ray.exceptions.RayTaskError),           # a bare ray.get reports the symptom
+                      (_ray_get_all, ray.exceptions.RayActorError)):   # the group call, the death
+        dying = Peer.remote()
+        ray.get([dying.ok.remote(), survivor.ok.remote()])
+        with pytest.raises(want):
+            get([dying.die_after.remote(1.0), survivor.fail.remote()])
+    with pytest.raises(ray.exceptions.RayTaskError, match="Connection reset"):
+        _ray_get_all([survivor.fail.remote(), survivor.ok.remote()])   # nobody died: the error itself
+    ray.kill(survivor)

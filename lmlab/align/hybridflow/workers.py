@@ -167,6 +167,31 @@ def dispatch_of(cls, method: str) -> tuple[Dispatch, Collect, str]:
     return fn._dispatch
 
 
+PEER_DEATH_WAIT_S = 30.0   # how long a failed call waits for its other workers' answers before blaming its own error
+
+
+def _ray_get_all(futures: list) -> list:
+    """`ray.get` of one group call's futures. When one worker process dies, a survivor inside a collective
+    (gloo all-reduce) fails first with a connection error; that RayTaskError is a symptom. Wait (bounded) for
+    the call's other answers and raise the RayActorError of the dead worker instead, so the controller sees a
+    lost worker and restarts from its checkpoint."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        return ray.get(futures)
+    except RayTaskError as symptom:
+        ray.wait(futures, num_returns=len(futures), timeout=PEER_DEATH_WAIT_S)
+        for f in futures:
+            try:
+                ray.get(f, timeout=0)
+            except RayActorError:
+                raise
+            except Exception:   # this worker's own error, or no answer yet
+                pass
+        raise symptom
+
+
 class Pending:
     """Answers of one group call: futures (Ray) or values (local); `.get()` collects them."""
 
@@ -177,9 +202,7 @@ class Pending:
 
     def get(self):
         if self.ray:
-            import ray
-
-            outs = ray.get(self.futures)
+            outs = _ray_get_all(self.futures)
         else:
             outs = self.futures
         self.seconds = time.perf_counter() - self.t0
